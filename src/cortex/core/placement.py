@@ -1,0 +1,69 @@
+"""Task placement: which connected node should run a task. Pure: values in, a decision out.
+
+Hard constraints filter (pinned node, sticky session, skill, labels, draining, free
+capacity); among the feasible nodes the least loaded wins, ties broken by id so the
+result is deterministic. When nothing fits, the decision carries a reason a person or
+an agent can act on ("no node has label os=mac").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+__all__ = ["NodeView", "Placement", "TaskRequirements", "place"]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeView:
+    id: str
+    labels: Mapping[str, str]
+    skills: frozenset[str]
+    slots: int                  # how many tasks it runs at once
+    running: int                # tasks assigned or running there now
+    draining: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRequirements:
+    skill: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    node_id: str = ""           # pinned by the caller
+    session_node: str = ""      # the node holding the task's session, if any
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    node_id: str | None
+    reason: str = ""            # why nothing fits; empty when node_id is set
+    wait: bool = True           # False: no connected node could ever take it as it is
+
+
+def place(req: TaskRequirements, nodes: Iterable[NodeView]) -> Placement:
+    """The node that should run a task with `req`, or why none can right now."""
+    candidates = list(nodes)
+    wanted = req.session_node or req.node_id
+    if wanted:
+        candidates = [n for n in candidates if n.id == wanted]
+        if not candidates:
+            what = "session's node" if req.session_node else "pinned node"
+            return Placement(None, f"the {what} {wanted} is not connected")
+    if not candidates:
+        return Placement(None, "no node is connected")
+    with_skill = [n for n in candidates if req.skill in n.skills]
+    if not with_skill:
+        return Placement(None, f"no connected node offers skill {req.skill!r}")
+    matching = with_skill
+    for key, value in sorted(req.labels.items()):
+        narrowed = [n for n in matching if n.labels.get(key) == value]
+        if not narrowed:
+            return Placement(None, f"no connected node has label {key}={value}")
+        matching = narrowed
+    ready = [n for n in matching if not n.draining]
+    if not ready:
+        return Placement(None, "every matching node is draining")
+    free = [n for n in ready if n.running < n.slots]
+    if not free:
+        return Placement(None, "every matching node is busy (all slots in use)")
+    best = min(free, key=lambda n: (n.running / max(1, n.slots), n.id))
+    return Placement(best.id)
