@@ -22,6 +22,7 @@ __all__ = [
     "State",
     "is_terminal",
     "next_state",
+    "should_retry",
 ]
 
 
@@ -83,6 +84,7 @@ FINISH_EVENT: dict[State, Event] = {
     State.FAILED: Event.FAIL,
     State.CANCELLED: Event.CANCEL,
     State.TIMED_OUT: Event.TIME_OUT,
+    State.LOST: Event.LOSE,
 }
 
 

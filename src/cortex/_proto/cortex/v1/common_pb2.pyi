@@ -105,11 +105,14 @@ class Resources(_message.Message):
     MEMORY_MIB_FIELD_NUMBER: _builtins.int
     GPUS_FIELD_NUMBER: _builtins.int
     BROWSER_SESSIONS_FIELD_NUMBER: _builtins.int
+    SLOTS_FIELD_NUMBER: _builtins.int
     cpus: _builtins.float
     """cores (fractions allowed)"""
     memory_mib: _builtins.int
     gpus: _builtins.int
     browser_sessions: _builtins.int
+    slots: _builtins.int
+    """tasks a node runs at once (nodes report it; tasks ignore it)"""
     def __init__(
         self,
         *,
@@ -117,10 +120,11 @@ class Resources(_message.Message):
         memory_mib: _builtins.int = ...,
         gpus: _builtins.int = ...,
         browser_sessions: _builtins.int = ...,
+        slots: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["browser_sessions", b"browser_sessions", "cpus", b"cpus", "gpus", b"gpus", "memory_mib", b"memory_mib"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["browser_sessions", b"browser_sessions", "cpus", b"cpus", "gpus", b"gpus", "memory_mib", b"memory_mib", "slots", b"slots"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -331,6 +335,8 @@ class Task(_message.Message):
     OUTPUT_TRUNCATED_FIELD_NUMBER: _builtins.int
     LAST_SEQ_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    CANCEL_REQUESTED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     tenant: _builtins.str
     state: Global___TaskState.ValueType
@@ -349,6 +355,10 @@ class Task(_message.Message):
     output_truncated: _builtins.bool
     last_seq: _builtins.int
     """sequence number of the task's newest event"""
+    version: _builtins.int
+    """bumped by every stored change (optimistic concurrency)"""
+    cancel_requested: _builtins.bool
+    """a cancel was sent to the node; waiting for it to confirm"""
     @_builtins.property
     def spec(self) -> Global___TaskSpec: ...
     @_builtins.property
@@ -376,10 +386,12 @@ class Task(_message.Message):
         output_truncated: _builtins.bool = ...,
         last_seq: _builtins.int = ...,
         attempts: _abc.Iterable[Global___Attempt] | None = ...,
+        version: _builtins.int = ...,
+        cancel_requested: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned_at", b"assigned_at", "attempt", b"attempt", "attempts", b"attempts", "created_at", b"created_at", "deadline", b"deadline", "exit_code", b"exit_code", "finished_at", b"finished_at", "has_exit_code", b"has_exit_code", "id", b"id", "last_seq", b"last_seq", "node_id", b"node_id", "output_bytes", b"output_bytes", "output_truncated", b"output_truncated", "reason", b"reason", "spec", b"spec", "started_at", b"started_at", "state", b"state", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned_at", b"assigned_at", "attempt", b"attempt", "attempts", b"attempts", "cancel_requested", b"cancel_requested", "created_at", b"created_at", "deadline", b"deadline", "exit_code", b"exit_code", "finished_at", b"finished_at", "has_exit_code", b"has_exit_code", "id", b"id", "last_seq", b"last_seq", "node_id", b"node_id", "output_bytes", b"output_bytes", "output_truncated", b"output_truncated", "reason", b"reason", "spec", b"spec", "started_at", b"started_at", "state", b"state", "tenant", b"tenant", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -397,6 +409,7 @@ class Attempt(_message.Message):
     HAS_EXIT_CODE_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
+    ACKED_SEQ_FIELD_NUMBER: _builtins.int
     attempt: _builtins.int
     node_id: _builtins.str
     state: Global___TaskState.ValueType
@@ -405,6 +418,8 @@ class Attempt(_message.Message):
     has_exit_code: _builtins.bool
     started_at: _builtins.float
     finished_at: _builtins.float
+    acked_seq: _builtins.int
+    """newest node event sequence number the hub stored"""
     def __init__(
         self,
         *,
@@ -416,10 +431,11 @@ class Attempt(_message.Message):
         has_exit_code: _builtins.bool = ...,
         started_at: _builtins.float = ...,
         finished_at: _builtins.float = ...,
+        acked_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "exit_code", b"exit_code", "finished_at", b"finished_at", "has_exit_code", b"has_exit_code", "node_id", b"node_id", "reason", b"reason", "started_at", b"started_at", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acked_seq", b"acked_seq", "attempt", b"attempt", "exit_code", b"exit_code", "finished_at", b"finished_at", "has_exit_code", b"has_exit_code", "node_id", b"node_id", "reason", b"reason", "started_at", b"started_at", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

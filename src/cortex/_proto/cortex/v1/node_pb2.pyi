@@ -256,7 +256,9 @@ class Finished(_message.Message):
     HAS_EXIT_CODE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     state: _common_pb2.TaskState.ValueType
-    """SUCCEEDED, FAILED, CANCELLED or TIMED_OUT"""
+    """SUCCEEDED, FAILED, CANCELLED, TIMED_OUT, or LOST when the agent restarted under a
+    running task and cannot know how it ended (the hub retries it per its policy).
+    """
     exit_code: _builtins.int
     has_exit_code: _builtins.bool
     reason: _builtins.str

@@ -1,0 +1,1 @@
+"""The hub: gRPC control plane (tasks, nodes, enrollment) over a Store."""

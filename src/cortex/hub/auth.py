@@ -1,0 +1,119 @@
+"""API tokens (clients) and join tokens (nodes): random secrets, stored as SHA-256 only.
+
+    API token:  ctk_<id>.<secret>                 shown once; role + tenant bound
+    join token: cjt_<id>.<secret>#sha256:<pin>    single-use; pins the CA's public key
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+from cortex.errors import InvalidArgument, PermissionDenied
+from cortex.store.base import ApiTokenRecord, JoinTokenRecord, Store
+
+__all__ = [
+    "Principal",
+    "Authenticator",
+    "hash_secret",
+    "issue_api_token",
+    "issue_join_token",
+    "parse_join_token",
+]
+
+ROLES = ("admin", "operator", "viewer", "agent")
+_CACHE_S = 5.0  # a revoked token keeps working at most this long on a hub
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    tenant: str
+    role: str
+    token_id: str
+
+
+def hash_secret(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+async def issue_api_token(store: Store, *, tenant: str, role: str, name: str, now: float,
+                          ttl_s: float = 0.0) -> str:
+    if role not in ROLES:
+        raise InvalidArgument(f"role must be one of {', '.join(ROLES)}")
+    token_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
+    await store.create_api_token(ApiTokenRecord(
+        id=token_id, tenant=tenant, name=name, role=role, secret_hash=hash_secret(secret),
+        created_at=now, expires_at=now + ttl_s if ttl_s else 0.0,
+    ))
+    return f"ctk_{token_id}.{secret}"
+
+
+async def issue_join_token(store: Store, *, tenant: str, labels: dict[str, str], now: float,
+                           ttl_s: float, fingerprint: str) -> tuple[str, float]:
+    if not 0 < ttl_s <= 30 * 86400:
+        raise InvalidArgument("join token ttl must be between 1 s and 30 days")
+    token_id, secret = secrets.token_hex(8), secrets.token_urlsafe(24)
+    expires = now + ttl_s
+    await store.create_join_token(JoinTokenRecord(
+        id=token_id, tenant=tenant, secret_hash=hash_secret(secret), labels=labels,
+        created_at=now, expires_at=expires,
+    ))
+    return f"cjt_{token_id}.{secret}#{fingerprint}", expires
+
+
+def parse_join_token(token: str) -> tuple[str, str, str]:
+    """(id, secret, CA pin) of a join token, or InvalidArgument saying what is off."""
+    body, _, pin = token.strip().partition("#")
+    token_id, dot, secret = body.removeprefix("cjt_").partition(".")
+    if not body.startswith("cjt_") or not dot or not token_id or not secret:
+        raise InvalidArgument(
+            "malformed join token: expected cjt_<id>.<secret>#sha256:<pin> from "
+            "`cortex token create`"
+        )
+    if pin and not pin.startswith("sha256:"):
+        raise InvalidArgument("malformed join token: the CA pin must start with sha256:")
+    return token_id, secret, pin
+
+
+class Authenticator:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._cache: dict[str, tuple[float, Principal]] = {}
+
+    async def authenticate(self, metadata: tuple[tuple[str, str | bytes], ...] | None,
+                           *, now: float, mono: float) -> Principal:
+        token = _bearer(metadata)
+        cached = self._cache.get(token)
+        if cached and mono - cached[0] < _CACHE_S:
+            return cached[1]
+        token_id, dot, secret = token.removeprefix("ctk_").partition(".")
+        if not token.startswith("ctk_") or not dot:
+            raise PermissionDenied("malformed API token: expected ctk_<id>.<secret>")
+        rec = await self._store.find_api_token(token_id)
+        if rec is None or not hmac.compare_digest(rec.secret_hash, hash_secret(secret)):
+            raise PermissionDenied("unknown API token")
+        if rec.revoked_at:
+            raise PermissionDenied("this API token was revoked")
+        if rec.expires_at and rec.expires_at <= now:
+            raise PermissionDenied("this API token has expired; create a new one")
+        principal = Principal(rec.tenant, rec.role, rec.id)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[token] = (mono, principal)
+        return principal
+
+
+def _bearer(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str:
+    for key, value in metadata or ():
+        if key == "authorization":
+            text = value.decode() if isinstance(value, bytes) else value
+            scheme, _, token = text.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+            raise PermissionDenied("authorization metadata must be 'Bearer <token>'")
+    raise PermissionDenied(
+        "no API token: pass --token or set CORTEX_TOKEN (the hub wrote its admin token "
+        "to <CORTEX_HOME>/hub/admin.token)"
+    )

@@ -1,0 +1,54 @@
+"""The hub's configuration: one frozen, validated value built at startup."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cortex.errors import InvalidArgument
+
+__all__ = ["HubConfig", "default_home"]
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("CORTEX_HOME") or Path.home() / ".cortex").expanduser()
+
+
+@dataclass(frozen=True, slots=True)
+class HubConfig:
+    """Every field has a default that works on one machine; flags > env > defaults."""
+
+    data_dir: Path = field(default_factory=lambda: default_home() / "hub")
+    host: str = "127.0.0.1"                 # where both gRPC ports listen
+    port: int = 7443                        # clients and enrollment (TLS, API tokens)
+    node_port: int = 7444                   # nodes (mTLS); 0 = pick a free port
+    store: str = ""                         # default: <data_dir>/hub.db (SQLite)
+    advertise: tuple[str, ...] = ()         # extra names/IPs for the serving certificate
+    hub_id: str = "hub-1"
+    heartbeat_interval_s: float = 2.0       # nodes send a heartbeat this often
+    lost_after_s: float = 15.0              # a node silent this long loses its tasks
+    default_timeout_s: float = 24 * 3600.0  # task deadline when the spec gives none
+    timeout_grace_s: float = 10.0           # after a deadline, wait this long for the kill
+    max_output_bytes: int = 64 * 1024 * 1024    # per task; past it a marker, then dropped
+    max_message_bytes: int = 16 * 1024 * 1024   # gRPC frames, both directions
+    node_cert_ttl_s: float = 24 * 3600.0
+    shutdown_grace_s: float = 5.0
+    client_file: Path | None = None         # where to write client.json (None: next to home)
+
+    def __post_init__(self) -> None:
+        for name in ("heartbeat_interval_s", "lost_after_s", "default_timeout_s",
+                     "timeout_grace_s", "node_cert_ttl_s"):
+            if getattr(self, name) <= 0:
+                raise InvalidArgument(f"hub config: {name} must be positive")
+        if self.lost_after_s <= self.heartbeat_interval_s:
+            raise InvalidArgument("hub config: lost_after_s must exceed heartbeat_interval_s")
+        for name in ("port", "node_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise InvalidArgument(f"hub config: {name} must be a TCP port (0-65535)")
+        if self.max_message_bytes < 1024 * 1024:
+            raise InvalidArgument("hub config: max_message_bytes must be at least 1 MiB")
+
+    @property
+    def store_url(self) -> str:
+        return self.store or str(self.data_dir / "hub.db")

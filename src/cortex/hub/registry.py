@@ -1,0 +1,93 @@
+"""Connected nodes: who is online, what they offer, and a bounded queue to each."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from cortex._proto.cortex.v1 import common_pb2 as pb
+from cortex._proto.cortex.v1 import node_pb2
+from cortex.core.placement import NodeView
+
+__all__ = ["NodeConn", "Registry"]
+
+# Assignments are bounded by slots and acks by reports, so the queue stays small; the bound
+# is a backstop against a node that stops reading (it is disconnected when hit).
+SEND_QUEUE_BOUND = 10_000
+
+
+@dataclass(eq=False)
+class NodeConn:
+    node_id: str
+    tenant: str
+    node: pb.Node
+    slots: int
+    boot_id: str
+    draining: bool = False
+    running: set[tuple[str, int]] = field(default_factory=set)
+    outbox: asyncio.Queue[node_pb2.HubMessage | None] = field(
+        default_factory=lambda: asyncio.Queue(SEND_QUEUE_BOUND)
+    )
+    closed: bool = False
+
+    def send(self, msg: node_pb2.HubMessage) -> bool:
+        """Queue a message; False (and the connection is closed) if the node fell behind."""
+        if self.closed:
+            return False
+        try:
+            self.outbox.put_nowait(msg)
+        except asyncio.QueueFull:
+            self.close()
+            return False
+        return True
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            while True:  # make room for the sentinel: the writer stops at it
+                try:
+                    self.outbox.put_nowait(None)
+                    break
+                except asyncio.QueueFull:
+                    self.outbox.get_nowait()
+
+    def view(self) -> NodeView:
+        return NodeView(
+            id=self.node_id,
+            labels=dict(self.node.labels),
+            skills=frozenset(self.node.skills),
+            slots=self.slots,
+            running=len(self.running),
+            draining=self.draining,
+        )
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._conns: dict[str, NodeConn] = {}
+        # When each node that is not connected went away (monotonic), for lost detection.
+        self.gone_since: dict[str, float] = {}
+
+    def attach(self, conn: NodeConn) -> NodeConn | None:
+        """Register `conn`; returns the connection it replaces (closed by the caller)."""
+        old = self._conns.get(conn.node_id)
+        self._conns[conn.node_id] = conn
+        self.gone_since.pop(conn.node_id, None)
+        return old
+
+    def detach(self, conn: NodeConn, *, now: float) -> bool:
+        """Forget `conn` if it is still the current one for its node."""
+        if self._conns.get(conn.node_id) is conn:
+            del self._conns[conn.node_id]
+            self.gone_since[conn.node_id] = now
+            return True
+        return False
+
+    def get(self, node_id: str) -> NodeConn | None:
+        return self._conns.get(node_id)
+
+    def for_tenant(self, tenant: str) -> list[NodeConn]:
+        return [c for c in self._conns.values() if c.tenant == tenant]
+
+    def all(self) -> list[NodeConn]:
+        return list(self._conns.values())

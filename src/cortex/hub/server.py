@@ -1,0 +1,152 @@
+"""Hub wiring: store, CA, task manager, the two gRPC ports, and background loops.
+
+Port `port` serves clients (TLS; API tokens) and enrollment; port `node_port` serves nodes
+(mutual TLS: a node certificate from this hub's CA is required to even connect).
+Shutdown is two-phase: `close()` stops intake, `wait_closed()` drains within the grace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from cortex._proto.cortex.v1 import enroll_pb2_grpc, node_pb2_grpc, tasks_pb2_grpc
+from cortex.hub.auth import Authenticator, issue_api_token
+from cortex.hub.config import HubConfig
+from cortex.hub.nodes import NodeSessions
+from cortex.hub.pki import CertificateAuthority, write_private
+from cortex.hub.registry import Registry
+from cortex.hub.services import EnrollServicer, NodeServicer, TaskServicer
+from cortex.hub.tasks import TaskManager
+from cortex.store import Store, open_store
+
+__all__ = ["Hub"]
+
+log = logging.getLogger("cortex.hub")
+DEFAULT_TENANT = "default"
+_REAP_EVERY_S = 0.5
+
+
+class Hub:
+    def __init__(self, config: HubConfig) -> None:
+        self.config = config
+        self.store: Store = open_store(config.store_url)
+        self.registry = Registry()
+        self.tasks = TaskManager(self.store, self.registry, config, time.time, time.monotonic)
+        self.port = 0
+        self.node_port = 0
+        self.admin_token = ""
+        self.ca: CertificateAuthority | None = None
+        self._servers: list[grpc.aio.Server] = []
+        self._loops: list[asyncio.Task[None]] = []
+        self._health = health.aio.HealthServicer()
+
+    async def start(self) -> None:
+        cfg = self.config
+        cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        now = dt.datetime.now(dt.UTC)
+        self.ca = CertificateAuthority.load_or_create(cfg.data_dir / "ca", now=now)
+        key_pem, chain_pem = self.ca.issue_server_cert(cfg.data_dir, now=now,
+                                                       extra_names=cfg.advertise)
+        await self.store.open()
+        await self.store.ensure_tenant(DEFAULT_TENANT, now=time.time())
+        self.admin_token = await self._admin_token()
+        await self.tasks.recover()
+        options = [
+            ("grpc.max_send_message_length", cfg.max_message_bytes),
+            ("grpc.max_receive_message_length", cfg.max_message_bytes),
+            ("grpc.keepalive_time_ms", 20_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
+        client_srv = grpc.aio.server(options=options)
+        tasks_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(
+            tasks=self.tasks, registry=self.registry, store=self.store,
+            auth=Authenticator(self.store), ca=self.ca, config=cfg), client_srv)
+        enroll_pb2_grpc.add_EnrollServiceServicer_to_server(
+            EnrollServicer(store=self.store, ca=self.ca, config=cfg,
+                           node_port=lambda: self.node_port), client_srv)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, client_srv)
+        creds = grpc.ssl_server_credentials([(key_pem, chain_pem)])
+        self.port = client_srv.add_secure_port(f"{cfg.host}:{cfg.port}", creds)
+
+        node_srv = grpc.aio.server(options=options)
+        sessions = NodeSessions(store=self.store, registry=self.registry, tasks=self.tasks,
+                                config=cfg)
+        node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(sessions), node_srv)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, node_srv)
+        node_creds = grpc.ssl_server_credentials(
+            [(key_pem, chain_pem)], root_certificates=self.ca.cert_pem,
+            require_client_auth=True)
+        self.node_port = node_srv.add_secure_port(f"{cfg.host}:{cfg.node_port}", node_creds)
+        self._servers = [client_srv, node_srv]
+        for srv in self._servers:
+            await srv.start()
+        self._loops = [
+            asyncio.create_task(self.tasks.run_dispatcher(), name="dispatcher"),
+            asyncio.create_task(self._reap_loop(), name="reaper"),
+        ]
+        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        self._write_client_file()
+        log.info("hub %s serving clients on %s:%d and nodes on %s:%d", cfg.hub_id, cfg.host,
+                 self.port, cfg.host, self.node_port)
+
+    @property
+    def address(self) -> str:
+        return f"{self.config.host}:{self.port}"
+
+    @property
+    def node_address(self) -> str:
+        return f"{self.config.host}:{self.node_port}"
+
+    async def _admin_token(self) -> str:
+        path = self.config.data_dir / "admin.token"
+        if path.exists():
+            return path.read_text().strip()
+        token = await issue_api_token(self.store, tenant=DEFAULT_TENANT, role="admin",
+                                      name="admin (bootstrap)", now=time.time())
+        write_private(path, token.encode() + b"\n")
+        return token
+
+    def _write_client_file(self) -> None:
+        assert self.ca is not None
+        target = self.config.client_file or self.config.data_dir.parent / "client.json"
+        body = {
+            "address": self.address,
+            "node_address": self.node_address,
+            "ca_file": str((self.config.data_dir / "ca" / "ca.pem").resolve()),
+            "token_file": str((self.config.data_dir / "admin.token").resolve()),
+            "ca_fingerprint": self.ca.fingerprint,
+        }
+        write_private(Path(target), json.dumps(body, indent=2).encode() + b"\n")
+
+    async def _reap_loop(self) -> None:
+        while True:
+            await asyncio.sleep(_REAP_EVERY_S)
+            try:
+                await self.tasks.reap()
+            except Exception:  # a failed pass must not stop reaping; the next one retries
+                log.exception("reaper pass failed")
+
+    async def close(self, grace: float | None = None) -> None:
+        """Stop taking requests, let in-flight ones finish within the grace, stop loops."""
+        await self._health.enter_graceful_shutdown()
+        grace = self.config.shutdown_grace_s if grace is None else grace
+        for conn in self.registry.all():
+            conn.close()
+        await asyncio.gather(*(srv.stop(grace) for srv in self._servers))
+        for loop in self._loops:
+            loop.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        await self.store.close()
+
+    async def wait_closed(self) -> None:
+        await asyncio.gather(*(srv.wait_for_termination() for srv in self._servers))

@@ -1,0 +1,224 @@
+"""gRPC servicers: authenticate, validate, translate, and hand over to the task manager."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+
+from cortex._proto.cortex.v1 import common_pb2 as pb
+from cortex._proto.cortex.v1 import enroll_pb2, enroll_pb2_grpc, node_pb2, node_pb2_grpc
+from cortex._proto.cortex.v1 import tasks_pb2, tasks_pb2_grpc
+from cortex.core.validation import check_labels
+from cortex.errors import InvalidArgument, PermissionDenied
+from cortex.hub._grpc_errors import streaming, unary
+from cortex.hub.auth import Authenticator, Principal, issue_join_token, parse_join_token
+from cortex.hub.auth import hash_secret
+from cortex.hub.config import HubConfig
+from cortex.hub.ids import new_id
+from cortex.hub.nodes import NodeSessions
+from cortex.hub.pki import CertificateAuthority
+from cortex.hub.registry import Registry
+from cortex.hub.tasks import TaskManager
+from cortex.store.base import Store, TaskQuery
+
+__all__ = ["EnrollServicer", "NodeServicer", "TaskServicer"]
+
+log = logging.getLogger("cortex.hub")
+
+# What each role may do (tenants and finer roles arrive with the security issue).
+_WRITE_ROLES = {"admin", "operator", "agent"}
+_NODE_ADMIN_ROLES = {"admin", "operator"}
+
+
+class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
+    def __init__(self, *, tasks: TaskManager, registry: Registry, store: Store,
+                 auth: Authenticator, ca: CertificateAuthority, config: HubConfig) -> None:
+        self._tasks = tasks
+        self._registry = registry
+        self._store = store
+        self._auth = auth
+        self._ca = ca
+        self._config = config
+
+    async def _principal(self, context: grpc.aio.ServicerContext, *, roles: set[str] | None = None
+                         ) -> Principal:
+        principal = await self._auth.authenticate(
+            context.invocation_metadata(), now=time.time(), mono=time.monotonic())
+        if roles is not None and principal.role not in roles:
+            raise PermissionDenied(f"role {principal.role!r} may not do this")
+        return principal
+
+    @unary
+    async def Submit(self, request: tasks_pb2.SubmitRequest,
+                     context: grpc.aio.ServicerContext) -> tasks_pb2.SubmitResponse:
+        who = await self._principal(context, roles=_WRITE_ROLES)
+        task, created = await self._tasks.submit(who.tenant, request.spec)
+        return tasks_pb2.SubmitResponse(task=task, created=created)
+
+    @unary
+    async def Get(self, request: tasks_pb2.GetTaskRequest,
+                  context: grpc.aio.ServicerContext) -> pb.Task:
+        who = await self._principal(context)
+        return await self._tasks.get(who.tenant, _id(request.task_id), with_attempts=True)
+
+    @unary
+    async def List(self, request: tasks_pb2.ListTasksRequest,
+                   context: grpc.aio.ServicerContext) -> tasks_pb2.ListTasksResponse:
+        who = await self._principal(context)
+        limit = request.limit or 100
+        if limit > 1000:
+            raise InvalidArgument("limit: at most 1000 tasks per page")
+        problems = check_labels(request.labels)
+        if problems:
+            raise InvalidArgument("; ".join(problems))
+        tasks = await self._tasks.list(who.tenant, TaskQuery(
+            states=list(request.states), node_id=request.node_id, labels=dict(request.labels),
+            limit=limit, after_id=request.page_token))
+        token = tasks[-1].id if len(tasks) == limit else ""
+        return tasks_pb2.ListTasksResponse(tasks=tasks, next_page_token=token)
+
+    @streaming
+    async def Watch(self, request: tasks_pb2.WatchRequest,
+                    context: grpc.aio.ServicerContext) -> AsyncIterator[pb.TaskEvent]:
+        who = await self._principal(context)
+        async for ev in self._tasks.watch(who.tenant, _id(request.task_id),
+                                          after_seq=request.after_seq, follow=request.follow):
+            yield ev
+
+    @unary
+    async def Cancel(self, request: tasks_pb2.CancelRequest,
+                     context: grpc.aio.ServicerContext) -> pb.Task:
+        who = await self._principal(context, roles=_WRITE_ROLES)
+        if len(request.reason) > 1024:
+            raise InvalidArgument("reason: at most 1024 characters")
+        return await self._tasks.cancel(who.tenant, _id(request.task_id), request.reason)
+
+    @streaming
+    async def Attach(self, request_iterator: AsyncIterator[tasks_pb2.AttachRequest],
+                     context: grpc.aio.ServicerContext) -> AsyncIterator[pb.TaskEvent]:
+        who = await self._principal(context, roles=_WRITE_ROLES)
+        it = aiter(request_iterator)
+        try:
+            first = await anext(it)
+        except StopAsyncIteration:
+            return
+        task_id = _id(first.task_id)
+        await self._tasks.get(who.tenant, task_id)
+        async with asyncio.TaskGroup() as tg:
+            pump = tg.create_task(self._pump_stdin(who.tenant, task_id, first, it))
+            async for ev in self._tasks.watch(who.tenant, task_id, after_seq=first.after_seq,
+                                              follow=True):
+                yield ev
+            pump.cancel()
+
+    async def _pump_stdin(self, tenant: str, task_id: str, first: tasks_pb2.AttachRequest,
+                          rest: AsyncIterator[tasks_pb2.AttachRequest]) -> None:
+        await self._forward(tenant, task_id, first)
+        async for req in rest:
+            await self._forward(tenant, task_id, req)
+
+    async def _forward(self, tenant: str, task_id: str, req: tasks_pb2.AttachRequest) -> None:
+        if req.stdin or req.eof:
+            await self._tasks.stdin(tenant, task_id, node_pb2.HubMessage(
+                stdin=node_pb2.Stdin(data=req.stdin, eof=req.eof)))
+        if req.rows and req.cols:
+            await self._tasks.stdin(tenant, task_id, node_pb2.HubMessage(
+                resize=node_pb2.Resize(rows=req.rows, cols=req.cols)))
+
+    @unary
+    async def ListNodes(self, request: tasks_pb2.ListNodesRequest,
+                        context: grpc.aio.ServicerContext) -> tasks_pb2.ListNodesResponse:
+        who = await self._principal(context)
+        out = []
+        for node in await self._store.list_nodes(who.tenant):
+            conn = self._registry.get(node.id)
+            if conn is not None and conn.tenant == who.tenant:
+                node.CopyFrom(conn.node)
+                node.running_tasks = len(conn.running)
+            elif node.state in (pb.ONLINE, pb.DRAINING):
+                node.state = pb.OFFLINE
+            if request.skill and request.skill not in node.skills:
+                continue
+            if any(node.labels.get(k) != v for k, v in request.labels.items()):
+                continue
+            if request.states and node.state not in request.states:
+                continue
+            out.append(node)
+        return tasks_pb2.ListNodesResponse(nodes=out)
+
+    @unary
+    async def CreateJoinToken(self, request: tasks_pb2.CreateJoinTokenRequest,
+                              context: grpc.aio.ServicerContext
+                              ) -> tasks_pb2.CreateJoinTokenResponse:
+        who = await self._principal(context, roles=_NODE_ADMIN_ROLES)
+        problems = check_labels(request.labels)
+        if problems:
+            raise InvalidArgument("; ".join(problems))
+        token, expires = await issue_join_token(
+            self._store, tenant=who.tenant, labels=dict(request.labels), now=time.time(),
+            ttl_s=request.ttl_s or 3600.0, fingerprint=self._ca.fingerprint)
+        return tasks_pb2.CreateJoinTokenResponse(token=token, expires_at=expires)
+
+
+class EnrollServicer(enroll_pb2_grpc.EnrollServiceServicer):
+    def __init__(self, *, store: Store, ca: CertificateAuthority, config: HubConfig,
+                 node_port: Callable[[], int]) -> None:
+        self._store = store
+        self._ca = ca
+        self._config = config
+        self._node_port = node_port
+
+    @unary
+    async def GetTrustBundle(self, request: enroll_pb2.GetTrustBundleRequest,
+                             context: grpc.aio.ServicerContext) -> enroll_pb2.TrustBundle:
+        return enroll_pb2.TrustBundle(ca_pem=self._ca.cert_pem)
+
+    @unary
+    async def Enroll(self, request: enroll_pb2.EnrollRequest,
+                     context: grpc.aio.ServicerContext) -> enroll_pb2.EnrollResponse:
+        token_id, secret, _ = parse_join_token(request.token)
+        if len(request.name) > 128:
+            raise InvalidArgument("name: at most 128 characters")
+        node_id = new_id("n")
+        now = time.time()
+        # Check the CSR before burning the token, so a bad CSR does not cost a token.
+        chain, cert = self._ca.sign_node_csr(
+            request.csr_pem, tenant="_", node_id=node_id,
+            now=dt.datetime.now(dt.UTC), ttl=dt.timedelta(seconds=1))
+        rec = await self._store.consume_join_token(token_id, hash_secret(secret),
+                                                   node_id=node_id, now=now)
+        chain, cert = self._ca.sign_node_csr(
+            request.csr_pem, tenant=rec.tenant, node_id=node_id,
+            now=dt.datetime.now(dt.UTC), ttl=dt.timedelta(seconds=self._config.node_cert_ttl_s))
+        await self._store.record_certificate(
+            rec.tenant, serial=format(cert.serial_number, "x"), node_id=node_id,
+            not_before=cert.not_valid_before_utc.timestamp(),
+            not_after=cert.not_valid_after_utc.timestamp())
+        await self._store.upsert_node(rec.tenant, pb.Node(
+            id=node_id, tenant=rec.tenant, name=request.name or node_id, labels=rec.labels,
+            state=pb.OFFLINE, cert_not_after=cert.not_valid_after_utc.timestamp()))
+        log.info("enrolled node %s (%s) into tenant %s", node_id, request.name, rec.tenant)
+        return enroll_pb2.EnrollResponse(node_id=node_id, certificate_pem=chain,
+                                         ca_pem=self._ca.cert_pem, tenant=rec.tenant,
+                                         labels=rec.labels, node_port=self._node_port())
+
+
+class NodeServicer(node_pb2_grpc.NodeServiceServicer):
+    def __init__(self, sessions: NodeSessions) -> None:
+        self._sessions = sessions
+
+    async def Connect(self, request_iterator: AsyncIterator[node_pb2.NodeMessage],
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[node_pb2.HubMessage]:
+        async for msg in self._sessions.serve(request_iterator, context):
+            yield msg
+
+
+def _id(value: str) -> str:
+    if not value or len(value) > 128 or not value.isascii():
+        raise InvalidArgument("task_id: give a task id such as t-0123456789abcdefghij")
+    return value

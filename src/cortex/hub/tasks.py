@@ -1,0 +1,567 @@
+"""The task manager: every task move goes through here, is persisted, then made visible.
+
+Active tasks live in memory (the latest committed copy plus a lock serialising moves on
+each); the store is written through on every transition with optimistic concurrency.
+Watchers read history from the store and are woken by the in-memory notifier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from cortex._proto.cortex.v1 import common_pb2 as pb
+from cortex._proto.cortex.v1 import node_pb2
+from cortex.core import placement, states
+from cortex.core.states import Event, State
+from cortex.core.validation import check_shell, check_task
+from cortex.errors import Conflict, InvalidArgument, NotFound
+from cortex.hub.config import HubConfig
+from cortex.hub.ids import new_id
+from cortex.hub.registry import NodeConn, Registry
+from cortex.store.base import Store, TaskQuery
+
+__all__ = ["TaskManager"]
+
+log = logging.getLogger("cortex.hub.tasks")
+_TRUNCATED = "\n[cortex: output truncated after {} bytes (max_output_bytes); the rest was dropped]\n"
+_EVENT_PAGE = 2000
+
+
+@dataclass(eq=False)
+class _Entry:
+    tenant: str
+    task: pb.Task
+    acked_seq: int = 0                  # newest node event seq stored for the current attempt
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    timeout_sent: bool = False
+
+
+class TaskManager:
+    def __init__(
+        self, store: Store, registry: Registry, config: HubConfig,
+        clock: Callable[[], float], monotonic: Callable[[], float],
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._config = config
+        self._clock = clock
+        self._monotonic = monotonic
+        self._active: dict[str, _Entry] = {}
+        self._queued: dict[str, _Entry] = {}     # insertion order = submission order
+        self._deadlines: list[tuple[float, str]] = []
+        self._wake = asyncio.Event()
+
+    # -- recovery ----------------------------------------------------------------------
+    async def recover(self) -> None:
+        """Load every unfinished task after a (re)start; their nodes will reconnect."""
+        for task in await self._store.list_active_tasks_all_tenants():
+            entry = _Entry(task.tenant, task)
+            if task.state in (pb.ASSIGNED, pb.RUNNING):
+                att = await self._store.get_attempt(task.tenant, task.id, task.attempt)
+                entry.acked_seq = att.acked_seq if att else 0
+                self._registry.gone_since.setdefault(task.node_id, self._monotonic())
+            self._track(entry)
+        log.info("recovered %d unfinished tasks", len(self._active))
+
+    def _track(self, entry: _Entry) -> None:
+        self._active[entry.task.id] = entry
+        if entry.task.state == pb.QUEUED:
+            self._queued[entry.task.id] = entry
+            self._wake.set()
+        if entry.task.deadline:
+            heapq.heappush(self._deadlines, (entry.task.deadline, entry.task.id))
+
+    # -- client operations -----------------------------------------------------------
+    async def submit(self, tenant: str, spec: pb.TaskSpec) -> tuple[pb.Task, bool]:
+        spec = _normalise(spec)
+        _validate(spec)
+        now = self._clock()
+        timeout = spec.timeout_s or self._config.default_timeout_s
+        task = pb.Task(
+            id=new_id("t"), tenant=tenant, spec=spec, state=pb.QUEUED, attempt=1,
+            created_at=now, deadline=now + timeout, version=1, last_seq=1,
+        )
+        event = pb.TaskEvent(task_id=task.id, seq=1, attempt=1, time=now,
+                             state=pb.StateChange(state=pb.QUEUED))
+        stored, created = await self._store.insert_task(tenant, task, [event])
+        if created:
+            self._track(_Entry(tenant, stored))
+        return stored, created
+
+    async def get(self, tenant: str, task_id: str, *, with_attempts: bool = False) -> pb.Task:
+        task = await self._store.get_task(tenant, task_id, with_attempts=with_attempts)
+        if task is None:
+            raise NotFound(f"no task {task_id!r} (check the id with `cortex tasks ls`)")
+        return task
+
+    async def list(self, tenant: str, query: TaskQuery) -> list[pb.Task]:
+        return await self._store.list_tasks(tenant, query)
+
+    async def cancel(self, tenant: str, task_id: str, reason: str) -> pb.Task:
+        entry = self._active.get(task_id)
+        if entry is None or entry.tenant != tenant:
+            task = await self.get(tenant, task_id)
+            raise Conflict(
+                f"task {task_id} already finished ({State(task.state).label}); nothing to cancel"
+            )
+        reason = reason or "cancelled by request"
+        async with entry.lock:
+            task = entry.task
+            if task.state == pb.QUEUED:
+                await self._move(entry, Event.CANCEL, reason=reason)
+            elif task.state in (pb.ASSIGNED, pb.RUNNING) and not task.cancel_requested:
+                new = _copy(task)
+                new.cancel_requested = True
+                new.reason = f"cancel requested: {reason}"
+                await self._save(entry, new, [])
+                self._send_cancel(entry, reason, pb.CANCELLED)
+            return entry.task
+
+    async def watch(
+        self, tenant: str, task_id: str, *, after_seq: int, follow: bool
+    ) -> AsyncIterator[pb.TaskEvent]:
+        task = await self.get(tenant, task_id)
+        while True:
+            entry = self._active.get(task_id)
+            if entry is not None:
+                entry.changed.clear()
+            events = await self._store.read_events(
+                tenant, task_id, after_seq=after_seq, limit=_EVENT_PAGE
+            )
+            for ev in events:
+                yield ev
+            if events:
+                after_seq = events[-1].seq
+                if len(events) == _EVENT_PAGE:
+                    continue
+            if not follow:
+                return
+            if entry is None:
+                task = await self.get(tenant, task_id)
+                if states.is_terminal(State(task.state)) and task.last_seq <= after_seq:
+                    return
+                if task_id not in self._active:
+                    continue  # finished between our reads: drain the last events
+            else:
+                await entry.changed.wait()
+
+    async def stdin(self, tenant: str, task_id: str, msg: node_pb2.HubMessage) -> None:
+        """Forward stdin/resize to the node running the task, once it has one."""
+        while True:
+            entry = self._active.get(task_id)
+            if entry is None or entry.tenant != tenant:
+                raise Conflict(f"task {task_id} is not running; stdin cannot be delivered")
+            if entry.task.state in (pb.ASSIGNED, pb.RUNNING):
+                conn = self._registry.get(entry.task.node_id)
+                if conn is not None:
+                    which = msg.WhichOneof("kind")
+                    getattr(msg, str(which)).task_id = task_id
+                    getattr(msg, str(which)).attempt = entry.task.attempt
+                    conn.send(msg)
+                    return
+            entry.changed.clear()
+            await entry.changed.wait()
+
+    # -- dispatch ----------------------------------------------------------------------
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run_dispatcher(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self._dispatch_pass()
+
+    async def _dispatch_pass(self) -> None:
+        if not self._queued:
+            return
+        order = sorted(self._queued.values(), key=lambda e: -e.task.spec.priority)
+        assigned: list[asyncio.Task[None]] = []
+        for entry in order:
+            conns = self._registry.for_tenant(entry.tenant)
+            if conns and all(len(c.running) >= c.slots for c in conns):
+                continue  # every node of the tenant is full: a finish will wake us
+            req = placement.TaskRequirements(
+                skill=entry.task.spec.skill, labels=dict(entry.task.spec.labels),
+                node_id=entry.task.spec.node_id,
+                session_node=self._session_node(entry),
+            )
+            decision = placement.place(req, [c.view() for c in conns])
+            if decision.node_id is None:
+                if "busy" not in decision.reason and entry.task.reason != decision.reason:
+                    await self._set_reason(entry, decision.reason)
+                continue
+            conn = self._registry.get(decision.node_id)
+            assert conn is not None
+            # Reserve the slot now so the rest of this pass sees it taken.
+            conn.running.add((entry.task.id, entry.task.attempt))
+            del self._queued[entry.task.id]
+            assigned.append(asyncio.ensure_future(self._assign(entry, conn)))
+        if assigned:
+            await asyncio.gather(*assigned)
+
+    def _session_node(self, entry: _Entry) -> str:
+        # Sessions arrive with the browser issue; a session pins to the node that ran the
+        # session's first task, which the registry will remember. Nothing holds one yet.
+        return ""
+
+    async def _assign(self, entry: _Entry, conn: NodeConn) -> None:
+        async with entry.lock:
+            if entry.task.state != pb.QUEUED:
+                conn.running.discard((entry.task.id, entry.task.attempt))
+                return
+            try:
+                await self._move(entry, Event.ASSIGN, node_id=conn.node_id, reason="")
+            except Exception:
+                conn.running.discard((entry.task.id, entry.task.attempt))
+                self._queued[entry.task.id] = entry
+                raise
+            entry.acked_seq = 0
+            conn.send(self._assign_msg(entry))
+
+    def _assign_msg(self, entry: _Entry) -> node_pb2.HubMessage:
+        task = entry.task
+        remaining = max(0.0, task.deadline - self._clock()) if task.deadline else 0.0
+        return node_pb2.HubMessage(assign=node_pb2.Assign(
+            task_id=task.id, attempt=task.attempt, spec=task.spec, deadline=task.deadline,
+            tenant=entry.tenant, remaining_s=remaining,
+        ))
+
+    async def _set_reason(self, entry: _Entry, reason: str) -> None:
+        async with entry.lock:
+            if entry.task.state != pb.QUEUED:
+                return
+            new = _copy(entry.task)
+            new.reason = reason
+            await self._save(entry, new, [])
+
+    # -- node side -----------------------------------------------------------------------
+    def held_status(self, conn: NodeConn, held: list[node_pb2.HeldTask]
+                    ) -> list[node_pb2.HeldTaskStatus]:
+        """Reconcile what a (re)connecting node holds with what the hub expects of it."""
+        out = []
+        for h in held:
+            entry = self._active.get(h.task_id)
+            ok = (entry is not None and entry.task.attempt == h.attempt
+                  and entry.task.node_id == conn.node_id and entry.tenant == conn.tenant
+                  and entry.task.state in (pb.ASSIGNED, pb.RUNNING))
+            if ok and entry is not None:
+                conn.running.add((h.task_id, h.attempt))
+                out.append(node_pb2.HeldTaskStatus(
+                    task_id=h.task_id, attempt=h.attempt, acked_seq=entry.acked_seq, keep=True))
+            else:
+                out.append(node_pb2.HeldTaskStatus(
+                    task_id=h.task_id, attempt=h.attempt, keep=False,
+                    reason=_stale_reason(entry, h.attempt)))
+        return out
+
+    async def after_welcome(self, conn: NodeConn, held: list[node_pb2.HeldTask]) -> None:
+        """Resend lost assignments, pass pending cancels, and fail over vanished tasks."""
+        held_keys = {(h.task_id, h.attempt) for h in held}
+        for entry in list(self._active.values()):
+            task = entry.task
+            if task.node_id != conn.node_id or task.state not in (pb.ASSIGNED, pb.RUNNING):
+                continue
+            key = (task.id, task.attempt)
+            if key in held_keys:
+                if task.cancel_requested:
+                    self._send_cancel(entry, task.reason, pb.CANCELLED)
+            elif task.state == pb.ASSIGNED:
+                conn.running.add(key)
+                conn.send(self._assign_msg(entry))
+            else:
+                async with entry.lock:
+                    if entry.task.state == pb.RUNNING and entry.task.node_id == conn.node_id:
+                        await self._lose(entry, "the node restarted without this task")
+        self.wake()
+
+    async def on_report(self, conn: NodeConn, report: node_pb2.TaskReport) -> None:
+        entry = self._active.get(report.task_id)
+        if (entry is None or entry.tenant != conn.tenant or entry.task.node_id != conn.node_id
+                or entry.task.attempt != report.attempt
+                or entry.task.state not in (pb.ASSIGNED, pb.RUNNING)):
+            conn.send(node_pb2.HubMessage(reject=node_pb2.Reject(
+                task_id=report.task_id, attempt=report.attempt,
+                reason=_stale_reason(entry, report.attempt))))
+            return
+        async with entry.lock:
+            await self._apply_report(entry, conn, report)
+
+    async def _apply_report(self, entry: _Entry, conn: NodeConn,
+                            report: node_pb2.TaskReport) -> None:
+        skip = max(0, entry.acked_seq - report.first_seq + 1)
+        node_events = list(report.events)[skip:]
+        if not node_events or entry.task.attempt != report.attempt:
+            self._ack(conn, entry, report)
+            return
+        if report.first_seq + skip != entry.acked_seq + 1:
+            log.warning("gap in events of %s attempt %d: have %d, got %d", entry.task.id,
+                        report.attempt, entry.acked_seq, report.first_seq + skip)
+            self._ack(conn, entry, report, upto=entry.acked_seq)
+            return
+        new = _copy(entry.task)
+        events: list[pb.TaskEvent] = []
+        acked = entry.acked_seq + len(node_events)
+        ended = None
+        for ne in node_events:
+            if new.attempt != report.attempt:
+                break  # a finish started the next attempt; nothing after it belongs there
+            ended = self._apply_node_event(new, ne, events, acked) or ended
+        attempt = ended or _attempt_row(new, acked)
+        await self._save(entry, new, events, attempt=attempt)
+        entry.acked_seq = acked if new.attempt == report.attempt else 0
+        self._ack(conn, entry, report)
+        if states.is_terminal(State(new.state)) or new.state == pb.QUEUED:
+            conn.running.discard((new.id, report.attempt))
+            self._finish(entry)
+
+    def _apply_node_event(self, task: pb.Task, ne: node_pb2.NodeEvent,
+                          out: list[pb.TaskEvent], acked: int) -> pb.Attempt | None:
+        kind = ne.WhichOneof("kind")
+        if kind == "output":
+            self._add_output(task, ne, out)
+        elif kind == "started":
+            if task.state == pb.ASSIGNED:
+                task.started_at = ne.time
+                self._transition(task, Event.START, out, time=ne.time)
+        elif kind == "finished":
+            fin = ne.finished
+            if fin.state not in states.FINISH_EVENT:
+                return None
+            task.finished_at = ne.time
+            task.has_exit_code = fin.has_exit_code
+            task.exit_code = fin.exit_code
+            if task.cancel_requested and fin.state == pb.CANCELLED:
+                reason = task.reason.removeprefix("cancel requested: ")
+            else:
+                reason = fin.reason
+            self._transition(task, states.FINISH_EVENT[State(fin.state)], out,
+                             time=ne.time, reason=reason, exit_code=fin)
+            return self._maybe_retry(task, out, acked)
+        return None
+
+    def _add_output(self, task: pb.Task, ne: node_pb2.NodeEvent, out: list[pb.TaskEvent]) -> None:
+        data = ne.output.data
+        cap = task.spec.max_output_bytes or self._config.max_output_bytes
+        if task.output_truncated:
+            return
+        if task.output_bytes + len(data) > cap:
+            data = data[: cap - task.output_bytes]
+            task.output_truncated = True
+        if data:
+            task.output_bytes += len(data)
+            out.append(self._event(task, time=ne.time, output=pb.Output(
+                stream=ne.output.stream, data=data)))
+        if task.output_truncated:
+            marker = _TRUNCATED.format(cap).encode()
+            out.append(self._event(task, time=ne.time, output=pb.Output(
+                stream=pb.SYSTEM, data=marker)))
+
+    def _event(self, task: pb.Task, *, time: float, **kind: pb.Output | pb.StateChange
+               ) -> pb.TaskEvent:
+        task.last_seq += 1
+        return pb.TaskEvent(task_id=task.id, seq=task.last_seq, attempt=task.attempt,
+                            time=time, **kind)  # type: ignore[arg-type]
+
+    def _transition(self, task: pb.Task, event: Event, out: list[pb.TaskEvent], *,
+                    time: float, reason: str = "", node_id: str = "",
+                    exit_code: node_pb2.Finished | None = None) -> None:
+        task.state = int(states.next_state(State(task.state), event))  # type: ignore[assignment]
+        task.reason = reason
+        change = pb.StateChange(state=task.state, reason=reason, node_id=node_id or task.node_id)
+        if exit_code is not None and exit_code.has_exit_code:
+            change.exit_code = exit_code.exit_code
+            change.has_exit_code = True
+        out.append(self._event(task, time=time, state=change))
+
+    def _maybe_retry(self, task: pb.Task, out: list[pb.TaskEvent], acked: int
+                     ) -> pb.Attempt | None:
+        """Start the next attempt if the policy allows; returns the ended attempt's row."""
+        policy = task.spec.retry
+        if not states.should_retry(State(task.state), attempt=task.attempt,
+                                   max_attempts=policy.max_attempts,
+                                   retry_on_failure=policy.retry_on_failure):
+            return None
+        ended = _attempt_row(task, acked)
+        previous = f"attempt {task.attempt} {State(task.state).label}: {task.reason}"
+        now = self._clock()
+        self._transition(task, Event.RETRY, out, time=now, reason=previous)
+        task.attempt += 1
+        out[-1].attempt = task.attempt
+        task.node_id = ""
+        task.cancel_requested = False
+        for name in ("assigned_at", "started_at", "finished_at", "exit_code", "has_exit_code"):
+            task.ClearField(name)  # type: ignore[arg-type]
+        return ended
+
+    def _ack(self, conn: NodeConn, entry: _Entry, report: node_pb2.TaskReport,
+             upto: int | None = None) -> None:
+        """Everything up to `upto` (default: the report's last event) is stored."""
+        del entry
+        if upto is None:
+            upto = report.first_seq + len(report.events) - 1
+        conn.send(node_pb2.HubMessage(ack=node_pb2.ReportAck(
+            task_id=report.task_id, attempt=report.attempt, acked_seq=upto)))
+
+    # -- reaping: lost nodes and deadlines --------------------------------------------
+    async def reap(self) -> None:
+        """One pass: lose tasks of nodes gone past the bound, time out past deadlines."""
+        mono = self._monotonic()
+        gone = {n for n, t in self._registry.gone_since.items()
+                if mono - t >= self._config.lost_after_s}
+        if gone:
+            for entry in list(self._active.values()):
+                if entry.task.node_id in gone and entry.task.state in (pb.ASSIGNED, pb.RUNNING):
+                    async with entry.lock:
+                        if entry.task.node_id in gone and entry.task.state in (
+                                pb.ASSIGNED, pb.RUNNING):
+                            await self._lose(entry, "the node went silent past "
+                                             f"{self._config.lost_after_s:g} s")
+            for node_id in gone:
+                self._registry.gone_since.pop(node_id, None)
+        await self._expire_deadlines()
+
+    async def _expire_deadlines(self) -> None:
+        now = self._clock()
+        grace = self._config.timeout_grace_s
+        while self._deadlines and self._deadlines[0][0] <= now:
+            deadline, task_id = heapq.heappop(self._deadlines)
+            entry = self._active.get(task_id)
+            if entry is None or entry.task.deadline != deadline:
+                continue
+            async with entry.lock:
+                task = entry.task
+                if task.state == pb.QUEUED:
+                    why = f": {task.reason}" if task.reason else ""
+                    await self._move(entry, Event.TIME_OUT, reason=f"deadline passed while queued{why}")
+                elif not entry.timeout_sent:
+                    entry.timeout_sent = True
+                    self._send_cancel(entry, "deadline passed", pb.TIMED_OUT)
+                    heapq.heappush(self._deadlines, (deadline + grace, task_id))
+                    entry.task = _with_deadline(task, deadline + grace)
+                else:
+                    await self._move(entry, Event.TIME_OUT,
+                                     reason="deadline passed and the node did not confirm the kill")
+
+    async def _lose(self, entry: _Entry, reason: str) -> None:
+        conn = self._registry.get(entry.task.node_id)
+        if conn is not None:
+            conn.running.discard((entry.task.id, entry.task.attempt))
+        if entry.task.cancel_requested:
+            await self._move(entry, Event.CANCEL, reason=f"{reason} while cancelling")
+        else:
+            await self._move(entry, Event.LOSE, reason=reason)
+
+    # -- shared plumbing ------------------------------------------------------------------
+    async def _move(self, entry: _Entry, event: Event, *, reason: str = "",
+                    node_id: str = "") -> None:
+        """Apply one state machine event to an entry (caller holds its lock) and persist."""
+        new = _copy(entry.task)
+        now = self._clock()
+        events: list[pb.TaskEvent] = []
+        if event is Event.ASSIGN:
+            new.node_id = node_id
+            new.assigned_at = now
+        self._transition(new, event, events, time=now, reason=reason)
+        ended = None
+        if states.is_terminal(State(new.state)):
+            new.finished_at = new.finished_at or now
+            ended = self._maybe_retry(new, events, entry.acked_seq)
+        attempt = ended or _attempt_row(new, entry.acked_seq)
+        await self._save(entry, new, events, attempt=attempt)
+        if new.state == pb.QUEUED and event is not Event.ASSIGN:
+            self._queued[new.id] = entry
+            self._wake.set()
+        elif states.is_terminal(State(new.state)):
+            self._finish(entry)
+
+    async def _save(self, entry: _Entry, new: pb.Task, events: list[pb.TaskEvent], *,
+                    attempt: pb.Attempt | None = None) -> None:
+        new.version = entry.task.version + 1
+        await self._store.save_task(entry.tenant, new, expected_version=entry.task.version,
+                                    events=events, attempt=attempt)
+        entry.task = new
+        entry.changed.set()
+
+    def _finish(self, entry: _Entry) -> None:
+        task = entry.task
+        if states.is_terminal(State(task.state)):
+            self._active.pop(task.id, None)
+            self._queued.pop(task.id, None)
+        self._wake.set()
+
+    def _send_cancel(self, entry: _Entry, reason: str, state: int) -> None:
+        conn = self._registry.get(entry.task.node_id)
+        if conn is not None:
+            conn.send(node_pb2.HubMessage(cancel=node_pb2.CancelTask(
+                task_id=entry.task.id, attempt=entry.task.attempt, reason=reason,
+                state=state)))  # type: ignore[arg-type]
+
+    def statistics(self) -> dict[str, int]:
+        return {"active": len(self._active), "queued": len(self._queued)}
+
+
+def _copy(task: pb.Task) -> pb.Task:
+    new = pb.Task()
+    new.CopyFrom(task)
+    return new
+
+
+def _with_deadline(task: pb.Task, deadline: float) -> pb.Task:
+    # In memory only: the stored deadline stays the user's; this is the kill grace.
+    new = _copy(task)
+    new.deadline = deadline
+    return new
+
+
+def _attempt_row(src: pb.Task, acked: int) -> pb.Attempt:
+    """The stored row of `src`'s current attempt."""
+    row = pb.Attempt(attempt=src.attempt, node_id=src.node_id, state=src.state,
+                     reason=src.reason, started_at=src.started_at,
+                     finished_at=src.finished_at, acked_seq=acked)
+    if src.has_exit_code:
+        row.exit_code = src.exit_code
+        row.has_exit_code = True
+    return row
+
+
+def _stale_reason(entry: _Entry | None, attempt: int) -> str:
+    if entry is None:
+        return "the task is finished or unknown to the hub"
+    if entry.task.attempt != attempt:
+        return f"attempt {attempt} is stale; the task is on attempt {entry.task.attempt}"
+    return f"the task is {State(entry.task.state).label} and not assigned to this node"
+
+
+def _normalise(spec: pb.TaskSpec) -> pb.TaskSpec:
+    spec = _copy_spec(spec)
+    if not spec.skill:
+        spec.skill = "shell"
+    if spec.retry.max_attempts == 0:
+        spec.retry.max_attempts = 1
+    return spec
+
+
+def _copy_spec(spec: pb.TaskSpec) -> pb.TaskSpec:
+    new = pb.TaskSpec()
+    new.CopyFrom(spec)
+    return new
+
+
+def _validate(spec: pb.TaskSpec) -> None:
+    problems = check_task(
+        skill=spec.skill, labels=spec.labels, timeout_s=spec.timeout_s,
+        max_output_bytes=spec.max_output_bytes, priority=spec.priority,
+        idempotency_key=spec.idempotency_key, session_id=spec.session_id,
+        node_id=spec.node_id, max_attempts=spec.retry.max_attempts,
+    )
+    if spec.skill == "shell":
+        sh = spec.shell
+        problems += check_shell(sh.argv, sh.command, sh.env, sh.stdin)
+    if problems:
+        raise InvalidArgument("; ".join(problems))

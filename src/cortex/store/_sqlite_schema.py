@@ -1,0 +1,74 @@
+"""SQLite schema migrations, applied in order; `PRAGMA user_version` records the last."""
+
+from __future__ import annotations
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the foundation
+    """
+    CREATE TABLE tenants (
+        id TEXT PRIMARY KEY,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE api_tokens (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL REFERENCES tenants(id),
+        name TEXT NOT NULL,
+        role TEXT NOT NULL,
+        secret_hash BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL DEFAULT 0,
+        revoked_at REAL NOT NULL DEFAULT 0
+    );
+    CREATE TABLE join_tokens (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL REFERENCES tenants(id),
+        secret_hash BLOB NOT NULL,
+        labels TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        used_at REAL NOT NULL DEFAULT 0,
+        node_id TEXT NOT NULL DEFAULT ''
+    );
+    CREATE TABLE certificates (
+        serial TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL REFERENCES tenants(id),
+        node_id TEXT NOT NULL,
+        not_before REAL NOT NULL,
+        not_after REAL NOT NULL,
+        revoked_at REAL NOT NULL DEFAULT 0
+    );
+    CREATE TABLE nodes (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL REFERENCES tenants(id),
+        body BLOB NOT NULL
+    );
+    CREATE INDEX nodes_tenant ON nodes(tenant);
+    CREATE TABLE tasks (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL REFERENCES tenants(id),
+        state INTEGER NOT NULL,
+        node_id TEXT NOT NULL,
+        idempotency_key TEXT,
+        version INTEGER NOT NULL,
+        body BLOB NOT NULL
+    );
+    CREATE UNIQUE INDEX tasks_idem ON tasks(tenant, idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+    CREATE INDEX tasks_tenant_id ON tasks(tenant, id);
+    CREATE INDEX tasks_active ON tasks(state) WHERE state IN (1, 2, 3);
+    CREATE TABLE task_attempts (
+        task_id TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        tenant TEXT NOT NULL REFERENCES tenants(id),
+        body BLOB NOT NULL,
+        PRIMARY KEY (task_id, attempt)
+    );
+    CREATE TABLE task_events (
+        task_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        tenant TEXT NOT NULL REFERENCES tenants(id),
+        body BLOB NOT NULL,
+        PRIMARY KEY (task_id, seq)
+    ) WITHOUT ROWID;
+    """,
+)

@@ -1,0 +1,141 @@
+"""The store interface. Every method that touches tenant data takes the tenant first and
+filters by it; the few system-wide scans say so in their name (``*_all_tenants``).
+
+Tasks use optimistic concurrency: every write names the version it read, and fails with
+`Conflict` when another writer got there first, so two hubs can never both apply a move.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from cortex._proto.cortex.v1 import common_pb2 as pb
+
+__all__ = ["ApiTokenRecord", "JoinTokenRecord", "Store", "TaskQuery"]
+
+
+@dataclass(frozen=True, slots=True)
+class ApiTokenRecord:
+    id: str
+    tenant: str
+    name: str
+    role: str
+    secret_hash: bytes
+    created_at: float
+    expires_at: float = 0.0     # 0 = never
+    revoked_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class JoinTokenRecord:
+    id: str
+    tenant: str
+    secret_hash: bytes
+    labels: dict[str, str]
+    created_at: float
+    expires_at: float
+    used_at: float = 0.0
+    node_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskQuery:
+    states: Sequence[int] = ()
+    node_id: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    limit: int = 100
+    after_id: str = ""          # page token: tasks are listed newest first by id
+
+
+class Store(abc.ABC):
+    """Async persistence. Implementations must make each method one transaction."""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and apply pending migrations."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Finish queued writes and release connections."""
+
+    # -- tenants and credentials -------------------------------------------------
+    @abc.abstractmethod
+    async def ensure_tenant(self, tenant: str, *, now: float) -> None: ...
+
+    @abc.abstractmethod
+    async def create_api_token(self, token: ApiTokenRecord) -> None: ...
+
+    @abc.abstractmethod
+    async def find_api_token(self, token_id: str) -> ApiTokenRecord | None:
+        """Look a token up by id before its tenant is known (authentication)."""
+
+    @abc.abstractmethod
+    async def create_join_token(self, token: JoinTokenRecord) -> None: ...
+
+    @abc.abstractmethod
+    async def consume_join_token(
+        self, token_id: str, secret_hash: bytes, *, node_id: str, now: float
+    ) -> JoinTokenRecord:
+        """Mark a join token used by `node_id`; PermissionDenied if unknown, used or expired."""
+
+    @abc.abstractmethod
+    async def record_certificate(
+        self, tenant: str, *, serial: str, node_id: str, not_before: float, not_after: float
+    ) -> None: ...
+
+    # -- nodes ---------------------------------------------------------------------
+    @abc.abstractmethod
+    async def upsert_node(self, tenant: str, node: pb.Node) -> None: ...
+
+    @abc.abstractmethod
+    async def get_node(self, tenant: str, node_id: str) -> pb.Node | None: ...
+
+    @abc.abstractmethod
+    async def list_nodes(self, tenant: str) -> list[pb.Node]: ...
+
+    @abc.abstractmethod
+    async def find_node_all_tenants(self, node_id: str) -> pb.Node | None:
+        """A node by id whatever its tenant (the caller authenticated it by certificate)."""
+
+    # -- tasks ---------------------------------------------------------------------
+    @abc.abstractmethod
+    async def insert_task(
+        self, tenant: str, task: pb.Task, events: Sequence[pb.TaskEvent]
+    ) -> tuple[pb.Task, bool]:
+        """Store a new task; with an idempotency key already used, the existing task, False."""
+
+    @abc.abstractmethod
+    async def save_task(
+        self,
+        tenant: str,
+        task: pb.Task,
+        *,
+        expected_version: int,
+        events: Sequence[pb.TaskEvent] = (),
+        attempt: pb.Attempt | None = None,
+    ) -> None:
+        """Write `task` (its version must be expected_version + 1), its new events (seq
+        already assigned) and an attempt row, atomically; Conflict if the stored version
+        is not `expected_version` or an event (task, attempt, node seq) was stored before."""
+
+    @abc.abstractmethod
+    async def get_task(
+        self, tenant: str, task_id: str, *, with_attempts: bool = False
+    ) -> pb.Task | None: ...
+
+    @abc.abstractmethod
+    async def list_tasks(self, tenant: str, query: TaskQuery) -> list[pb.Task]: ...
+
+    @abc.abstractmethod
+    async def list_active_tasks_all_tenants(self) -> list[pb.Task]:
+        """Every task not in a terminal state (the dispatcher's recovery scan)."""
+
+    @abc.abstractmethod
+    async def get_attempt(self, tenant: str, task_id: str, attempt: int) -> pb.Attempt | None: ...
+
+    @abc.abstractmethod
+    async def read_events(
+        self, tenant: str, task_id: str, *, after_seq: int, limit: int
+    ) -> list[pb.TaskEvent]: ...
