@@ -81,7 +81,7 @@ def check_shell(argv: Iterable[str], command: str, env: Mapping[str, str], stdin
     return problems
 
 
-def check_task(  # noqa: PLR0913 - one keyword per checked field reads best here
+def check_task(
     *, skill: str, labels: Mapping[str, str], timeout_s: float, max_output_bytes: int,
     priority: int, idempotency_key: str, session_id: str, node_id: str, max_attempts: int,
     limits: Limits = LIMITS,

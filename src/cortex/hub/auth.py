@@ -11,12 +11,13 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
+from cortex.core.tokens import parse_join_token
 from cortex.errors import InvalidArgument, PermissionDenied
 from cortex.store.base import ApiTokenRecord, JoinTokenRecord, Store
 
 __all__ = [
-    "Principal",
     "Authenticator",
+    "Principal",
     "hash_secret",
     "issue_api_token",
     "issue_join_token",
@@ -61,20 +62,6 @@ async def issue_join_token(store: Store, *, tenant: str, labels: dict[str, str],
         created_at=now, expires_at=expires,
     ))
     return f"cjt_{token_id}.{secret}#{fingerprint}", expires
-
-
-def parse_join_token(token: str) -> tuple[str, str, str]:
-    """(id, secret, CA pin) of a join token, or InvalidArgument saying what is off."""
-    body, _, pin = token.strip().partition("#")
-    token_id, dot, secret = body.removeprefix("cjt_").partition(".")
-    if not body.startswith("cjt_") or not dot or not token_id or not secret:
-        raise InvalidArgument(
-            "malformed join token: expected cjt_<id>.<secret>#sha256:<pin> from "
-            "`cortex token create`"
-        )
-    if pin and not pin.startswith("sha256:"):
-        raise InvalidArgument("malformed join token: the CA pin must start with sha256:")
-    return token_id, secret, pin
 
 
 class Authenticator:

@@ -18,7 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from cortex._proto.cortex.v1 import enroll_pb2_grpc, node_pb2_grpc, tasks_pb2_grpc
-from cortex.hub.auth import Authenticator, issue_api_token
+from cortex.hub.auth import Authenticator, issue_api_token, issue_join_token
 from cortex.hub.config import HubConfig
 from cortex.hub.nodes import NodeSessions
 from cortex.hub.pki import CertificateAuthority, write_private
@@ -107,6 +107,16 @@ class Hub:
     def node_address(self) -> str:
         return f"{self.config.host}:{self.node_port}"
 
+    async def join_token(self, *, tenant: str = DEFAULT_TENANT,
+                         labels: dict[str, str] | None = None, ttl_s: float = 300.0) -> str:
+        """A single-use join token for a node of `tenant` (what `cortex up` uses locally)."""
+        if self.ca is None:
+            raise RuntimeError("the hub issues join tokens only after start()")
+        token, _ = await issue_join_token(self.store, tenant=tenant, labels=labels or {},
+                                          now=time.time(), ttl_s=ttl_s,
+                                          fingerprint=self.ca.fingerprint)
+        return token
+
     async def _admin_token(self) -> str:
         path = self.config.data_dir / "admin.token"
         if path.exists():
@@ -117,7 +127,8 @@ class Hub:
         return token
 
     def _write_client_file(self) -> None:
-        assert self.ca is not None
+        if self.ca is None:
+            raise RuntimeError("the hub writes its client file only after start()")
         target = self.config.client_file or self.config.data_dir.parent / "client.json"
         body = {
             "address": self.address,

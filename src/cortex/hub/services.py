@@ -11,13 +11,24 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 
 from cortex._proto.cortex.v1 import common_pb2 as pb
-from cortex._proto.cortex.v1 import enroll_pb2, enroll_pb2_grpc, node_pb2, node_pb2_grpc
-from cortex._proto.cortex.v1 import tasks_pb2, tasks_pb2_grpc
+from cortex._proto.cortex.v1 import (
+    enroll_pb2,
+    enroll_pb2_grpc,
+    node_pb2,
+    node_pb2_grpc,
+    tasks_pb2,
+    tasks_pb2_grpc,
+)
 from cortex.core.validation import check_labels
 from cortex.errors import InvalidArgument, PermissionDenied
 from cortex.hub._grpc_errors import streaming, unary
-from cortex.hub.auth import Authenticator, Principal, issue_join_token, parse_join_token
-from cortex.hub.auth import hash_secret
+from cortex.hub.auth import (
+    Authenticator,
+    Principal,
+    hash_secret,
+    issue_join_token,
+    parse_join_token,
+)
 from cortex.hub.config import HubConfig
 from cortex.hub.ids import new_id
 from cortex.hub.nodes import NodeSessions
@@ -76,7 +87,7 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
         problems = check_labels(request.labels)
         if problems:
             raise InvalidArgument("; ".join(problems))
-        tasks = await self._tasks.list(who.tenant, TaskQuery(
+        tasks = await self._tasks.list_tasks(who.tenant, TaskQuery(
             states=list(request.states), node_id=request.node_id, labels=dict(request.labels),
             limit=limit, after_id=request.page_token))
         token = tasks[-1].id if len(tasks) == limit else ""

@@ -27,7 +27,9 @@ from cortex.store.base import Store, TaskQuery
 __all__ = ["TaskManager"]
 
 log = logging.getLogger("cortex.hub.tasks")
-_TRUNCATED = "\n[cortex: output truncated after {} bytes (max_output_bytes); the rest was dropped]\n"
+_TRUNCATED = (
+    "\n[cortex: output truncated after {} bytes (max_output_bytes); the rest was dropped]\n"
+)
 _EVENT_PAGE = 2000
 
 
@@ -99,7 +101,7 @@ class TaskManager:
             raise NotFound(f"no task {task_id!r} (check the id with `cortex tasks ls`)")
         return task
 
-    async def list(self, tenant: str, query: TaskQuery) -> list[pb.Task]:
+    async def list_tasks(self, tenant: str, query: TaskQuery) -> list[pb.Task]:
         return await self._store.list_tasks(tenant, query)
 
     async def cancel(self, tenant: str, task_id: str, reason: str) -> pb.Task:
@@ -197,7 +199,8 @@ class TaskManager:
                     await self._set_reason(entry, decision.reason)
                 continue
             conn = self._registry.get(decision.node_id)
-            assert conn is not None
+            if conn is None:
+                continue
             # Reserve the slot now so the rest of this pass sees it taken.
             conn.running.add((entry.task.id, entry.task.attempt))
             del self._queued[entry.task.id]
@@ -438,7 +441,8 @@ class TaskManager:
                 task = entry.task
                 if task.state == pb.QUEUED:
                     why = f": {task.reason}" if task.reason else ""
-                    await self._move(entry, Event.TIME_OUT, reason=f"deadline passed while queued{why}")
+                    await self._move(entry, Event.TIME_OUT,
+                                     reason=f"deadline passed while queued{why}")
                 elif not entry.timeout_sent:
                     entry.timeout_sent = True
                     self._send_cancel(entry, "deadline passed", pb.TIMED_OUT)

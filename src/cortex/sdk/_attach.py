@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
@@ -75,7 +75,7 @@ class Attachment:
             raise InvalidArgument(f"terminal size must be positive, got {rows}x{cols}")
         await self._write(tasks_pb2.AttachRequest(rows=rows, cols=cols))
 
-    async def events(self) -> AsyncIterator[common_pb2.TaskEvent]:
+    async def events(self) -> AsyncGenerator[common_pb2.TaskEvent, None]:
         """The task's events from ``after_seq`` until the task is finished."""
         call = self._require_call()
         try:

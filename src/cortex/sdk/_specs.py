@@ -86,13 +86,17 @@ def _fill_shell(shell: common_pb2.ShellSpec, options: TaskOptions) -> list[str]:
     if not all(isinstance(a, str) for a in argv):
         return ["argv must be a list of strings"]
     shell.argv.extend(argv)
-    shell.command = options.get("command") or ""
     shell.env.update(parse_env(options.get("env")))
-    shell.cwd = options.get("cwd") or ""
-    shell.stdin = options.get("stdin") or b""
-    shell.interactive = bool(options.get("interactive"))
-    shell.pty = bool(options.get("pty"))
-    problems = validation.check_shell(shell.argv, shell.command, shell.env, shell.stdin)
+    problems: list[str] = []
+    for name, value in (
+        ("command", options.get("command") or ""),
+        ("cwd", options.get("cwd") or ""),
+        ("stdin", options.get("stdin") or b""),
+        ("interactive", bool(options.get("interactive"))),
+        ("pty", bool(options.get("pty"))),
+    ):
+        _set(problems, shell, name, value)
+    problems += validation.check_shell(shell.argv, shell.command, shell.env, shell.stdin)
     rows, cols = options.get("rows", 0), options.get("cols", 0)
     if not (0 <= rows < 65536 and 0 <= cols < 65536):
         problems.append(f"rows/cols must be between 0 and 65535, got {rows}x{cols}")
@@ -104,27 +108,38 @@ def _fill_shell(shell: common_pb2.ShellSpec, options: TaskOptions) -> list[str]:
 def _fill_task(spec: common_pb2.TaskSpec, options: TaskOptions) -> list[str]:
     problems: list[str] = []
     spec.labels.update(parse_labels(options.get("labels")))
-    spec.node_id = options.get("node_id") or ""
-    spec.session_id = options.get("session_id") or ""
     timeout = options.get("timeout")
-    spec.timeout_s = 0.0 if timeout is None else parse_duration(timeout, what="timeout")
-    spec.priority = options.get("priority", 0)
-    spec.idempotency_key = options.get("idempotency_key") or ""
     max_attempts = options.get("max_attempts", 1)
     if max_attempts < 1:
         problems.append(f"max_attempts must be at least 1, got {max_attempts}")
-    spec.retry.max_attempts = max(max_attempts, 1)
-    spec.retry.retry_on_failure = bool(options.get("retry_on_failure"))
     max_output = options.get("max_output_bytes", 0)
     if max_output < 0:
         problems.append(f"max_output_bytes must be >= 0, got {max_output}")
-    spec.max_output_bytes = max(max_output, 0)
+    for target, name, value in (
+        (spec, "node_id", options.get("node_id") or ""),
+        (spec, "session_id", options.get("session_id") or ""),
+        (spec, "timeout_s", 0.0 if timeout is None else parse_duration(timeout, what="timeout")),
+        (spec, "priority", options.get("priority", 0)),
+        (spec, "idempotency_key", options.get("idempotency_key") or ""),
+        (spec.retry, "max_attempts", max(max_attempts, 1)),
+        (spec.retry, "retry_on_failure", bool(options.get("retry_on_failure"))),
+        (spec, "max_output_bytes", max(max_output, 0)),
+    ):
+        _set(problems, target, name, value)
     return problems + validation.check_task(
         skill=spec.skill, labels=spec.labels, timeout_s=spec.timeout_s,
         max_output_bytes=spec.max_output_bytes, priority=spec.priority,
         idempotency_key=spec.idempotency_key, session_id=spec.session_id,
         node_id=spec.node_id, max_attempts=max_attempts,
     )
+
+
+def _set(problems: list[str], message: Any, name: str, value: object) -> None:
+    """Assign a protobuf field; a wrong type or an out-of-range number becomes a problem."""
+    try:
+        setattr(message, name, value)
+    except (TypeError, ValueError) as e:
+        problems.append(f"{name}: {value!r} does not fit ({e})")
 
 
 def parse_labels(labels: Pairs | None) -> dict[str, str]:
@@ -178,20 +193,23 @@ def parse_duration(value: str | float, *, what: str = "duration") -> float:
 
 def parse_task_state(value: int | str) -> common_pb2.TaskState.ValueType:
     """A TaskState from its number or name (``timed_out``, ``TIMED-OUT`` ...)."""
-    return _enum(common_pb2.TaskState, value, what="task state")
+    return common_pb2.TaskState.ValueType(_enum(common_pb2.TaskState, value, what="task state"))
 
 
 def parse_node_state(value: int | str) -> common_pb2.NodeState.ValueType:
     """A NodeState from its number or name (``online``, ``draining`` ...)."""
-    return _enum(common_pb2.NodeState, value, what="node state")
+    return common_pb2.NodeState.ValueType(_enum(common_pb2.NodeState, value, what="node state"))
 
 
-def _enum(enum: Any, value: int | str, *, what: str) -> Any:
-    names = [n for n in enum.keys() if not n.endswith("_UNSPECIFIED")]  # noqa: SIM118 - not a dict
-    key = value.strip().upper().replace("-", "_") if isinstance(value, str) else None
-    if key in names:
-        return enum.Value(key)
-    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= len(names):
-        return enum.Value(enum.Name(value))
-    choices = ", ".join(n.lower() for n in names)
+def _enum(enum: Any, value: int | str, *, what: str) -> int:
+    members: dict[str, int] = {
+        name: number for name, number in enum.items() if not name.endswith("_UNSPECIFIED")
+    }
+    if isinstance(value, str):
+        key = value.strip().upper().replace("-", "_")
+        if key in members:
+            return members[key]
+    elif not isinstance(value, bool) and value in members.values():
+        return value
+    choices = ", ".join(name.lower() for name in members)
     raise InvalidArgument(f"{what} {value!r} is not one of: {choices}")

@@ -10,6 +10,7 @@ task dispatch fast; with a single caller it costs nothing extra.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import queue
 import sqlite3
@@ -128,10 +129,9 @@ class SqliteStore(Store):
         for (_, fut, loop), (ok, value) in zip(batch, results, strict=True):
             by_loop.setdefault(loop, []).append((fut, ok, value))
         for loop, items in by_loop.items():
-            try:
+            # RuntimeError: that caller's loop is closed, so nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_resolve_all, items)
-            except RuntimeError:
-                pass  # that caller's loop is closed: nobody is waiting any more
 
     async def _call(self, op: Callable[[sqlite3.Connection], T]) -> T:
         if self._thread is None or self._closed:

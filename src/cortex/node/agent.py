@@ -1,0 +1,496 @@
+"""The node agent: dials the hub, runs what it is given, reports everything exactly once.
+
+Tasks run independently of the connection. Their events are batched (a few ms), journaled,
+then sent; the hub acknowledges what it stored and the journal forgets it. After a
+reconnect the hub says how far it got for each held attempt and the agent resends the
+rest from the journal; after a restart the same happens for whatever the journal holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import grpc
+
+from cortex import __version__
+from cortex._proto.cortex.v1 import common_pb2 as pb
+from cortex._proto.cortex.v1 import node_pb2, node_pb2_grpc
+from cortex.core.states import State
+from cortex.errors import CortexError
+from cortex.node.config import NodeConfig
+from cortex.node.enroll import HUB_SERVER_NAME, Identity
+from cortex.node.journal import Journal
+from cortex.node.supervisor import Supervisor
+from cortex.skills.base import Outcome, TaskRun
+
+__all__ = ["Agent"]
+
+log = logging.getLogger("cortex.node")
+_REPORT_BYTES = 1024 * 1024       # split reports above this
+_OUTBOX_BOUND = 256               # reports in flight to the gRPC writer before we wait
+_ACK_WAIT_S = 5.0
+
+
+@dataclass(eq=False)
+class _Held:
+    assign: node_pb2.Assign
+    next_seq: int = 1                                  # seq of the next event to journal
+    acked: int = 0                                     # newest seq the hub stored
+    sent: int = 0                                      # newest seq handed to this connection
+    buffer: list[node_pb2.NodeEvent] = field(default_factory=list)  # not journaled yet
+    unsent: list[node_pb2.NodeEvent] = field(default_factory=list)  # journaled, not sent
+    run: TaskRun | None = None
+    started: bool = False
+    finished: bool = False
+    dropped: bool = False
+    pending_stdin: list[tuple[bytes, bool]] = field(default_factory=list)
+    cancel: tuple[State, str] | None = None
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.assign.task_id, self.assign.attempt)
+
+
+class Agent:
+    def __init__(self, config: NodeConfig, identity: Identity, supervisor: Supervisor,
+                 skills: list[str], journal: Journal) -> None:
+        self._config = config
+        self._id = identity
+        self._supervisor = supervisor
+        self._skills = skills
+        self._journal = journal
+        self._held: dict[tuple[str, int], _Held] = {}
+        self._outbox: asyncio.Queue[node_pb2.NodeMessage] | None = None
+        self._dirty = asyncio.Event()
+        self._acked = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._forced = asyncio.Event()
+        self._draining = False
+        self._boot_id = uuid.uuid4().hex
+        self._runs: asyncio.TaskGroup | None = None
+        self.connected = asyncio.Event()
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """First call: drain gracefully. Second call: stop now (tasks are killed)."""
+        if self._stopping.is_set():
+            log.warning("second stop request: killing running tasks now")
+            self._forced.set()
+            for held in self._held.values():
+                if held.run is not None:
+                    held.run.cancel(State.CANCELLED, "node stopped (forced)")
+        else:
+            log.info("stopping: no new tasks; running ones get %.0f s", self._config.drain_grace_s)
+            self._stopping.set()
+            self._draining = True
+
+    async def run(self) -> None:
+        self._recover()
+        async with asyncio.TaskGroup() as runs:
+            self._runs = runs
+            async with asyncio.TaskGroup() as tg:
+                conn = tg.create_task(self._connect_loop())
+                flusher = tg.create_task(self._flush_loop())
+                await self._stopping.wait()
+                self._send_heartbeat()
+                await self._drain()
+                await self._settle()
+                conn.cancel()
+                flusher.cancel()
+        self._journal.prune()
+
+    async def _drain(self) -> None:
+        running = [h for h in self._held.values() if h.run is not None and not h.finished]
+        if not running:
+            return
+        deadline = time.monotonic() + self._config.drain_grace_s
+        while any(not h.finished for h in running) and not self._forced.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._dirty.clear()
+            try:
+                await asyncio.wait_for(self._wait_any(self._dirty, self._forced), remaining)
+            except TimeoutError:
+                break
+        for held in running:
+            if not held.finished and held.run is not None:
+                held.run.cancel(State.CANCELLED, "node shutting down (drain grace ran out)")
+
+    async def _settle(self) -> None:
+        """Let runs finish reporting and wait (bounded) for the hub's acknowledgements."""
+        while any(h.run is not None and not h.finished for h in self._held.values()):
+            self._dirty.clear()
+            await self._dirty.wait()
+        self._flush()
+        deadline = time.monotonic() + _ACK_WAIT_S
+        while (self._outbox is not None and any(h.acked < h.next_seq - 1
+                                                 for h in self._held.values())
+               and time.monotonic() < deadline and not self._forced.is_set()):
+            self._acked.clear()
+            try:
+                await asyncio.wait_for(self._acked.wait(), deadline - time.monotonic())
+            except TimeoutError:
+                break
+        if self._outbox is not None:
+            self._outbox.put_nowait(node_pb2.NodeMessage(
+                goodbye=node_pb2.Goodbye(reason="node stopping")))
+            await asyncio.sleep(0)
+
+    @staticmethod
+    async def _wait_any(*events: asyncio.Event) -> None:
+        waiters = [asyncio.ensure_future(e.wait()) for e in events]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+
+    def _recover(self) -> None:
+        """Re-hold what the journal holds; tasks that were running died with the old agent."""
+        for row in self._journal.held():
+            held = _Held(row.assign, next_seq=row.next_seq, acked=row.acked_seq,
+                         sent=row.acked_seq, started=True, finished=row.finished)
+            self._held[held.key] = held
+            if not row.finished:
+                _kill_leftover(row.pid)
+                self._emit(held, node_pb2.NodeEvent(time=time.time(), finished=node_pb2.Finished(
+                    state=pb.LOST,
+                    reason="the node agent restarted while the task ran; its outcome is unknown")))
+                held.finished = True
+        if self._held:
+            log.info("journal holds %d task attempts from before the restart", len(self._held))
+            self._flush()
+
+    # -- connection ----------------------------------------------------------------------
+    async def _connect_loop(self) -> None:
+        failures = 0
+        while True:
+            started = time.monotonic()
+            try:
+                await self._session()
+            except (grpc.aio.AioRpcError, CortexError, OSError) as exc:
+                log.warning("hub connection: %s", _describe(exc))
+            finally:
+                self._outbox = None
+                self.connected.clear()
+            failures = 0 if time.monotonic() - started > 30 else failures + 1
+            cap = min(self._config.reconnect_max_s, 0.2 * 2 ** min(failures, 10))
+            await asyncio.sleep(random.uniform(cap / 2, cap))  # noqa: S311 - jitter, not crypto
+
+    def _channel(self) -> grpc.aio.Channel:
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=self._id.ca_pem, private_key=self._id.key_pem,
+            certificate_chain=self._id.cert_pem)
+        size = self._config.max_message_bytes
+        return grpc.aio.secure_channel(self._id.node_address, creds, options=[
+            ("grpc.ssl_target_name_override", HUB_SERVER_NAME),
+            ("grpc.max_send_message_length", size),
+            ("grpc.max_receive_message_length", size),
+            ("grpc.keepalive_time_ms", 10_000),
+            ("grpc.keepalive_timeout_ms", 5_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ])
+
+    async def _session(self) -> None:
+        async with self._channel() as channel:
+            call = node_pb2_grpc.NodeServiceStub(channel).Connect()
+            await call.write(node_pb2.NodeMessage(hello=self._hello()))
+            first = await call.read()
+            if first is grpc.aio.EOF or first.WhichOneof("kind") != "welcome":
+                raise ConnectionError("the hub closed the stream before welcoming the node")
+            interval = first.welcome.heartbeat_interval_s or 2.0
+            self._reconcile(first.welcome)
+            outbox: asyncio.Queue[node_pb2.NodeMessage] = asyncio.Queue(_OUTBOX_BOUND)
+            self._outbox = outbox
+            self.connected.set()
+            log.info("connected to hub %s as %s", first.welcome.hub_id, self._id.node_id)
+            self._dirty.set()
+            async with asyncio.TaskGroup() as tg:
+                writer = tg.create_task(self._write(call, outbox))
+                beats = tg.create_task(self._heartbeats(interval))
+                try:
+                    while True:
+                        msg = await call.read()
+                        if msg is grpc.aio.EOF:
+                            break
+                        self._on_message(msg)
+                finally:
+                    writer.cancel()
+                    beats.cancel()
+            raise ConnectionError("the hub ended the stream")
+
+    def _hello(self) -> node_pb2.Hello:
+        cpus = os.cpu_count() or 1
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
+        return node_pb2.Hello(
+            name=self._config.name, version=__version__, labels=self._labels(),
+            skills=self._skills, boot_id=self._boot_id,
+            capacity=pb.Resources(cpus=cpus, memory_mib=mem, slots=self._config.slots),
+            held=[node_pb2.HeldTask(task_id=t, attempt=a) for t, a in self._held],
+        )
+
+    def _labels(self) -> dict[str, str]:
+        uname = os.uname()
+        return {"os": uname.sysname.lower(), "arch": uname.machine, **self._config.labels}
+
+    def _reconcile(self, welcome: node_pb2.Welcome) -> None:
+        for status in welcome.held:
+            held = self._held.get((status.task_id, status.attempt))
+            if held is None:
+                continue
+            if status.keep:
+                self._on_ack(held, status.acked_seq)
+                held.sent = held.acked
+                held.unsent = []  # resent from the journal by the flusher
+            else:
+                log.info("hub dropped %s attempt %d: %s", status.task_id, status.attempt,
+                         status.reason)
+                self._drop(held, status.reason)
+        for held in self._held.values():
+            held.sent = held.acked
+            held.unsent = []
+
+    async def _write(self,
+                     call: grpc.aio.StreamStreamCall[node_pb2.NodeMessage, node_pb2.HubMessage],
+                     outbox: asyncio.Queue[node_pb2.NodeMessage]) -> None:
+        while True:
+            await call.write(await outbox.get())
+
+    async def _heartbeats(self, interval: float) -> None:
+        while True:
+            self._send_heartbeat()
+            await asyncio.sleep(interval)
+
+    def _send_heartbeat(self) -> None:
+        if self._outbox is None:
+            return
+        running = sum(1 for h in self._held.values() if h.run is not None and not h.finished)
+        load = pb.NodeLoad(load1=os.getloadavg()[0], running_tasks=running,
+                           memory_used_mib=_memory_used_mib())
+        # When the stream is backed up with reports, those prove liveness as well.
+        with contextlib.suppress(asyncio.QueueFull):
+            self._outbox.put_nowait(node_pb2.NodeMessage(
+                heartbeat=node_pb2.Heartbeat(load=load, draining=self._draining)))
+
+    # -- messages from the hub ------------------------------------------------------------
+    def _on_message(self, msg: node_pb2.HubMessage) -> None:
+        kind = msg.WhichOneof("kind")
+        if kind == "assign":
+            self._on_assign(msg.assign)
+        elif kind == "cancel":
+            held = self._held.get((msg.cancel.task_id, msg.cancel.attempt))
+            if held is not None:
+                state = State(msg.cancel.state) if msg.cancel.state else State.CANCELLED
+                self._cancel(held, state, msg.cancel.reason)
+        elif kind == "stdin":
+            held = self._held.get((msg.stdin.task_id, msg.stdin.attempt))
+            if held is not None:
+                self._stdin(held, msg.stdin.data, msg.stdin.eof)
+        elif kind == "resize":
+            held = self._held.get((msg.resize.task_id, msg.resize.attempt))
+            if held is not None and held.run is not None:
+                held.run.resize(msg.resize.rows, msg.resize.cols)
+        elif kind == "ack":
+            held = self._held.get((msg.ack.task_id, msg.ack.attempt))
+            if held is not None:
+                self._on_ack(held, msg.ack.acked_seq)
+        elif kind == "reject":
+            held = self._held.get((msg.reject.task_id, msg.reject.attempt))
+            if held is not None:
+                log.warning("hub rejected %s attempt %d: %s", msg.reject.task_id,
+                            msg.reject.attempt, msg.reject.reason)
+                self._drop(held, msg.reject.reason)
+        elif kind == "drain":
+            self._draining = True
+
+    def _on_assign(self, assign: node_pb2.Assign) -> None:
+        key = (assign.task_id, assign.attempt)
+        if key in self._held:
+            return  # a resend of an assignment we already hold
+        self._journal.record_assign(assign, now=time.time())
+        held = _Held(assign)
+        self._held[key] = held
+        if self._runs is None:
+            raise RuntimeError("assignments arrive only while the agent runs")
+        self._runs.create_task(self._execute(held), name=f"task {assign.task_id}")
+
+    def _cancel(self, held: _Held, state: State, reason: str) -> None:
+        if held.run is not None:
+            held.run.cancel(state, reason)
+        elif not held.finished:
+            held.cancel = (state, reason)
+
+    def _stdin(self, held: _Held, data: bytes, eof: bool) -> None:
+        if held.run is None:
+            held.pending_stdin.append((data, eof))
+            return
+        try:
+            if data:
+                held.run.write_stdin(data)
+            if eof:
+                held.run.close_stdin()
+        except CortexError as exc:
+            log.warning("stdin for %s: %s", held.assign.task_id, exc)
+
+    def _on_ack(self, held: _Held, upto: int) -> None:
+        if upto <= held.acked:
+            return
+        held.acked = upto
+        self._journal.ack(held.assign.task_id, held.assign.attempt, upto)
+        if held.finished and held.acked >= held.next_seq - 1 and not held.buffer:
+            self._held.pop(held.key, None)
+        self._acked.set()
+
+    def _drop(self, held: _Held, reason: str) -> None:
+        held.dropped = True
+        held.buffer.clear()
+        held.unsent.clear()
+        self._journal.drop(held.assign.task_id, held.assign.attempt)
+        self._held.pop(held.key, None)
+        if held.run is not None and not held.finished:
+            held.run.cancel(State.CANCELLED, f"the hub no longer wants this attempt: {reason}")
+
+    # -- running a task ---------------------------------------------------------------------
+    async def _execute(self, held: _Held) -> None:
+        a = held.assign
+        timeout = a.remaining_s if a.remaining_s > 0 else None
+        if held.cancel is not None:
+            outcome = Outcome(held.cancel[0], None, held.cancel[1])
+        else:
+            try:
+                run = await self._supervisor.start(
+                    a.task_id, a.attempt, a.spec, timeout,
+                    lambda stream, data: self._output(held, stream, data))
+            except CortexError as exc:
+                outcome = Outcome(State.FAILED, None, str(exc))
+            else:
+                held.run = run
+                self._mark_started(held)
+                if run.pid:
+                    self._journal.record_pid(a.task_id, a.attempt, run.pid)
+                for data, eof in held.pending_stdin:
+                    self._stdin(held, data, eof)
+                held.pending_stdin.clear()
+                if held.cancel is not None:
+                    run.cancel(*held.cancel)
+                outcome = await run.wait()
+        self._mark_started(held)
+        fin = node_pb2.Finished(state=int(outcome.state), reason=outcome.reason)  # type: ignore[arg-type]
+        if outcome.exit_code is not None:
+            fin.exit_code = outcome.exit_code
+            fin.has_exit_code = True
+        self._emit(held, node_pb2.NodeEvent(time=time.time(), finished=fin))
+        held.finished = True
+        self._flush()
+
+    def _mark_started(self, held: _Held) -> None:
+        if not held.started:
+            held.started = True
+            pid = held.run.pid if held.run is not None and held.run.pid else 0
+            self._emit(held, node_pb2.NodeEvent(time=time.time(),
+                                                started=node_pb2.Started(pid=pid)))
+
+    def _output(self, held: _Held, stream: int, data: bytes) -> None:
+        self._mark_started(held)
+        self._emit(held, node_pb2.NodeEvent(time=time.time(), output=pb.Output(
+            stream=stream, data=data)))  # type: ignore[arg-type]
+
+    def _emit(self, held: _Held, event: node_pb2.NodeEvent) -> None:
+        if held.dropped:
+            return
+        held.buffer.append(event)
+        self._dirty.set()
+
+    # -- batching, journaling, sending --------------------------------------------------
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            # A short window lets output of many tasks (and many chunks) share one commit.
+            await asyncio.sleep(self._config.flush_interval_s)
+            self._dirty.clear()
+            self._flush()
+            await self._send_pending()
+
+    def _flush(self) -> None:
+        batches = []
+        for held in list(self._held.values()):
+            if not held.buffer:
+                continue
+            events, held.buffer = held.buffer, []
+            finished = any(e.WhichOneof("kind") == "finished" for e in events)
+            batches.append((held.assign.task_id, held.assign.attempt, held.next_seq, events,
+                            finished))
+            held.next_seq += len(events)
+            if self._outbox is not None:
+                held.unsent.extend(events)
+        if batches:
+            self._journal.append(batches)
+        self._dirty.set() if any(h.buffer for h in self._held.values()) else None
+
+    async def _send_pending(self) -> None:
+        outbox = self._outbox
+        if outbox is None:
+            return
+        for held in list(self._held.values()):
+            if held.sent >= held.next_seq - 1:
+                continue
+            if not held.unsent or held.sent + len(held.unsent) < held.next_seq - 1:
+                # After a reconnect (or restart) the journal has what this link never saw.
+                held.unsent = self._journal.unacked(held.assign.task_id, held.assign.attempt,
+                                                    held.sent)
+            while held.unsent and self._outbox is outbox:
+                chunk, size = [], 0
+                while held.unsent and (size < _REPORT_BYTES or not chunk):
+                    ev = held.unsent.pop(0) if len(held.unsent) < 64 else None
+                    if ev is None:
+                        break
+                    chunk.append(ev)
+                    size += ev.ByteSize()
+                if not chunk:
+                    chunk, size = _take(held.unsent, _REPORT_BYTES)
+                await outbox.put(node_pb2.NodeMessage(report=node_pb2.TaskReport(
+                    task_id=held.assign.task_id, attempt=held.assign.attempt,
+                    first_seq=held.sent + 1, events=chunk)))
+                held.sent += len(chunk)
+
+
+def _take(events: list[node_pb2.NodeEvent], limit: int) -> tuple[list[node_pb2.NodeEvent], int]:
+    """Remove and return a prefix of `events` of about `limit` bytes (at least one)."""
+    size, n = 0, 0
+    while n < len(events) and (size < limit or n == 0):
+        size += events[n].ByteSize()
+        n += 1
+    chunk = events[:n]
+    del events[:n]
+    return chunk, size
+
+
+def _kill_leftover(pid: int) -> None:
+    """Kill the process group a crashed agent left behind (its pgid is the task's pid)."""
+    if pid <= 1:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, 9)
+
+
+def _memory_used_mib() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            info = {line.split(":")[0]: int(line.split()[1]) for line in f}
+        return (info["MemTotal"] - info.get("MemAvailable", 0)) // 1024
+    except (OSError, KeyError, ValueError):
+        return 0
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,39 @@
+"""The node agent's configuration: one frozen, validated value built at startup."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cortex.errors import InvalidArgument
+
+__all__ = ["NodeConfig"]
+
+
+def _home() -> Path:
+    return Path(os.environ.get("CORTEX_HOME") or Path.home() / ".cortex").expanduser()
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    data_dir: Path = field(default_factory=lambda: _home() / "node")
+    hub: str = ""                        # host:port of the hub (client port, for enrolling)
+    token: str = ""                      # join token; needed only until enrolled
+    name: str = field(default_factory=socket.gethostname)
+    labels: dict[str, str] = field(default_factory=dict)
+    slots: int = 64                      # tasks run at once
+    drain_grace_s: float = 30.0          # on SIGTERM, running tasks get this long to finish
+    kill_grace_s: float = 2.0            # SIGTERM -> SIGKILL when a task is cancelled
+    reconnect_max_s: float = 10.0        # backoff cap between reconnect attempts
+    flush_interval_s: float = 0.005      # output batching window
+    max_message_bytes: int = 16 * 1024 * 1024
+    use_cgroups: bool = True
+
+    def __post_init__(self) -> None:
+        if self.slots < 1:
+            raise InvalidArgument("node config: slots must be at least 1")
+        for name in ("drain_grace_s", "kill_grace_s", "reconnect_max_s", "flush_interval_s"):
+            if getattr(self, name) < 0:
+                raise InvalidArgument(f"node config: {name} must not be negative")

@@ -1,0 +1,65 @@
+"""Starting a node agent: identity (enroll once), skills, journal, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from cortex.errors import InvalidArgument
+from cortex.node.agent import Agent
+from cortex.node.cgroups import CgroupManager
+from cortex.node.config import NodeConfig
+from cortex.node.enroll import Identity, enroll, load_identity
+from cortex.node.journal import Journal
+from cortex.node.supervisor import Supervisor
+from cortex.skills.noop import NoopSkill
+from cortex.skills.shell import ShellSkill
+
+__all__ = ["build_agent", "ensure_identity", "run_node"]
+
+log = logging.getLogger("cortex.node")
+
+
+def ensure_identity(config: NodeConfig) -> Identity:
+    """The node's identity from its data dir, enrolling with the join token the first time."""
+    ident = load_identity(config.data_dir)
+    if ident is not None:
+        return ident
+    if not config.hub or not config.token:
+        raise InvalidArgument(
+            f"this node is not enrolled yet ({config.data_dir} has no identity): pass "
+            "--hub HOST:PORT and --token TOKEN (from `cortex token create` on the hub)")
+    ident = enroll(hub=config.hub, token=config.token, data_dir=config.data_dir,
+                   name=config.name)
+    log.info("enrolled as node %s in tenant %s", ident.node_id, ident.tenant)
+    return ident
+
+
+def build_agent(config: NodeConfig, ident: Identity) -> tuple[Agent, Journal]:
+    cgroups = CgroupManager.detect() if config.use_cgroups else None
+    if cgroups is not None:
+        cgroups.kill_stale(set())  # nothing survives an agent restart: the journal reports it
+    log.info("process isolation: %s", cgroups.kind if cgroups else "process groups only")
+    skills = {
+        "shell": ShellSkill(cgroups=cgroups, kill_grace_s=config.kill_grace_s),
+        "noop": NoopSkill(),
+    }
+    journal = Journal(config.data_dir / "journal.db")
+    agent = Agent(config, ident, Supervisor(skills), sorted(skills), journal)
+    return agent, journal
+
+
+async def run_node(config: NodeConfig) -> None:
+    """Run until SIGINT/SIGTERM (drain), or a second signal (stop now)."""
+    ident = await asyncio.to_thread(ensure_identity, config)
+    agent, journal = build_agent(config, ident)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, agent.request_stop)
+    try:
+        await agent.run()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        journal.close()

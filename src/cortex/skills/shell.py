@@ -1,0 +1,714 @@
+"""The shell skill: exec a command, stream its output live, end only when its tree is gone.
+
+One run, start to end:
+
+1. spawn: `subprocess.Popen` with ``start_new_session=True`` (own session and process
+   group), no shell and no ``preexec_fn`` on the pipe path, so CPython keeps its vfork fast
+   path. The child goes into its cgroup right after spawn; a pidfd tells us when it exits
+   *without reaping it*, so its pid (and so its process group id) cannot be reused while we
+   still signal them.
+2. run: stdout/stderr (or the PTY master) feed the sink chunk by chunk as they arrive.
+3. stop, when asked (cancel, timeout): SIGTERM the group, give it ``kill_grace_s``.
+4. kill the rest, always: when the leader has exited, or the grace ran out, everything left
+   in the tree gets SIGKILL (process group, cgroup, and a /proc walk where needed).
+5. wait until every process is gone and the output pipes reached EOF, reap the leader,
+   remove the cgroup, and only then resolve `wait()`.
+
+So a task is over when its main process is: background jobs it left behind are killed,
+as a CI runner does at the end of a job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import logging
+import math
+import os
+import select
+import signal
+import struct
+import subprocess
+import termios
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from cortex._proto.cortex.v1 import common_pb2
+from cortex.core.states import State
+from cortex.errors import Conflict, CortexError, InvalidArgument, NotFound, Unavailable
+from cortex.skills.base import (
+    MAX_PENDING_STDIN,
+    CgroupFactory,
+    FinishedRun,
+    Outcome,
+    OutputSink,
+    TaskCgroup,
+    TaskRun,
+    task_group_name,
+)
+
+__all__ = ["ShellSkill"]
+
+log = logging.getLogger(__name__)
+
+_SHELL = "/bin/sh"
+_DEFAULT_ROWS, _DEFAULT_COLS = 24, 80
+_EOT = b"\x04"  # ^D: end of input for a terminal in canonical mode
+# A process still alive this long after SIGKILL is stuck in the kernel (D state): report it
+# and leave the cgroup for kill_stale() rather than hang the task forever.
+_GONE_BOUND_S = 30.0
+# Output may trail the tree's death by this much; longer means a process outside the tree
+# (one that escaped before it was placed) holds the pipe open.
+_DRAIN_BOUND_S = 2.0
+_STOP_ROUNDS = 64
+_STOP_STATES = (State.CANCELLED, State.TIMED_OUT, State.FAILED)
+
+Pid = tuple[int, int]  # (pid, start time in clock ticks): immune to pid reuse
+
+
+@dataclass(frozen=True, slots=True)
+class _Launch:
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str | None
+    stdin: bytes
+    interactive: bool
+    pty: bool
+    rows: int
+    cols: int
+
+
+class ShellSkill:
+    """Runs ShellSpec tasks as process trees, each in its own session (and cgroup if given)."""
+
+    name = "shell"
+
+    def __init__(
+        self,
+        *,
+        cgroups: CgroupFactory | None,
+        kill_grace_s: float = 2.0,
+        read_chunk: int = 65536,
+    ) -> None:
+        if not (math.isfinite(kill_grace_s) and kill_grace_s >= 0):
+            raise InvalidArgument(f"kill_grace_s must be >= 0 seconds, got {kill_grace_s}")
+        if read_chunk < 1:
+            raise InvalidArgument(f"read_chunk must be >= 1 byte, got {read_chunk}")
+        _require_pidfd()
+        self._cgroups = cgroups
+        self._kill_grace_s = kill_grace_s
+        self._read_chunk = read_chunk
+
+    async def start(
+        self,
+        *,
+        task_id: str,
+        attempt: int,
+        spec: common_pb2.TaskSpec,
+        timeout_s: float | None,
+        sink: OutputSink,
+    ) -> TaskRun:
+        """Spawn the task; InvalidArgument for a malformed spec, a FAILED run if it cannot exec."""
+        launch = _launch_of(spec.shell)
+        if timeout_s is not None and not (math.isfinite(timeout_s) and timeout_s > 0):
+            raise InvalidArgument(f"timeout_s must be > 0 seconds or None, got {timeout_s}")
+        run = _ShellRun(
+            launch=launch,
+            sink=sink,
+            cgroup=self._cgroup(task_id, attempt),
+            kill_grace_s=self._kill_grace_s,
+            read_chunk=self._read_chunk,
+            timeout_s=timeout_s,
+        )
+        try:
+            run.spawn()
+        except OSError as exc:
+            run.discard()
+            return FinishedRun(Outcome(State.FAILED, None, _spawn_failure(exc, launch)))
+        await run.connect()
+        return run
+
+    def _cgroup(self, task_id: str, attempt: int) -> TaskCgroup | None:
+        if self._cgroups is None:
+            return None
+        try:
+            return self._cgroups.create(task_group_name(task_id, attempt))
+        except CortexError as exc:
+            # Without a group the /proc walk still kills the tree; a task should not fail
+            # for want of its backup net.
+            log.warning("task %s.%s runs without a cgroup: %s", task_id, attempt, exc)
+            return None
+
+
+class _ShellRun:
+    """One spawned process tree; implements TaskRun."""
+
+    def __init__(
+        self,
+        *,
+        launch: _Launch,
+        sink: OutputSink,
+        cgroup: TaskCgroup | None,
+        kill_grace_s: float,
+        read_chunk: int,
+        timeout_s: float | None,
+    ) -> None:
+        self.pid: int | None = None
+        self._launch = launch
+        self._sink = sink
+        self._cgroup = cgroup
+        self._kill_grace_s = kill_grace_s
+        self._read_chunk = read_chunk
+        self._timeout_s = timeout_s
+        self._loop = asyncio.get_running_loop()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._pidfd = -1
+        self._master = -1  # PTY master, kept for TIOCSWINSZ
+        self._stdin: asyncio.WriteTransport | None = None
+        self._readers: list[asyncio.ReadTransport] = []
+        self._open_streams = 0
+        self._output_done = asyncio.Event()
+        self._exited = asyncio.Event()
+        self._wake = asyncio.Event()  # exit or stop request
+        self._stop: tuple[State, str] | None = None
+        self._sink_error = ""
+        self._known: set[Pid] = set()  # tree snapshot taken before SIGTERM
+        self._killed: set[Pid] = set()
+        self._returncode: int | None = None
+        self._reaped = False
+        self._task: asyncio.Task[Outcome] | None = None
+
+    # --- TaskRun ---------------------------------------------------------------------
+
+    def write_stdin(self, data: bytes) -> None:
+        stdin = self._stdin
+        if stdin is None or stdin.is_closing():
+            raise Conflict("the task's stdin is closed (start it with interactive=true to write)")
+        pending = stdin.get_write_buffer_size()
+        if pending + len(data) > MAX_PENDING_STDIN:
+            raise InvalidArgument(
+                f"stdin backlog would reach {pending + len(data)} bytes, over the "
+                f"{MAX_PENDING_STDIN}-byte bound: the process is not reading; retry later"
+            )
+        stdin.write(data)
+
+    def close_stdin(self) -> None:
+        stdin = self._stdin
+        if stdin is None or stdin.is_closing():
+            return
+        if self._launch.pty:
+            stdin.write(_EOT)  # a terminal has no "close": ^D is how a user ends input
+        else:
+            stdin.close()  # after the backlog is flushed
+
+    def resize(self, rows: int, cols: int) -> None:
+        if not (0 < rows < 65536 and 0 < cols < 65536):
+            raise InvalidArgument(f"terminal size must be 1-65535 each, got {rows}x{cols}")
+        if self._master >= 0:
+            # The kernel sends SIGWINCH to the terminal's foreground process group itself
+            # (which, under a job-control shell, is the running job, not our leader).
+            _set_winsize(self._master, rows, cols)
+
+    def cancel(self, state: State = State.CANCELLED, reason: str = "") -> None:
+        if state not in _STOP_STATES:
+            raise InvalidArgument(
+                f"a run stops as cancelled, timed_out or failed, not {state.label}"
+            )
+        if self._stop is not None or self._exited.is_set():
+            return  # idempotent; and a task whose leader already exited has its verdict
+        self._stop = (state, reason or state.label.replace("_", " "))
+        self._wake.set()
+
+    async def wait(self) -> Outcome:
+        if self._task is None:
+            raise RuntimeError("wait() before connect()")
+        # Shielded: a caller giving up on waiting must not abort the kill-and-reap sequence.
+        return await asyncio.shield(self._task)
+
+    # --- spawn -------------------------------------------------------------------------
+
+    def spawn(self) -> None:
+        """Start the process (raises OSError when it cannot be exec'd)."""
+        # Born inside the cgroup: placing the pid after spawn loses a real race (`sh -c
+        # '(setsid daemon &)'` forked before the write in ~1 of 5 runs here).
+        inside = self._enter_cgroup()
+        try:
+            self._proc = self._spawn_pty() if self._launch.pty else self._spawn_pipes()
+        finally:
+            if inside is not None:
+                _leave_cgroup(inside)
+        self.pid = self._proc.pid
+        if self._cgroup is not None and inside is None:
+            self._place(self.pid)  # second best: racy, the /proc walk at kill is the backup
+        self._pidfd = os.pidfd_open(self.pid)
+        self._loop.add_reader(self._pidfd, self._on_exit)
+
+    def _spawn_pipes(self) -> subprocess.Popen[bytes]:
+        launch = self._launch
+        return subprocess.Popen(  # noqa: S603 - running the user's command is the point
+            launch.argv,
+            stdin=subprocess.PIPE if launch.interactive or launch.stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=launch.cwd,
+            env=launch.env,
+            start_new_session=True,
+            bufsize=0,
+        )
+
+    def _spawn_pty(self) -> subprocess.Popen[bytes]:
+        launch = self._launch
+        master, slave = os.openpty()
+        try:
+            _set_winsize(master, launch.rows, launch.cols)
+            proc = subprocess.Popen(  # noqa: S603 - running the user's command is the point
+                launch.argv,
+                stdin=slave,
+                stdout=slave,
+                stderr=slave,
+                cwd=launch.cwd,
+                env=launch.env,
+                start_new_session=True,
+                # setsid() already ran (start_new_session); the tty must be adopted after it.
+                preexec_fn=_become_tty_owner,
+                bufsize=0,
+            )
+        except BaseException:
+            os.close(master)
+            raise
+        finally:
+            os.close(slave)  # else the master never sees EIO when the child side closes
+        self._master = master
+        return proc
+
+    def _enter_cgroup(self) -> TaskCgroup | None:
+        """The group the next spawn will be born in, if entering it worked."""
+        if self._cgroup is None:
+            return None
+        try:
+            self._cgroup.begin_spawn()
+        except CortexError as exc:
+            log.warning("cannot spawn inside %s, placing after: %s", self._cgroup, exc)
+            return None
+        return self._cgroup
+
+    def _place(self, pid: int) -> None:
+        if self._cgroup is None:
+            return
+        try:
+            self._cgroup.add(pid)
+        except NotFound:
+            pass  # already exited: nothing to contain
+        except CortexError as exc:
+            log.warning("pid %s stays outside %s: %s", pid, self._cgroup, exc)
+
+    async def connect(self) -> None:
+        """Wire output and stdin to the loop and start the lifecycle task."""
+        try:
+            await self._connect_streams()
+        except BaseException:
+            self._kill_now()
+            self._release()
+            raise
+        self._task = self._loop.create_task(self._lifecycle(), name=f"shell pid {self.pid}")
+
+    async def _connect_streams(self) -> None:
+        proc, launch, loop = self._proc, self._launch, self._loop
+        if proc is None:
+            raise RuntimeError("connect() before spawn()")
+        if launch.pty:
+            reader = os.fdopen(os.dup(self._master), "rb", buffering=0)
+            writer = os.fdopen(os.dup(self._master), "wb", buffering=0)
+            await self._connect_reader(reader, common_pb2.PTY)
+            self._stdin, _ = await loop.connect_write_pipe(asyncio.BaseProtocol, writer)
+        else:
+            await self._connect_reader(proc.stdout, common_pb2.STDOUT)
+            await self._connect_reader(proc.stderr, common_pb2.STDERR)
+            if proc.stdin is not None:
+                self._stdin, _ = await loop.connect_write_pipe(asyncio.BaseProtocol, proc.stdin)
+        if self._stdin is not None:
+            self._feed_initial_stdin(self._stdin)
+
+    async def _connect_reader(self, pipe: object, stream: int) -> None:
+        transport, _ = await self._loop.connect_read_pipe(lambda: _Reader(self, stream), pipe)
+        self._readers.append(transport)
+        self._open_streams += 1
+
+    def _feed_initial_stdin(self, stdin: asyncio.WriteTransport) -> None:
+        launch = self._launch
+        if launch.stdin:
+            stdin.write(launch.stdin)
+        if launch.interactive:
+            return
+        if not launch.pty:
+            stdin.close()
+        elif launch.stdin and not launch.stdin.endswith(b"\n"):
+            stdin.write(_EOT + _EOT)  # the first ^D only pushes the unterminated line
+        else:
+            stdin.write(_EOT)
+
+    def discard(self) -> None:
+        """Undo what start() prepared for a process that never ran."""
+        self._release()
+
+    # --- output ------------------------------------------------------------------------
+
+    def _deliver(self, stream: int, data: bytes) -> None:
+        if self._sink_error:
+            return
+        step = self._read_chunk
+        try:
+            for offset in range(0, len(data), step):
+                self._sink(stream, data[offset : offset + step])
+        except Exception as exc:  # the agent's sink failing ends this task, not the loop
+            log.exception("output sink of pid %s failed; killing the task", self.pid)
+            self._sink_error = f"output sink failed: {exc!r}"
+            self.cancel(State.FAILED, self._sink_error)
+
+    def _stream_closed(self, stream: int, exc: Exception | None) -> None:
+        if exc is not None and not (stream == common_pb2.PTY and _is_eio(exc)):
+            log.warning("output stream %s of pid %s broke: %r", stream, self.pid, exc)
+        if stream == common_pb2.PTY and self._stdin is not None:
+            self._stdin.abort()  # the terminal is gone; writes would now fail with EIO
+        self._open_streams -= 1
+        if self._open_streams == 0:
+            self._output_done.set()
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def _on_exit(self) -> None:
+        self._loop.remove_reader(self._pidfd)
+        self._exited.set()
+        self._wake.set()
+
+    async def _lifecycle(self) -> Outcome:
+        try:
+            await self._until_exit_or_stop()
+            if self._stop is not None and not self._exited.is_set():
+                await self._terminate()
+            await self._kill_tree()
+            notes = [await self._wait_gone(), await self._drain(), self._reap()]
+            return self._outcome([n for n in notes if n])
+        except asyncio.CancelledError:
+            self._kill_now()
+            if self._pidfd >= 0:
+                # The loop is going away: block briefly (SIGKILL was sent, the exit is
+                # imminent) so the leader does not stay a zombie of the agent.
+                select.select([self._pidfd], [], [], 1.0)
+                self._reap()
+            raise
+        finally:
+            self._release()
+
+    async def _until_exit_or_stop(self) -> None:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await self._wake.wait()
+        except TimeoutError:
+            self.cancel(State.TIMED_OUT, f"timed out after {self._timeout_s} s")
+
+    async def _terminate(self) -> None:
+        """SIGTERM the group and give it the grace period to exit on its own."""
+        leader = self._leader()
+        # Snapshot first: once the leader dies its children are reparented and the /proc walk
+        # can no longer find them from it.
+        self._known = await asyncio.to_thread(_tree, leader, ())
+        _signal_group(leader, signal.SIGTERM)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._kill_grace_s):
+                await self._exited.wait()
+
+    async def _kill_tree(self) -> None:
+        # With a cgroup, a natural exit needs no walk (the group holds every descendant);
+        # a stop also walks, as the backup for the placement race.
+        if self._cgroup is None or self._stop is not None:
+            self._killed = await asyncio.to_thread(_stop_and_kill, self._leader(), self._known)
+        self._kill_now()
+
+    def _leader(self) -> int:
+        if self.pid is None:
+            raise RuntimeError("no process was spawned")
+        return self.pid
+
+    def _kill_now(self) -> None:
+        """SIGKILL everything we know of, without waiting (also the cancellation path)."""
+        if self.pid is None:
+            return
+        if self._cgroup is not None:
+            with contextlib.suppress(CortexError):
+                self._cgroup.kill()
+        _signal_group(self.pid, signal.SIGKILL)
+        _signal_each(self._killed | self._known, signal.SIGKILL)
+
+    async def _wait_gone(self) -> str:
+        deadline = self._loop.time() + _GONE_BOUND_S
+        pause, next_kill = 0.001, self._loop.time() + 0.5
+        while not self._gone():
+            now = self._loop.time()
+            if now >= deadline:
+                return f"processes survived SIGKILL for {_GONE_BOUND_S:.0f} s: {self._survivors()}"
+            if now >= next_kill:
+                self._kill_now()
+                next_kill = now + 0.5
+            await asyncio.sleep(pause)  # no exit notification for a whole tree: poll, backing off
+            pause = min(pause * 2, 0.05)
+        return ""
+
+    def _gone(self) -> bool:
+        if not self._exited.is_set():
+            return False
+        if self._cgroup is not None and not self._cgroup.is_empty():
+            return False
+        return not any(_alive(p) for p in self._killed | self._known)
+
+    def _survivors(self) -> list[int]:
+        alive = {pid for pid, start in self._killed | self._known if _alive((pid, start))}
+        if self._cgroup is not None:
+            alive.update(self._cgroup.pids())
+        if not self._exited.is_set() and self.pid is not None:
+            alive.add(self.pid)
+        return sorted(alive)
+
+    async def _drain(self) -> str:
+        try:
+            async with asyncio.timeout(_DRAIN_BOUND_S):
+                await self._output_done.wait()
+        except TimeoutError:
+            return "output cut: a process outside the task's tree still holds its output open"
+        return ""
+
+    def _reap(self) -> str:
+        """Collect the leader's exit status; a note if it could not be had."""
+        if self._reaped or self.pid is None or self._proc is None:
+            return ""
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            # Popen must not think the child still runs (its __del__ would warn and waitpid).
+            self._reaped, self._proc.returncode = True, -1
+            return "exit status lost: another waitpid() in the agent reaped the process"
+        if not pid:
+            return "the process did not exit"
+        self._returncode = os.waitstatus_to_exitcode(status)
+        self._reaped, self._proc.returncode = True, self._returncode
+        return ""
+
+    def _outcome(self, notes: list[str]) -> Outcome:
+        code = self._returncode
+        if self._sink_error:
+            state, reason = State.FAILED, self._sink_error
+        elif self._stop is not None:
+            state, reason = self._stop
+        elif code is None:
+            state, reason = State.FAILED, ""  # the notes say why there is no exit status
+        elif code == 0:
+            state, reason = State.SUCCEEDED, ""
+        elif code > 0:
+            state, reason = State.FAILED, f"exit code {code}"
+        else:
+            state, reason = State.FAILED, f"killed by signal {-code}"
+        return Outcome(state, code, "; ".join([r for r in (reason, *notes) if r]))
+
+    def _release(self) -> None:
+        """Free every resource of the run; safe to call more than once."""
+        if self._pidfd >= 0:
+            self._loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = -1
+        for transport in [*self._readers, *([self._stdin] if self._stdin else [])]:
+            transport.close()
+        if self._master >= 0:
+            os.close(self._master)
+            self._master = -1
+        self._remove_cgroup()
+
+    def _remove_cgroup(self) -> None:
+        group, self._cgroup = self._cgroup, None
+        if group is None:
+            return
+        try:
+            group.remove()
+        except CortexError as exc:
+            log.warning("cgroup of pid %s left for kill_stale(): %s", self.pid, exc)
+
+
+class _Reader(asyncio.Protocol):
+    def __init__(self, run: _ShellRun, stream: int) -> None:
+        self._run = run
+        self._stream = stream
+
+    def data_received(self, data: bytes) -> None:
+        self._run._deliver(self._stream, data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._run._stream_closed(self._stream, exc)
+
+
+# --- spec -------------------------------------------------------------------------------
+
+
+def _launch_of(shell: common_pb2.ShellSpec) -> _Launch:
+    """Validate a ShellSpec into what spawn needs; InvalidArgument names the bad field."""
+    if bool(shell.argv) == bool(shell.command):
+        raise InvalidArgument("a shell spec needs exactly one of argv (exec'd) or command (sh -c)")
+    argv = list(shell.argv) if shell.argv else [_SHELL, "-c", shell.command]
+    if any("\0" in arg for arg in argv) or "\0" in shell.cwd:
+        raise InvalidArgument("shell argv, command and cwd must not contain NUL bytes")
+    for key, value in shell.env.items():
+        if not key or "=" in key or "\0" in key or "\0" in value:
+            raise InvalidArgument(f"bad environment variable {key!r}: no '=' or NUL allowed")
+    if shell.rows > 65535 or shell.cols > 65535:
+        raise InvalidArgument(f"terminal size {shell.rows}x{shell.cols} is over 65535")
+    env = {**os.environ, **shell.env}
+    if shell.pty:
+        env.setdefault("TERM", "xterm-256color")  # a daemon's env often has none; TUIs need one
+    return _Launch(
+        argv=argv,
+        env=env,
+        cwd=shell.cwd or None,
+        stdin=shell.stdin,
+        interactive=shell.interactive,
+        pty=shell.pty,
+        rows=shell.rows or _DEFAULT_ROWS,
+        cols=shell.cols or _DEFAULT_COLS,
+    )
+
+
+def _spawn_failure(exc: OSError, launch: _Launch) -> str:
+    """The reason a spawn failed, naming the file at fault."""
+    if launch.cwd is not None and exc.filename == launch.cwd:
+        what = {
+            errno.ENOENT: "working directory not found",
+            errno.ENOTDIR: "working directory is not a directory",
+            errno.EACCES: "permission denied on working directory",
+        }.get(exc.errno or 0, f"cannot enter working directory ({exc.strerror})")
+        return f"{what}: {launch.cwd}"
+    exe = launch.argv[0]
+    if exc.errno == errno.ENOENT:
+        return f"executable not found: {exe}"
+    if exc.errno == errno.EACCES:
+        return f"permission denied: {exe}"
+    return f"cannot execute {exe}: {exc.strerror or exc}"
+
+
+def _require_pidfd() -> None:
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except (AttributeError, OSError) as exc:
+        raise Unavailable("the shell skill needs pidfd_open (Linux 5.3 or later)") from exc
+
+
+# --- process tree -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Proc:
+    pid: int
+    ppid: int
+    pgrp: int
+    session: int
+    start: int
+    dead: bool  # zombie: exited, only its parent's waitpid is missing
+
+
+def _read_stat(pid: int) -> _Proc | None:
+    try:
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)  # raw: half the cost of open()
+        try:
+            data = os.read(fd, 4096)
+        finally:
+            os.close(fd)
+    except OSError:
+        return None
+    # comm (field 2) may hold spaces and parentheses; everything after the last ")" is plain.
+    rest = data[data.rindex(b")") + 2 :].split()
+    return _Proc(pid, int(rest[1]), int(rest[2]), int(rest[3]), int(rest[19]), rest[0] in b"ZX")
+
+
+def _scan() -> dict[int, _Proc]:
+    procs = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit() and (proc := _read_stat(int(name))) is not None:
+            procs[proc.pid] = proc
+    return procs
+
+
+def _tree(leader: int, extra: Iterable[Pid]) -> set[Pid]:
+    """Live processes of a task: its process group and session, the leader's descendants,
+    `extra` ones still alive, and the descendants of all of those."""
+    procs = _scan()
+    children: defaultdict[int, list[int]] = defaultdict(list)
+    for proc in procs.values():
+        children[proc.ppid].append(proc.pid)
+    stack = [leader]
+    stack += [p.pid for p in procs.values() if leader in (p.pgrp, p.session)]
+    stack += [pid for pid, start in extra if pid in procs and procs[pid].start == start]
+    found: set[int] = set()
+    never = {1, os.getpid()}
+    while stack:
+        pid = stack.pop()
+        if pid in found or pid in never or pid not in procs:
+            continue
+        found.add(pid)
+        stack.extend(children[pid])
+    return {(pid, procs[pid].start) for pid in found if not procs[pid].dead}
+
+
+def _stop_and_kill(leader: int, known: set[Pid]) -> set[Pid]:
+    """SIGSTOP the tree until no new member appears, then SIGKILL it; the killed set.
+
+    Stopped processes cannot fork, and a stopped parent keeps its children findable by
+    ppid, so the walk converges on the whole tree before anything dies and orphans.
+    """
+    stopped: set[Pid] = set()
+    for _ in range(_STOP_ROUNDS):
+        fresh = _tree(leader, known | stopped) - stopped
+        if not fresh:
+            break
+        _signal_each(fresh, signal.SIGSTOP)
+        stopped |= fresh
+    _signal_each(stopped, signal.SIGKILL)
+    return stopped
+
+
+def _alive(entry: Pid) -> bool:
+    proc = _read_stat(entry[0])
+    return proc is not None and proc.start == entry[1] and not proc.dead
+
+
+def _signal_each(entries: Iterable[Pid], sig: signal.Signals) -> None:
+    for pid, _ in entries:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    # Safe from pid reuse: the leader is not reaped before the end, so its pid (the group id)
+    # stays taken.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _leave_cgroup(group: TaskCgroup) -> None:
+    try:
+        group.end_spawn()
+    except CortexError:
+        # The child is spawned and must be tracked, so do not raise; Cgroup.kill refuses to
+        # kill a group the agent is still in.
+        log.exception("the agent could not leave %s", group)
+
+
+def _become_tty_owner() -> None:
+    # Runs in the child between fork and exec, after setsid(): adopt the pty on fd 0.
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def _set_winsize(fd: int, rows: int, cols: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def _is_eio(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno == errno.EIO

@@ -1,0 +1,193 @@
+"""Helpers to run a real hub and real nodes in tests — Cortex's own and its users'.
+
+In-process (fast, for integration tests)::
+
+    async with running_hub(tmp_path) as hub, running_node(hub, tmp_path / "n1") as node:
+        async with hub.client() as client: ...
+
+As subprocesses (for fault tests: kill -9, restarts)::
+
+    hub = HubProcess(tmp_path / "hub"); hub.start(); ...; hub.kill(); hub.start()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cortex.hub.config import HubConfig
+from cortex.hub.server import Hub
+from cortex.node.agent import Agent
+from cortex.node.config import NodeConfig
+from cortex.node.main import build_agent, ensure_identity
+
+__all__ = ["HubProcess", "NodeProcess", "cli_env", "join_token", "running_hub", "running_node"]
+
+_READY = re.compile(r"cortex hub ready: clients (\S+), nodes (\S+)")
+
+
+async def join_token(hub: Hub, *, labels: dict[str, str] | None = None, ttl_s: float = 300
+                     ) -> str:
+    return await hub.join_token(labels=labels, ttl_s=ttl_s)
+
+
+@contextlib.asynccontextmanager
+async def running_hub(data_dir: Path, **overrides: Any) -> AsyncIterator[Hub]:
+    """A hub on 127.0.0.1 with free ports; closed (and its store) on exit."""
+    cfg = HubConfig(data_dir=data_dir, port=0, node_port=0,
+                    client_file=data_dir / "client.json", **overrides)
+    hub = Hub(cfg)
+    await hub.start()
+    try:
+        yield hub
+    finally:
+        await hub.close(grace=0.5)
+
+
+@contextlib.asynccontextmanager
+async def running_node(hub: Hub, data_dir: Path, **overrides: Any) -> AsyncIterator[Agent]:
+    """A node agent enrolled with `hub`, connected before the body runs, drained on exit."""
+    cfg = NodeConfig(data_dir=data_dir, hub=hub.address, token=await join_token(hub),
+                     name=overrides.pop("name", data_dir.name), **overrides)
+    ident = await asyncio.to_thread(ensure_identity, cfg)
+    agent, journal = build_agent(cfg, ident)
+    task = asyncio.create_task(agent.run())
+    try:
+        waiter = asyncio.ensure_future(agent.connected.wait())
+        await asyncio.wait([waiter, task], return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            waiter.cancel()
+            task.result()
+        yield agent
+    finally:
+        agent.request_stop()
+        agent.request_stop()  # tests do not wait for drains
+        await task
+        journal.close()
+
+
+def cli_env(home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["CORTEX_HOME"] = str(home)
+    env.pop("CORTEX_HUB", None)
+    env.pop("CORTEX_TOKEN", None)
+    return env
+
+
+@dataclass
+class HubProcess:
+    """`cortex hub` as a child process. Ports are picked at first start and kept."""
+
+    data_dir: Path
+    port: int = 0
+    node_port: int = 0
+    extra: tuple[str, ...] = ()
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        cmd = [sys.executable, "-m", "cortex", "hub", "--port", str(self.port),
+               "--node-port", str(self.node_port), "--data-dir", str(self.data_dir),
+               *self.extra]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     env=cli_env(self.data_dir.parent))
+        line = _wait_for(self.proc, _READY, timeout)
+        clients, nodes = line.group(1), line.group(2)
+        self.port = int(clients.rpartition(":")[2])
+        self.node_port = int(nodes.rpartition(":")[2])
+
+    @property
+    def token(self) -> str:
+        return (self.data_dir / "admin.token").read_text().strip()
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+
+@dataclass
+class NodeProcess:
+    """`cortex node` as a child process; output goes to `log`."""
+
+    data_dir: Path
+    hub: str
+    token: str = ""
+    extra: tuple[str, ...] = ()
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.data_dir / "node.log", "ab")  # noqa: SIM115 - owned by the child
+        cmd = [sys.executable, "-m", "cortex", "node", "--hub", self.hub, "--data-dir",
+               str(self.data_dir), "--token", self.token, *self.extra]
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                     env=cli_env(self.data_dir.parent))
+        log.close()
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 60.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def log(self) -> str:
+        path = self.data_dir / "node.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+def _wait_for(proc: subprocess.Popen[bytes], pattern: re.Pattern[str], timeout: float
+              ) -> re.Match[str]:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    seen = []
+    os.set_blocking(proc.stdout.fileno(), True)
+    while time.monotonic() < deadline:
+        raw = proc.stdout.readline()
+        if not raw:
+            raise RuntimeError("process exited before it was ready:\n" + "".join(seen))
+        line = raw.decode(errors="replace")
+        seen.append(line)
+        m = pattern.search(line)
+        if m:
+            _drain_in_background(proc)
+            return m
+    raise RuntimeError("process not ready in time:\n" + "".join(seen))
+
+
+def _drain_in_background(proc: subprocess.Popen[bytes]) -> None:
+    # The child keeps logging to the pipe; a reader thread keeps it from filling up.
+    import threading
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for _ in proc.stdout:
+            pass
+
+    threading.Thread(target=pump, daemon=True).start()
+
