@@ -1,9 +1,156 @@
-"""``cortex hub``, ``cortex node`` and ``cortex up`` (placeholder; the lead writes this)."""
+"""`cortex hub`, `cortex node` and `cortex up`: the long-running processes."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
 import typer
+
+from cortex.errors import CortexError
+
+__all__ = ["register"]
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _labels(values: list[str]) -> dict[str, str]:
+    out = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"label {item!r} must look like key=value")
+        out[key] = value
+    return out
+
+
+def _home(home: Path | None) -> Path:
+    return (home or Path(os.environ.get("CORTEX_HOME") or Path.home() / ".cortex")).expanduser()
 
 
 def register(app: typer.Typer) -> None:
-    """Adds hub, node and up (written by the lead)."""
+    """Add the hub, node and up commands to the CLI."""
+
+    @app.command("hub")
+    def hub_cmd(
+        host: str = typer.Option("127.0.0.1", help="Address both gRPC ports listen on."),
+        port: int = typer.Option(7443, help="Client and enrollment port (TLS); 0 = any."),
+        node_port: int = typer.Option(7444, help="Node port (mutual TLS); 0 = any."),
+        data_dir: Path | None = typer.Option(None, help="Default: $CORTEX_HOME/hub."),
+        store: str = typer.Option("", help="Store URL; default SQLite in the data dir."),
+        advertise: list[str] = typer.Option([], help="Extra DNS names/IPs for the hub cert."),
+        lost_after: float = typer.Option(15.0, help="Seconds a silent node keeps its tasks."),
+        heartbeat_interval: float = typer.Option(2.0, help="Seconds between node heartbeats."),
+        default_timeout: float = typer.Option(86400.0, help="Task deadline when none given."),
+        max_output: int = typer.Option(64 * 1024 * 1024, help="Output bytes kept per task."),
+        verbose: bool = typer.Option(False, "--verbose", "-v"),
+    ) -> None:
+        """Run a hub in the foreground (Ctrl-C stops it cleanly)."""
+        from cortex.hub.config import HubConfig
+        from cortex.hub.main import run_hub
+
+        _setup_logging(verbose)
+        cfg = HubConfig(data_dir=data_dir or _home(None) / "hub", host=host, port=port,
+                        node_port=node_port, store=store, advertise=tuple(advertise),
+                        lost_after_s=lost_after, heartbeat_interval_s=heartbeat_interval,
+                        default_timeout_s=default_timeout, max_output_bytes=max_output)
+        _run(run_hub(cfg))
+
+    @app.command("node")
+    def node_cmd(
+        hub: str = typer.Option("", help="Hub HOST:PORT (its client port) to enroll with."),
+        token: str = typer.Option("", help="Join token from `cortex token create`."),
+        data_dir: Path | None = typer.Option(None, help="Default: $CORTEX_HOME/node."),
+        name: str = typer.Option("", help="Node name (default: hostname)."),
+        label: list[str] = typer.Option([], "--label", "-l", help="key=value, repeatable."),
+        slots: int = typer.Option(64, help="Tasks run at once."),
+        drain_grace: float = typer.Option(30.0, help="Seconds running tasks get on SIGTERM."),
+        verbose: bool = typer.Option(False, "--verbose", "-v"),
+    ) -> None:
+        """Run a node agent: enroll once with --hub/--token, then dial out and serve tasks."""
+        from cortex.node.config import NodeConfig
+        from cortex.node.main import run_node
+
+        _setup_logging(verbose)
+        cfg = NodeConfig(data_dir=data_dir or _home(None) / "node", hub=hub, token=token,
+                         labels=_labels(label), slots=slots, drain_grace_s=drain_grace)
+        if name:
+            cfg = dataclasses.replace(cfg, name=name)
+        _run(run_node(cfg))
+
+    @app.command("up")
+    def up_cmd(
+        port: int = typer.Option(7443, help="Client port; 0 picks a free one."),
+        node_port: int = typer.Option(7444, help="Node port; 0 picks a free one."),
+        home: Path | None = typer.Option(None, help="Data dir (default $CORTEX_HOME)."),
+        verbose: bool = typer.Option(False, "--verbose", "-v"),
+    ) -> None:
+        """Start the embedded default: a hub (SQLite) and one local node, over mTLS."""
+        _setup_logging(verbose)
+        _run(_up(_home(home), port, node_port))
+
+
+async def _up(home: Path, port: int, node_port: int) -> None:
+    from cortex.hub.config import HubConfig
+    from cortex.hub.server import Hub
+    from cortex.node.config import NodeConfig
+    from cortex.node.enroll import load_identity
+    from cortex.node.main import build_agent, ensure_identity
+
+    started = time.monotonic()
+    hub = Hub(HubConfig(data_dir=home / "hub", port=port, node_port=node_port))
+    await hub.start()
+    node_cfg = NodeConfig(data_dir=home / "node", hub=hub.address, name="local")
+    ident = load_identity(node_cfg.data_dir)
+    if ident is None:
+        node_cfg = dataclasses.replace(node_cfg, token=await hub.join_token())
+        ident = await asyncio.to_thread(ensure_identity, node_cfg)
+    elif ident.node_address != hub.node_address:
+        # The hub's node port moved (e.g. port 0): follow it; the certificate still holds.
+        ident = dataclasses.replace(ident, node_address=hub.node_address)
+    agent, journal = build_agent(node_cfg, ident)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        agent.request_stop()
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(agent.run())
+            await agent.connected.wait()
+            print(f"cortex is up in {time.monotonic() - started:.1f} s: hub {hub.address}, "
+                  f"node {ident.node_id} connected.\n"
+                  f"  In another terminal: export PATH=\"{Path(sys.executable).parent}:$PATH\""
+                  "; cortex run -- uname -a", flush=True)
+            await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        journal.close()
+        await hub.close()
+
+
+def _run(coro: Coroutine[Any, Any, None]) -> None:
+    try:
+        asyncio.run(coro)
+    except CortexError as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from exc
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
