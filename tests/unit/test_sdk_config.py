@@ -454,3 +454,24 @@ def test_backoff_reset_restores_the_budget() -> None:
     assert backoff.next_delay(5.0) is None
     backoff.reset()
     assert backoff.next_delay(5.0) is not None
+
+
+# --- public surface -------------------------------------------------------------------------
+
+def test_public_surface_is_pinned() -> None:
+    """cortex.sdk exports exactly this list; changing it is a deliberate, reviewed act."""
+    import cortex
+    import cortex.sdk
+
+    assert sorted(cortex.sdk.__all__) == sorted([
+        "TERMINAL_STATES", "Attachment", "Client", "ClientConfig", "ConfigError",
+        "ConfigOverrides", "Conflict", "CortexError", "InvalidArgument", "JoinToken", "Node",
+        "NodeLoad", "NodeState", "NotFound", "OutputCallback", "OutputStream",
+        "PermissionDenied", "RemoteError", "Result", "SyncAttachment", "SyncClient", "Task",
+        "TaskEvent", "TaskOptions", "TaskSpec", "TaskState", "Unavailable", "build_spec",
+        "parse_duration", "parse_env", "parse_labels", "parse_node_state", "parse_task_state",
+    ])
+    assert all(hasattr(cortex.sdk, name) for name in cortex.sdk.__all__)
+    assert all(hasattr(cortex, name) for name in cortex.__all__)
+    assert cortex.Client is cortex.sdk.Client
+    assert cortex.__version__ == "0.1.0"

@@ -9,8 +9,8 @@ import shutil
 import signal
 import sys
 import threading
-from collections.abc import AsyncIterator, Iterator
-from typing import Annotated
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from typing import Annotated, Any
 
 import typer
 
@@ -235,14 +235,31 @@ async def _interactive(client: Client, task_id: str, output: _Output, *, tty: bo
     fd = sys.stdin.fileno()
     raw = tty and os.isatty(fd)
     async with client.attach(task_id) as attachment:
+        pumps = [_pump_stdin(attachment, fd)]
+        if tty:
+            pumps.append(_pump_resize(attachment))
         with _raw_mode(fd) if raw else contextlib.nullcontext():
-            async with asyncio.TaskGroup() as group:
-                pumps = [group.create_task(_pump_stdin(attachment, fd))]
-                if tty:
-                    pumps.append(group.create_task(_pump_resize(attachment)))
+            async with _alongside(*pumps):
                 await output.consume(attachment.events())
-                for pump in pumps:
-                    pump.cancel()
+
+
+@contextlib.asynccontextmanager
+async def _alongside(*coros: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+    """Run `coros` while the body runs; cancel and await them when it ends.
+
+    Not a TaskGroup: that would wrap the body's CortexError in an ExceptionGroup, and the
+    pumps end on their own errors anyway (the event stream reports what went wrong).
+    """
+    tasks = [asyncio.create_task(coro) for coro in coros]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, Exception):
+            raise outcome
 
 
 async def _pump_stdin(attachment: Attachment, fd: int) -> None:

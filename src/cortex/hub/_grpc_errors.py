@@ -52,5 +52,21 @@ def streaming(fn: Callable[..., AsyncIterator[R]]) -> Callable[..., AsyncIterato
                 yield item
         except errors.CortexError as exc:
             await context.abort(status_for(exc), str(exc))
+        except ExceptionGroup as group:  # from a handler's TaskGroup: report the first cause
+            first = _first_cortex_error(group)
+            if first is None:
+                raise
+            await context.abort(status_for(first), str(first))
 
     return wrapper
+
+
+def _first_cortex_error(group: BaseExceptionGroup[BaseException]) -> errors.CortexError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, errors.CortexError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first_cortex_error(exc)
+            if found is not None:
+                return found
+    return None

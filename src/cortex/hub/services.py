@@ -20,7 +20,7 @@ from cortex._proto.cortex.v1 import (
     tasks_pb2_grpc,
 )
 from cortex.core.validation import check_labels
-from cortex.errors import InvalidArgument, PermissionDenied
+from cortex.errors import Conflict, InvalidArgument, PermissionDenied
 from cortex.hub._grpc_errors import streaming, unary
 from cortex.hub.auth import (
     Authenticator,
@@ -129,9 +129,16 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
 
     async def _pump_stdin(self, tenant: str, task_id: str, first: tasks_pb2.AttachRequest,
                           rest: AsyncIterator[tasks_pb2.AttachRequest]) -> None:
-        await self._forward(tenant, task_id, first)
-        async for req in rest:
-            await self._forward(tenant, task_id, req)
+        """Forward input until the client stops sending or the task stops running; input
+        for a finished task has nowhere to go and is dropped (the events say it ended)."""
+        try:
+            await self._forward(tenant, task_id, first)
+            async for req in rest:
+                await self._forward(tenant, task_id, req)
+        except Conflict:
+            return
+        except grpc.aio.AioRpcError:
+            return  # the client went away; the watch side ends with the call
 
     async def _forward(self, tenant: str, task_id: str, req: tasks_pb2.AttachRequest) -> None:
         if req.stdin or req.eof:

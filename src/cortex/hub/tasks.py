@@ -31,6 +31,7 @@ _TRUNCATED = (
     "\n[cortex: output truncated after {} bytes (max_output_bytes); the rest was dropped]\n"
 )
 _EVENT_PAGE = 2000
+_TAIL_BYTES = 1024 * 1024
 
 
 @dataclass(eq=False)
@@ -39,8 +40,25 @@ class _Entry:
     task: pb.Task
     acked_seq: int = 0                  # newest node event seq stored for the current attempt
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Replaced (and the old one set) on every change, so a waiter can never miss one.
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     timeout_sent: bool = False
+    # The newest committed events, so live watchers need no store read. Bounded by bytes.
+    tail: list[pb.TaskEvent] = field(default_factory=list)
+    tail_bytes: int = 0
+
+    def remember(self, events: list[pb.TaskEvent]) -> None:
+        self.tail.extend(events)
+        self.tail_bytes += sum(e.ByteSize() for e in events)
+        while self.tail_bytes > _TAIL_BYTES and len(self.tail) > 1:
+            self.tail_bytes -= self.tail.pop(0).ByteSize()
+
+    def events_after(self, seq: int) -> list[pb.TaskEvent] | None:
+        """Events after `seq` from memory, or None if the tail no longer reaches back."""
+        if not self.tail or self.tail[0].seq > seq + 1:
+            return None if self.task.last_seq > seq else []
+        start = seq + 1 - self.tail[0].seq
+        return self.tail[max(0, start):]
 
 
 class TaskManager:
@@ -54,7 +72,11 @@ class TaskManager:
         self._clock = clock
         self._monotonic = monotonic
         self._active: dict[str, _Entry] = {}
-        self._queued: dict[str, _Entry] = {}     # insertion order = submission order
+        self._queued: dict[str, _Entry] = {}
+        # (-priority, arrival, task id): highest priority first, then first come. Items of
+        # tasks no longer queued are skipped when popped.
+        self._heap: list[tuple[int, int, str]] = []
+        self._arrivals = 0
         self._deadlines: list[tuple[float, str]] = []
         self._wake = asyncio.Event()
 
@@ -73,10 +95,15 @@ class TaskManager:
     def _track(self, entry: _Entry) -> None:
         self._active[entry.task.id] = entry
         if entry.task.state == pb.QUEUED:
-            self._queued[entry.task.id] = entry
-            self._wake.set()
+            self._enqueue(entry)
         if entry.task.deadline:
             heapq.heappush(self._deadlines, (entry.task.deadline, entry.task.id))
+
+    def _enqueue(self, entry: _Entry) -> None:
+        self._queued[entry.task.id] = entry
+        self._arrivals += 1
+        heapq.heappush(self._heap, (-entry.task.spec.priority, self._arrivals, entry.task.id))
+        self._wake.set()
 
     # -- client operations -----------------------------------------------------------
     async def submit(self, tenant: str, spec: pb.TaskSpec) -> tuple[pb.Task, bool]:
@@ -92,7 +119,9 @@ class TaskManager:
                              state=pb.StateChange(state=pb.QUEUED))
         stored, created = await self._store.insert_task(tenant, task, [event])
         if created:
-            self._track(_Entry(tenant, stored))
+            entry = _Entry(tenant, stored)
+            entry.remember([event])
+            self._track(entry)
         return stored, created
 
     async def get(self, tenant: str, task_id: str, *, with_attempts: bool = False) -> pb.Task:
@@ -127,30 +156,32 @@ class TaskManager:
     async def watch(
         self, tenant: str, task_id: str, *, after_seq: int, follow: bool
     ) -> AsyncIterator[pb.TaskEvent]:
-        task = await self.get(tenant, task_id)
+        entry = self._active.get(task_id)
+        if entry is None or entry.tenant != tenant:
+            await self.get(tenant, task_id)  # NotFound for unknown ids and other tenants
         while True:
             entry = self._active.get(task_id)
-            if entry is not None:
-                entry.changed.clear()
-            events = await self._store.read_events(
-                tenant, task_id, after_seq=after_seq, limit=_EVENT_PAGE
-            )
+            changed = entry.changed if entry is not None else None
+            events = entry.events_after(after_seq) if entry is not None else None
+            if events is None:
+                events = await self._store.read_events(
+                    tenant, task_id, after_seq=after_seq, limit=_EVENT_PAGE)
             for ev in events:
                 yield ev
             if events:
                 after_seq = events[-1].seq
-                if len(events) == _EVENT_PAGE:
+                if len(events) >= _EVENT_PAGE:
                     continue
             if not follow:
                 return
-            if entry is None:
+            if changed is None:
                 task = await self.get(tenant, task_id)
                 if states.is_terminal(State(task.state)) and task.last_seq <= after_seq:
                     return
                 if task_id not in self._active:
                     continue  # finished between our reads: drain the last events
-            else:
-                await entry.changed.wait()
+            elif entry is not None and entry.task.last_seq <= after_seq:
+                await changed.wait()
 
     async def stdin(self, tenant: str, task_id: str, msg: node_pb2.HubMessage) -> None:
         """Forward stdin/resize to the node running the task, once it has one."""
@@ -166,7 +197,6 @@ class TaskManager:
                     getattr(msg, str(which)).attempt = entry.task.attempt
                     conn.send(msg)
                     return
-            entry.changed.clear()
             await entry.changed.wait()
 
     # -- dispatch ----------------------------------------------------------------------
@@ -180,33 +210,45 @@ class TaskManager:
             await self._dispatch_pass()
 
     async def _dispatch_pass(self) -> None:
-        if not self._queued:
-            return
-        order = sorted(self._queued.values(), key=lambda e: -e.task.spec.priority)
+        """Place queued tasks, best first, until no node has a free slot."""
+        free = {c.node_id for c in self._registry.all() if len(c.running) < c.slots}
+        deferred: list[tuple[int, int, str]] = []
         assigned: list[asyncio.Task[None]] = []
-        for entry in order:
+        while self._heap and free:
+            item = heapq.heappop(self._heap)
+            entry = self._queued.get(item[2])
+            if entry is None:
+                continue  # no longer queued (cancelled, timed out, or an older heap item)
             conns = self._registry.for_tenant(entry.tenant)
-            if conns and all(len(c.running) >= c.slots for c in conns):
-                continue  # every node of the tenant is full: a finish will wake us
-            req = placement.TaskRequirements(
-                skill=entry.task.spec.skill, labels=dict(entry.task.spec.labels),
-                node_id=entry.task.spec.node_id,
-                session_node=self._session_node(entry),
-            )
-            decision = placement.place(req, [c.view() for c in conns])
-            if decision.node_id is None:
-                if "busy" not in decision.reason and entry.task.reason != decision.reason:
-                    await self._set_reason(entry, decision.reason)
+            if not any(c.node_id in free for c in conns):
+                deferred.append(item)  # that tenant's nodes are full; a finish wakes us
                 continue
-            conn = self._registry.get(decision.node_id)
+            conn = await self._place(entry, conns)
             if conn is None:
+                deferred.append(item)
                 continue
             # Reserve the slot now so the rest of this pass sees it taken.
             conn.running.add((entry.task.id, entry.task.attempt))
+            if len(conn.running) >= conn.slots:
+                free.discard(conn.node_id)
             del self._queued[entry.task.id]
             assigned.append(asyncio.ensure_future(self._assign(entry, conn)))
+        for item in deferred:
+            heapq.heappush(self._heap, item)
         if assigned:
             await asyncio.gather(*assigned)
+
+    async def _place(self, entry: _Entry, conns: list[NodeConn]) -> NodeConn | None:
+        req = placement.TaskRequirements(
+            skill=entry.task.spec.skill, labels=dict(entry.task.spec.labels),
+            node_id=entry.task.spec.node_id, session_node=self._session_node(entry),
+        )
+        decision = placement.place(req, [c.view() for c in conns])
+        if decision.node_id is None:
+            if "busy" not in decision.reason and entry.task.reason != decision.reason:
+                await self._set_reason(entry, decision.reason)
+            return None
+        return self._registry.get(decision.node_id)
 
     def _session_node(self, entry: _Entry) -> str:
         # Sessions arrive with the browser issue; a session pins to the node that ran the
@@ -222,7 +264,7 @@ class TaskManager:
                 await self._move(entry, Event.ASSIGN, node_id=conn.node_id, reason="")
             except Exception:
                 conn.running.discard((entry.task.id, entry.task.attempt))
-                self._queued[entry.task.id] = entry
+                self._enqueue(entry)
                 raise
             entry.acked_seq = 0
             conn.send(self._assign_msg(entry))
@@ -319,7 +361,10 @@ class TaskManager:
         await self._save(entry, new, events, attempt=attempt)
         entry.acked_seq = acked if new.attempt == report.attempt else 0
         self._ack(conn, entry, report)
-        if states.is_terminal(State(new.state)) or new.state == pb.QUEUED:
+        if new.state == pb.QUEUED:  # finished, and retried as a new attempt
+            conn.running.discard((new.id, report.attempt))
+            self._enqueue(entry)
+        elif states.is_terminal(State(new.state)):
             conn.running.discard((new.id, report.attempt))
             self._finish(entry)
 
@@ -479,8 +524,7 @@ class TaskManager:
         attempt = ended or _attempt_row(new, entry.acked_seq)
         await self._save(entry, new, events, attempt=attempt)
         if new.state == pb.QUEUED and event is not Event.ASSIGN:
-            self._queued[new.id] = entry
-            self._wake.set()
+            self._enqueue(entry)
         elif states.is_terminal(State(new.state)):
             self._finish(entry)
 
@@ -490,7 +534,9 @@ class TaskManager:
         await self._store.save_task(entry.tenant, new, expected_version=entry.task.version,
                                     events=events, attempt=attempt)
         entry.task = new
-        entry.changed.set()
+        entry.remember(events)
+        changed, entry.changed = entry.changed, asyncio.Event()
+        changed.set()
 
     def _finish(self, entry: _Entry) -> None:
         task = entry.task

@@ -411,11 +411,15 @@ class Agent:
 
     # -- batching, journaling, sending --------------------------------------------------
     async def _flush_loop(self) -> None:
+        last = 0.0
         while True:
             await self._dirty.wait()
-            # A short window lets output of many tasks (and many chunks) share one commit.
-            await asyncio.sleep(self._config.flush_interval_s)
+            # Idle: flush at once (latency). Busy: at most one flush per interval, so output
+            # of many tasks and many chunks shares one journal commit and one report.
+            wait = last + self._config.flush_interval_s - time.monotonic()
+            await asyncio.sleep(max(0.0, wait))
             self._dirty.clear()
+            last = time.monotonic()
             self._flush()
             await self._send_pending()
 

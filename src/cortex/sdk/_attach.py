@@ -43,7 +43,13 @@ class Attachment:
 
     async def __aenter__(self) -> Self:
         self._call = self._open_call()
-        await self._write(tasks_pb2.AttachRequest(task_id=self.task_id, after_seq=self.after_seq))
+        try:
+            await self._write(
+                tasks_pb2.AttachRequest(task_id=self.task_id, after_seq=self.after_seq)
+            )
+        except BaseException:
+            await self.aclose()
+            raise
         return self
 
     async def __aexit__(

@@ -1,0 +1,149 @@
+"""Dispatch benchmark (foundation issue): hub and node as real processes over mTLS.
+
+Figures, each with its baseline from the same run:
+- `true` round trip through the SDK (submit -> result) vs spawning `true` locally with
+  asyncio subprocess + pipes: p50/p99 and their ratio (must <= 3x, aim <= 2x);
+- durable no-op tasks/s with 1 node (submit N, gather): must >= 1,000/s;
+- log lines/s from one task to a Watch-er: must >= 15,000/s;
+- idle RSS of the hub and the node (MiB): node <= 64 MiB;
+- `cortex up` to first finished task (seconds).
+
+Run: `.venv/bin/python bench/bench_dispatch.py [--quick]`; prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _common import emit, rss_mib, summary_ms  # noqa: E402
+
+from cortex.sdk import Client, ClientConfig  # noqa: E402
+from cortex.testing import HubProcess, NodeProcess, cli_env  # noqa: E402
+
+
+async def local_spawn(n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        proc = await asyncio.create_subprocess_exec(
+            "true", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        await proc.communicate()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+async def round_trips(client: Client, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        result = await client.run(argv=["true"])
+        out.append(time.perf_counter() - t0)
+        assert result.exit_code == 0, result
+    return out
+
+
+async def throughput(client: Client, n: int, concurrency: int) -> dict[str, float]:
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one() -> None:
+        async with sem:
+            task = await client.submit(skill="noop")
+            done = await client.wait(task.id)
+            assert done.state == 4, done  # SUCCEEDED
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(n)))
+    elapsed = time.perf_counter() - t0
+    return {"tasks": n, "seconds": round(elapsed, 3), "tasks_per_s": round(n / elapsed, 1)}
+
+
+async def log_lines(client: Client, lines: int) -> dict[str, float]:
+    task = await client.submit(argv=["seq", "1", str(lines)])
+    t0 = time.perf_counter()
+    seen = 0
+    async for ev in client.watch(task.id):
+        if ev.WhichOneof("kind") == "output":
+            seen += ev.output.data.count(b"\n")
+    elapsed = time.perf_counter() - t0
+    assert seen == lines, (seen, lines)
+    return {"lines": lines, "seconds": round(elapsed, 3), "lines_per_s": round(lines / elapsed)}
+
+
+def up_to_first_task(tmp: Path) -> float:
+    home = tmp / "up-home"
+    env = cli_env(home)
+    t0 = time.perf_counter()
+    up = subprocess.Popen([sys.executable, "-m", "cortex", "up", "--port", "0",
+                           "--node-port", "0"], env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if (home / "client.json").exists():
+                rc = subprocess.run([sys.executable, "-m", "cortex", "run", "--", "true"],
+                                    env=env, capture_output=True, check=False).returncode
+                if rc == 0:
+                    return round(time.perf_counter() - t0, 2)
+            time.sleep(0.05)
+        raise RuntimeError("cortex up did not run a task within 60 s")
+    finally:
+        up.terminate()
+        up.wait(30)
+
+
+async def main(quick: bool) -> None:
+    n_rt, n_tp, n_lines = (100, 1000, 50_000) if quick else (300, 5000, 200_000)
+    with tempfile.TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        hub = HubProcess(tmp / "hub")
+        hub.start()
+        node = None
+        try:
+            cfg = ClientConfig(address=hub.address, token=hub.token,
+                               ca_pem=(tmp / "hub" / "ca" / "ca.pem").read_bytes())
+            async with Client(cfg) as client:
+                token = (await client.create_join_token(ttl=600)).token
+                node = NodeProcess(tmp / "node", hub.address, token)
+                node.start()
+                while not [n for n in await client.list_nodes() if n.state == 1]:
+                    await asyncio.sleep(0.05)
+                await round_trips(client, 20)  # warm up channels, caches, page cache
+                await asyncio.sleep(1.0)
+                idle = {"hub_rss_mib": rss_mib(hub.proc.pid),  # type: ignore[union-attr]
+                        "node_rss_mib": rss_mib(node.proc.pid)}  # type: ignore[union-attr]
+                local = await local_spawn(n_rt)
+                remote = await round_trips(client, n_rt)
+                ls, rs = summary_ms(local), summary_ms(remote)
+                tp = await throughput(client, n_tp, concurrency=256)
+                logs = await log_lines(client, n_lines)
+        finally:
+            if node is not None:
+                node.kill()
+            hub.kill()
+        up_s = up_to_first_task(tmp)
+    emit("dispatch", {
+        "round_trip_true": {"cortex": rs, "local_spawn": ls,
+                            "p50_ratio": round(rs["p50_ms"] / ls["p50_ms"], 2),
+                            "p99_ratio": round(rs["p99_ms"] / ls["p99_ms"], 2),
+                            "must_p50_ratio_le": 3.0, "aim_p50_ratio_le": 2.0},
+        "durable_noop_throughput": {**tp, "must_ge": 1000, "aim_ge": 2000},
+        "watch_log_lines": {**logs, "must_ge": 15000},
+        "idle_rss": {**idle, "node_must_le_mib": 64},
+        "up_to_first_task_s": up_s,
+        "cpus": os.cpu_count(),
+    })
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="smaller counts")
+    asyncio.run(main(parser.parse_args().quick))

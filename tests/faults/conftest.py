@@ -1,0 +1,263 @@
+"""Fault-test harness: real `cortex hub` / `cortex node` child processes, an SDK client per
+hub, and waits on hub state (watch events, bounded polls) instead of sleeps.
+
+Tests get everything through the `fleet` fixture (this folder has no package to import
+helpers from). Every process a test starts is registered with it and killed at teardown,
+pass or fail; task processes are found by the fleet's marker, which every task command
+must carry, and killed too, since a node killed with SIGKILL leaves them behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import psutil
+import pytest_asyncio
+
+from cortex.sdk import Client, ClientConfig, Node, NodeState, Task, TaskEvent, TaskState
+from cortex.testing import HubProcess, NodeProcess
+
+LABEL = "fault-node"            # join-token label naming each node of a test
+POLL_S = 0.05                   # pause between two reads of hub state in `eventually`
+WAIT_S = 30.0                   # bound of every wait unless a test gives its own
+
+T = TypeVar("T")
+
+
+class Log(list[TaskEvent]):
+    """A task's events, with the views the fault tests compare."""
+
+    def stdout(self, attempt: int | None = None) -> str:
+        return b"".join(e.output.data for e in self if e.HasField("output")
+                        and (attempt is None or e.attempt == attempt)).decode()
+
+    def states(self) -> list[tuple[int, str]]:
+        """(attempt, state name) of each state event, in log order."""
+        return [(e.attempt, TaskState.Name(e.state.state)) for e in self if e.HasField("state")]
+
+    def seqs(self) -> list[int]:
+        return [e.seq for e in self]
+
+    def assert_dense(self) -> None:
+        """Sequence numbers run 1, 2, 3 ... with neither gap nor repeat."""
+        assert self.seqs() == list(range(1, len(self) + 1)), f"seqs not dense:\n{self}"
+
+    def __str__(self) -> str:
+        lines = []
+        for e in self:
+            if e.HasField("state"):
+                what = f"{TaskState.Name(e.state.state)} {e.state.reason!r}"
+            else:
+                what = f"output {e.output.data!r}"
+            lines.append(f"  #{e.seq} attempt {e.attempt}: {what}")
+        return "\n".join(lines) or "  (no events)"
+
+
+@dataclass
+class Fleet:
+    """The hubs, nodes and clients of one test, under `root`; all ended at teardown."""
+
+    root: Path
+    marker: str = field(default_factory=lambda: f"cortex-fault-{uuid.uuid4().hex}")
+    hubs: list[HubProcess] = field(default_factory=list)
+    nodes: list[NodeProcess] = field(default_factory=list)
+    clients: list[Client] = field(default_factory=list)
+
+    # --- processes ---------------------------------------------------------------------
+
+    async def start_hub(self, *extra: str, name: str = "hub") -> HubProcess:
+        hub = HubProcess(self.root / name, extra=extra)
+        self.hubs.append(hub)
+        await asyncio.to_thread(hub.start)
+        return hub
+
+    async def restart_hub(self, hub: HubProcess) -> None:
+        """Start `hub` again on its data dir and ports, once it is ready."""
+        _close_pipe(hub)
+        await asyncio.to_thread(hub.start)
+
+    def client(self, hub: HubProcess) -> Client:
+        ca = (hub.data_dir / "ca" / "ca.pem").read_bytes()
+        client = Client(ClientConfig(address=hub.address, token=hub.token, ca_pem=ca,
+                                     call_timeout=10.0, reconnect_timeout=WAIT_S))
+        self.clients.append(client)
+        return client
+
+    async def start_node(self, hub: HubProcess, client: Client, name: str, *extra: str
+                         ) -> tuple[NodeProcess, str]:
+        """A node enrolled with its own join token (label fault-node=`name`), once online;
+        and its id."""
+        token = await client.create_join_token(ttl=120, labels={LABEL: name})
+        node = NodeProcess(self.root / name, hub.address, token.token,
+                           extra=("--name", name, *extra))
+        self.nodes.append(node)
+        node.start()
+        return node, (await self.node_online(client, name, node)).id
+
+    async def restart_node(self, node: NodeProcess, client: Client, name: str) -> Node:
+        """Start `node` again on its data dir (enrolled: no token), until it is online on a
+        connection newer than its previous one."""
+        before = await self.find_node(client, name)
+        node.token = ""
+        node.start()
+        return await self.node_online(client, name, node,
+                                      newer_than=before.connected_at if before else 0.0)
+
+    async def node_online(self, client: Client, name: str, node: NodeProcess, *,
+                          newer_than: float = 0.0) -> Node:
+        async def probe() -> Node | None:
+            if node.proc is not None and node.proc.poll() is not None:
+                raise AssertionError(f"node {name} exited ({node.proc.returncode}):\n"
+                                     + node.log())
+            found = await self.find_node(client, name)
+            if found and found.state == NodeState.ONLINE and found.connected_at > newer_than:
+                return found
+            return None
+
+        return await self.eventually(probe, f"node {name} online", node=node)
+
+    def task_processes(self) -> list[psutil.Process]:
+        """Live processes of this test's tasks (their command lines carry the marker)."""
+        found = []
+        for proc in psutil.process_iter(["cmdline", "status"]):
+            cmdline = proc.info["cmdline"] or []
+            if (proc.info["status"] != psutil.STATUS_ZOMBIE
+                    and any(self.marker in arg for arg in cmdline)):
+                found.append(proc)
+        return found
+
+    @staticmethod
+    def gone(proc: psutil.Process) -> bool:
+        try:
+            return proc.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    async def until_gone(self, proc: psutil.Process, what: str) -> None:
+        async def probe() -> bool:
+            return self.gone(proc)
+
+        await self.eventually(probe, what)
+
+    async def close(self) -> None:
+        for client in self.clients:
+            await client.close()
+        for node in self.nodes:
+            node.kill()
+        for hub in self.hubs:
+            hub.kill()
+            _close_pipe(hub)
+        for proc in self.task_processes():
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+
+    # --- waiting on hub state ------------------------------------------------------------
+
+    @staticmethod
+    async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, *,
+                         within: float = WAIT_S, node: NodeProcess | None = None) -> T:
+        """The first truthy result of `probe`, polled every POLL_S, for at most `within` s."""
+        last: object = None
+        try:
+            async with asyncio.timeout(within):
+                while True:
+                    last = await probe()
+                    if last:
+                        return last  # type: ignore[return-value]
+                    await asyncio.sleep(POLL_S)
+        except TimeoutError:
+            log = f"\nnode log:\n{node.log()}" if node is not None else ""
+            raise AssertionError(f"not within {within:g} s: {what} (last: {last!r}){log}"
+                                 ) from None
+
+    @staticmethod
+    async def find_node(client: Client, name: str) -> Node | None:
+        nodes = await client.list_nodes(labels={LABEL: name})
+        assert len(nodes) <= 1, f"two nodes carry {LABEL}={name}: {nodes}"
+        return nodes[0] if nodes else None
+
+    @staticmethod
+    async def watch_until(client: Client, task_id: str, done: Callable[[Log], bool],
+                          what: str, *, within: float = WAIT_S) -> Log:
+        """The task's events from seq 1 on, read live until `done(events)` holds."""
+        events = Log()
+        try:
+            async with asyncio.timeout(within):
+                stream = client.watch(task_id)
+                async with contextlib.aclosing(stream):
+                    async for event in stream:
+                        events.append(event)
+                        if done(events):
+                            return events
+        except TimeoutError:
+            pass
+        raise AssertionError(f"not seen in the events of {task_id}: {what}\n{events}")
+
+    async def until_output(self, client: Client, task_id: str, text: str,
+                           attempt: int | None = None) -> Log:
+        """The task's events up to the first where its stdout contains `text`."""
+        return await self.watch_until(client, task_id, lambda log: text in log.stdout(attempt),
+                                      f"stdout {text!r}")
+
+    @staticmethod
+    async def history(client: Client, task_id: str) -> Log:
+        """Every stored event of the task, from seq 1, without following."""
+        events = Log()
+        async with asyncio.timeout(WAIT_S):
+            stream = client.watch(task_id, follow=False)
+            async with contextlib.aclosing(stream):
+                async for event in stream:
+                    events.append(event)
+        return events
+
+    @staticmethod
+    async def finished(client: Client, task_id: str, *, within: float = WAIT_S) -> Task:
+        """The task (with its attempts) once it is in a final state, retries included."""
+        try:
+            async with asyncio.timeout(within):
+                await client.wait(task_id)
+        except TimeoutError:
+            task = await client.get(task_id)
+            raise AssertionError(f"task {task_id} not finished within {within:g} s: "
+                                 f"{TaskState.Name(task.state)} ({task.reason})") from None
+        return await client.get(task_id)
+
+    @staticmethod
+    def journal_row(node: NodeProcess, task_id: str, attempt: int) -> dict[str, int] | None:
+        """The node journal's row of one attempt, read-only (the node may be running)."""
+        path = node.data_dir / "journal.db"
+        if not path.exists():
+            return None
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+        try:
+            row = db.execute(
+                "SELECT pid, finished, dropped, next_seq, acked_seq FROM task_history"
+                " WHERE task_id = ? AND attempt = ?", (task_id, attempt)).fetchone()
+        finally:
+            db.close()
+        names = ("pid", "finished", "dropped", "next_seq", "acked_seq")
+        return None if row is None else dict(zip(names, row, strict=True))
+
+
+def _close_pipe(hub: HubProcess) -> None:
+    # The old process's stdout pipe; its reader thread has hit EOF once the process died.
+    if hub.proc is not None and hub.proc.poll() is not None and hub.proc.stdout is not None:
+        with contextlib.suppress(OSError, ValueError):
+            hub.proc.stdout.close()
+
+
+@pytest_asyncio.fixture
+async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
+    """This test's processes and clients; all of them are ended afterwards, pass or fail."""
+    fleet = Fleet(tmp_path)
+    try:
+        yield fleet
+    finally:
+        await fleet.close()
