@@ -39,6 +39,7 @@ class NodeSessions:
         self._tasks = tasks
         self._config = config
         self._monotonic = monotonic
+        self._last_persist = 0.0
 
     async def serve(self, requests: AsyncIterator[node_pb2.NodeMessage],
                     context: grpc.aio.ServicerContext) -> AsyncIterator[node_pb2.HubMessage]:
@@ -67,7 +68,7 @@ class NodeSessions:
             async with asyncio.TaskGroup() as tg:
                 reader = tg.create_task(self._read(conn, it))
                 while True:
-                    msg = await conn.outbox.get()
+                    msg = await _next_frame(conn.outbox)
                     if msg is None:
                         break
                     yield msg
@@ -101,31 +102,46 @@ class NodeSessions:
         return conn
 
     async def _read(self, conn: NodeConn, it: AsyncIterator[node_pb2.NodeMessage]) -> None:
-        last_persist = self._monotonic()
+        self._last_persist = self._monotonic()
         try:
             async for msg in it:
-                kind = msg.WhichOneof("kind")
-                if kind == "report":
-                    await self._tasks.on_report(conn, msg.report)
-                elif kind == "heartbeat":
-                    conn.node.load.CopyFrom(msg.heartbeat.load)
-                    conn.node.last_seen = time.time()
-                    if msg.heartbeat.draining != conn.draining:
-                        conn.draining = msg.heartbeat.draining
-                        conn.node.state = pb.DRAINING if conn.draining else pb.ONLINE
-                        self._tasks.wake()
-                    if self._monotonic() - last_persist > _PERSIST_EVERY_S:
-                        last_persist = self._monotonic()
-                        await self._store.upsert_node(conn.tenant, _persisted(conn.node))
-                elif kind == "goodbye":
-                    log.info("node %s says goodbye: %s", conn.node_id, msg.goodbye.reason)
-                    conn.draining = True
+                frame = list(msg.batch.messages) if msg.WhichOneof("kind") == "batch" else [msg]
+                # Reports of different tasks are applied concurrently (their store writes
+                # share one commit); those of one task stay in order.
+                by_task: dict[str, list[node_pb2.TaskReport]] = {}
+                for m in frame:
+                    if m.WhichOneof("kind") == "report":
+                        by_task.setdefault(m.report.task_id, []).append(m.report)
+                    else:
+                        await self._control(conn, m)
+                if by_task:
+                    await asyncio.gather(*(self._reports(conn, r) for r in by_task.values()))
         except grpc.aio.AioRpcError:
             pass  # the node hung up; _close handles it
         except asyncio.CancelledError:
             raise
         finally:
             conn.close()
+
+    async def _reports(self, conn: NodeConn, reports: list[node_pb2.TaskReport]) -> None:
+        for report in reports:
+            await self._tasks.on_report(conn, report)
+
+    async def _control(self, conn: NodeConn, msg: node_pb2.NodeMessage) -> None:
+        kind = msg.WhichOneof("kind")
+        if kind == "heartbeat":
+            conn.node.load.CopyFrom(msg.heartbeat.load)
+            conn.node.last_seen = time.time()
+            if msg.heartbeat.draining != conn.draining:
+                conn.draining = msg.heartbeat.draining
+                conn.node.state = pb.DRAINING if conn.draining else pb.ONLINE
+                self._tasks.wake()
+            if self._monotonic() - self._last_persist > _PERSIST_EVERY_S:
+                self._last_persist = self._monotonic()
+                await self._store.upsert_node(conn.tenant, _persisted(conn.node))
+        elif kind == "goodbye":
+            log.info("node %s says goodbye: %s", conn.node_id, msg.goodbye.reason)
+            conn.draining = True
 
     async def _close(self, conn: NodeConn) -> None:
         conn.close()
@@ -153,3 +169,26 @@ def _persisted(node: pb.Node) -> pb.Node:
     out.CopyFrom(node)
     out.running_tasks = 0
     return out
+
+
+_FRAME_MESSAGES = 512
+_FRAME_BYTES = 4 * 1024 * 1024
+
+
+async def _next_frame(outbox: asyncio.Queue[node_pb2.HubMessage | None]
+                      ) -> node_pb2.HubMessage | None:
+    """The next message, or a batch of everything queued (bounded) when there is more."""
+    first = await outbox.get()
+    if first is None or outbox.empty():
+        return first
+    batch = node_pb2.HubMessage(batch=node_pb2.HubBatch(messages=[first]))
+    size = first.ByteSize()
+    while not outbox.empty() and len(batch.batch.messages) < _FRAME_MESSAGES \
+            and size < _FRAME_BYTES:
+        msg = outbox.get_nowait()
+        if msg is None:
+            outbox.put_nowait(None)  # deliver what we have, stop on the next call
+            break
+        batch.batch.messages.append(msg)
+        size += msg.ByteSize()
+    return batch

@@ -36,6 +36,7 @@ log = logging.getLogger("cortex.node")
 _REPORT_BYTES = 1024 * 1024       # split reports above this
 _OUTBOX_BOUND = 256               # reports in flight to the gRPC writer before we wait
 _ACK_WAIT_S = 5.0
+_FRAME_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(eq=False)
@@ -262,7 +263,16 @@ class Agent:
                      call: grpc.aio.StreamStreamCall[node_pb2.NodeMessage, node_pb2.HubMessage],
                      outbox: asyncio.Queue[node_pb2.NodeMessage]) -> None:
         while True:
-            await call.write(await outbox.get())
+            msg = await outbox.get()
+            if not outbox.empty():  # pack what is queued into one frame (bounded)
+                batch = node_pb2.NodeMessage(batch=node_pb2.NodeBatch(messages=[msg]))
+                size = msg.ByteSize()
+                while not outbox.empty() and size < _FRAME_BYTES:
+                    nxt = outbox.get_nowait()
+                    batch.batch.messages.append(nxt)
+                    size += nxt.ByteSize()
+                msg = batch
+            await call.write(msg)
 
     async def _heartbeats(self, interval: float) -> None:
         while True:
@@ -283,7 +293,10 @@ class Agent:
     # -- messages from the hub ------------------------------------------------------------
     def _on_message(self, msg: node_pb2.HubMessage) -> None:
         kind = msg.WhichOneof("kind")
-        if kind == "assign":
+        if kind == "batch":
+            for inner in msg.batch.messages:
+                self._on_message(inner)
+        elif kind == "assign":
             self._on_assign(msg.assign)
         elif kind == "cancel":
             held = self._held.get((msg.cancel.task_id, msg.cancel.attempt))
