@@ -165,7 +165,7 @@ def _wait_for(proc: subprocess.Popen[bytes], pattern: re.Pattern[str], timeout: 
               ) -> re.Match[str]:
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
-    seen = []
+    seen: list[str] = []
     os.set_blocking(proc.stdout.fileno(), True)
     while time.monotonic() < deadline:
         raw = proc.stdout.readline()

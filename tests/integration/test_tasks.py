@@ -25,6 +25,7 @@ from cortex.hub.server import Hub
 from cortex.node.agent import Agent
 from cortex.sdk import TERMINAL_STATES, Client, NodeState, TaskEvent, TaskSpec, TaskState
 from cortex.sdk import OutputStream as Stream
+from cortex.testing import running_node
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -168,11 +169,11 @@ async def test_fifty_megabytes_of_output_arrive_complete_and_in_order(
             digest.update(ev.output.data)
             size += len(ev.output.data)
             newlines += ev.output.data.count(b"\n")
-    assert states[-1] == SUCCEEDED, states
+    final = await client.get(task.id)
+    assert states[-1] == SUCCEEDED, f"{states}: {final.reason}"
     assert size == lines * LINE_BYTES
     assert newlines == lines
     assert digest.hexdigest() == expected
-    final = await client.get(task.id)
     assert not final.output_truncated
     assert final.output_bytes == size
     assert final.last_seq == last_seq
@@ -308,6 +309,28 @@ async def test_cancel_kills_the_whole_tree_including_setsid_grandchildren(
     survivors = [p.pid for p in tree if alive(p)]
     survivors += [p.pid for p in await asyncio.to_thread(marked_processes, mark)]
     assert not survivors, f"processes of the cancelled task survive: {sorted(set(survivors))}"
+
+
+@pytest.mark.asyncio
+async def test_starting_a_second_node_does_not_kill_tasks_of_the_first(
+        client: Client, node: Agent, hub: Hub, tmp_path: Path) -> None:
+    """A node agent starting on the same machine leaves the other agent's running tasks be."""
+    (first_node,) = await client.list_nodes()
+    gate = tmp_path / "gate"
+    task = await client.submit(argv=[PY, "-c", GATED, str(gate)], node_id=first_node.id,
+                               timeout=30)
+    out = b""
+    events = client.watch(task.id)
+    async with contextlib.aclosing(events):
+        async for ev in events:
+            if ev.HasField("output"):
+                out += ev.output.data
+                if out == b"first\n":
+                    break
+    async with running_node(hub, tmp_path / "n2"):
+        gate.touch()
+        final = await client.wait(task.id)
+    assert final.state == SUCCEEDED, f"{TaskState.Name(final.state)}: {final.reason}"
 
 
 @pytest.mark.asyncio

@@ -22,6 +22,7 @@ _CODES: tuple[tuple[type[errors.CortexError], grpc.StatusCode], ...] = (
 )
 
 R = TypeVar("R")
+Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
 def status_for(exc: errors.CortexError) -> grpc.StatusCode:
@@ -33,7 +34,7 @@ def status_for(exc: errors.CortexError) -> grpc.StatusCode:
 
 def unary(fn: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
     @functools.wraps(fn)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
+    async def wrapper(self: Any, request: Any, context: Ctx) -> R:
         try:
             return await fn(self, request, context)
         except errors.CortexError as exc:
@@ -45,8 +46,7 @@ def unary(fn: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
 
 def streaming(fn: Callable[..., AsyncIterator[R]]) -> Callable[..., AsyncIterator[R]]:
     @functools.wraps(fn)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext
-                      ) -> AsyncIterator[R]:
+    async def wrapper(self: Any, request: Any, context: Ctx) -> AsyncIterator[R]:
         try:
             async for item in fn(self, request, context):
                 yield item

@@ -17,7 +17,7 @@ import grpc
 from cortex._proto.cortex.v1 import common_pb2 as pb
 from cortex._proto.cortex.v1 import node_pb2
 from cortex.errors import CortexError, PermissionDenied
-from cortex.hub._grpc_errors import status_for
+from cortex.hub._grpc_errors import Ctx, status_for
 from cortex.hub.config import HubConfig
 from cortex.hub.pki import NodeIdentity, identity_from_pem
 from cortex.hub.registry import NodeConn, Registry
@@ -42,7 +42,7 @@ class NodeSessions:
         self._last_persist = 0.0
 
     async def serve(self, requests: AsyncIterator[node_pb2.NodeMessage],
-                    context: grpc.aio.ServicerContext) -> AsyncIterator[node_pb2.HubMessage]:
+                    context: Ctx) -> AsyncIterator[node_pb2.HubMessage]:
         try:
             ident = _identify(context)
             stored = await self._store.get_node(ident.tenant, ident.node_id)
@@ -156,9 +156,9 @@ class NodeSessions:
         self._tasks.wake()
 
 
-def _identify(context: grpc.aio.ServicerContext) -> NodeIdentity:
+def _identify(context: Ctx) -> NodeIdentity:
     auth = context.auth_context()
-    pems = auth.get("x509_pem_cert") or []
+    pems = list(auth.get("x509_pem_cert") or [])
     if not pems:
         raise PermissionDenied("nodes must present a client certificate issued by this hub")
     return identity_from_pem(pems[0])

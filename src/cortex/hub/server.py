@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import grpc
+from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from cortex._proto.cortex.v1 import enroll_pb2_grpc, node_pb2_grpc, tasks_pb2_grpc
@@ -44,9 +45,10 @@ class Hub:
         self.node_port = 0
         self.admin_token = ""
         self.ca: CertificateAuthority | None = None
-        self._servers: list[grpc.aio.Server] = []
+        self._servers: list[aio.Server] = []
         self._loops: list[asyncio.Task[None]] = []
-        self._health = health.aio.HealthServicer()
+        # grpc_health exposes its asyncio servicer as `health.aio`; its stubs do not.
+        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
 
     async def start(self) -> None:
         cfg = self.config
@@ -67,7 +69,7 @@ class Hub:
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
             ("grpc.keepalive_permit_without_calls", 1),
         ]
-        client_srv = grpc.aio.server(options=options)
+        client_srv = aio.server(options=options)
         tasks_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(
             tasks=self.tasks, registry=self.registry, store=self.store,
             auth=Authenticator(self.store), ca=self.ca, config=cfg), client_srv)
@@ -78,7 +80,7 @@ class Hub:
         creds = grpc.ssl_server_credentials([(key_pem, chain_pem)])
         self.port = client_srv.add_secure_port(f"{cfg.host}:{cfg.port}", creds)
 
-        node_srv = grpc.aio.server(options=options)
+        node_srv = aio.server(options=options)
         sessions = NodeSessions(store=self.store, registry=self.registry, tasks=self.tasks,
                                 config=cfg)
         node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(sessions), node_srv)

@@ -21,7 +21,7 @@ from cortex._proto.cortex.v1 import (
 )
 from cortex.core.validation import check_labels
 from cortex.errors import Conflict, InvalidArgument, PermissionDenied
-from cortex.hub._grpc_errors import streaming, unary
+from cortex.hub._grpc_errors import Ctx, streaming, unary
 from cortex.hub.auth import (
     Authenticator,
     Principal,
@@ -56,30 +56,31 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
         self._ca = ca
         self._config = config
 
-    async def _principal(self, context: grpc.aio.ServicerContext, *, roles: set[str] | None = None
+    async def _principal(self, context: Ctx, *, roles: set[str] | None = None
                          ) -> Principal:
-        principal = await self._auth.authenticate(
-            context.invocation_metadata(), now=time.time(), mono=time.monotonic())
+        metadata = tuple((k, v) for k, v in context.invocation_metadata() or ())
+        principal = await self._auth.authenticate(metadata, now=time.time(),
+                                                  mono=time.monotonic())
         if roles is not None and principal.role not in roles:
             raise PermissionDenied(f"role {principal.role!r} may not do this")
         return principal
 
     @unary
     async def Submit(self, request: tasks_pb2.SubmitRequest,
-                     context: grpc.aio.ServicerContext) -> tasks_pb2.SubmitResponse:
+                     context: Ctx) -> tasks_pb2.SubmitResponse:
         who = await self._principal(context, roles=_WRITE_ROLES)
         task, created = await self._tasks.submit(who.tenant, request.spec)
         return tasks_pb2.SubmitResponse(task=task, created=created)
 
     @unary
     async def Get(self, request: tasks_pb2.GetTaskRequest,
-                  context: grpc.aio.ServicerContext) -> pb.Task:
+                  context: Ctx) -> pb.Task:
         who = await self._principal(context)
         return await self._tasks.get(who.tenant, _id(request.task_id), with_attempts=True)
 
     @unary
     async def List(self, request: tasks_pb2.ListTasksRequest,
-                   context: grpc.aio.ServicerContext) -> tasks_pb2.ListTasksResponse:
+                   context: Ctx) -> tasks_pb2.ListTasksResponse:
         who = await self._principal(context)
         limit = request.limit or 100
         if limit > 1000:
@@ -95,7 +96,7 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
 
     @streaming
     async def Watch(self, request: tasks_pb2.WatchRequest,
-                    context: grpc.aio.ServicerContext) -> AsyncIterator[pb.TaskEvent]:
+                    context: Ctx) -> AsyncIterator[pb.TaskEvent]:
         who = await self._principal(context)
         async for ev in self._tasks.watch(who.tenant, _id(request.task_id),
                                           after_seq=request.after_seq, follow=request.follow):
@@ -103,7 +104,7 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
 
     @unary
     async def Cancel(self, request: tasks_pb2.CancelRequest,
-                     context: grpc.aio.ServicerContext) -> pb.Task:
+                     context: Ctx) -> pb.Task:
         who = await self._principal(context, roles=_WRITE_ROLES)
         if len(request.reason) > 1024:
             raise InvalidArgument("reason: at most 1024 characters")
@@ -111,7 +112,7 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
 
     @streaming
     async def Attach(self, request_iterator: AsyncIterator[tasks_pb2.AttachRequest],
-                     context: grpc.aio.ServicerContext) -> AsyncIterator[pb.TaskEvent]:
+                     context: Ctx) -> AsyncIterator[pb.TaskEvent]:
         who = await self._principal(context, roles=_WRITE_ROLES)
         it = aiter(request_iterator)
         try:
@@ -150,7 +151,7 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
 
     @unary
     async def ListNodes(self, request: tasks_pb2.ListNodesRequest,
-                        context: grpc.aio.ServicerContext) -> tasks_pb2.ListNodesResponse:
+                        context: Ctx) -> tasks_pb2.ListNodesResponse:
         who = await self._principal(context)
         out = []
         for node in await self._store.list_nodes(who.tenant):
@@ -171,7 +172,7 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
 
     @unary
     async def CreateJoinToken(self, request: tasks_pb2.CreateJoinTokenRequest,
-                              context: grpc.aio.ServicerContext
+                              context: Ctx
                               ) -> tasks_pb2.CreateJoinTokenResponse:
         who = await self._principal(context, roles=_NODE_ADMIN_ROLES)
         problems = check_labels(request.labels)
@@ -193,12 +194,12 @@ class EnrollServicer(enroll_pb2_grpc.EnrollServiceServicer):
 
     @unary
     async def GetTrustBundle(self, request: enroll_pb2.GetTrustBundleRequest,
-                             context: grpc.aio.ServicerContext) -> enroll_pb2.TrustBundle:
+                             context: Ctx) -> enroll_pb2.TrustBundle:
         return enroll_pb2.TrustBundle(ca_pem=self._ca.cert_pem)
 
     @unary
     async def Enroll(self, request: enroll_pb2.EnrollRequest,
-                     context: grpc.aio.ServicerContext) -> enroll_pb2.EnrollResponse:
+                     context: Ctx) -> enroll_pb2.EnrollResponse:
         token_id, secret, _ = parse_join_token(request.token)
         if len(request.name) > 128:
             raise InvalidArgument("name: at most 128 characters")
@@ -231,7 +232,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         self._sessions = sessions
 
     async def Connect(self, request_iterator: AsyncIterator[node_pb2.NodeMessage],
-                      context: grpc.aio.ServicerContext) -> AsyncIterator[node_pb2.HubMessage]:
+                      context: Ctx) -> AsyncIterator[node_pb2.HubMessage]:
         async for msg in self._sessions.serve(request_iterator, context):
             yield msg
 

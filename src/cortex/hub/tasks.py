@@ -32,6 +32,7 @@ _TRUNCATED = (
 )
 _EVENT_PAGE = 2000
 _TAIL_BYTES = 1024 * 1024
+_FINISH_STATES = frozenset(int(s) for s in states.FINISH_EVENT)
 
 
 @dataclass(eq=False)
@@ -379,7 +380,7 @@ class TaskManager:
                 self._transition(task, Event.START, out, time=ne.time)
         elif kind == "finished":
             fin = ne.finished
-            if fin.state not in states.FINISH_EVENT:
+            if fin.state not in _FINISH_STATES:
                 return None
             task.finished_at = ne.time
             task.has_exit_code = fin.has_exit_code
@@ -444,7 +445,7 @@ class TaskManager:
         task.node_id = ""
         task.cancel_requested = False
         for name in ("assigned_at", "started_at", "finished_at", "exit_code", "has_exit_code"):
-            task.ClearField(name)  # type: ignore[arg-type]
+            task.ClearField(name)
         return ended
 
     def _ack(self, conn: NodeConn, entry: _Entry, report: node_pb2.TaskReport,

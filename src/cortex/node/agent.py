@@ -37,6 +37,7 @@ _REPORT_BYTES = 1024 * 1024       # split reports above this
 _OUTBOX_BOUND = 256               # reports in flight to the gRPC writer before we wait
 _ACK_WAIT_S = 5.0
 _FRAME_BYTES = 4 * 1024 * 1024
+_Call = grpc.aio.StreamStreamCall[node_pb2.NodeMessage, node_pb2.HubMessage]
 
 
 @dataclass(eq=False)
@@ -202,11 +203,17 @@ class Agent:
 
     async def _session(self) -> None:
         async with self._channel() as channel:
-            call = node_pb2_grpc.NodeServiceStub(channel).Connect()
+            # Called without an iterator, the call is written to with write() below.
+            call: _Call = node_pb2_grpc.NodeServiceStub(channel).Connect()  # type: ignore[call-arg]
             await call.write(node_pb2.NodeMessage(hello=self._hello()))
-            first = await call.read()
-            if first is grpc.aio.EOF or first.WhichOneof("kind") != "welcome":
-                raise ConnectionError("the hub closed the stream before welcoming the node")
+            responses = aiter(call)
+            try:
+                first = await anext(responses)
+            except StopAsyncIteration:
+                raise ConnectionError(
+                    "the hub closed the stream before welcoming the node") from None
+            if first.WhichOneof("kind") != "welcome":
+                raise ConnectionError("the hub did not welcome the node")
             interval = first.welcome.heartbeat_interval_s or 2.0
             self._reconcile(first.welcome)
             outbox: asyncio.Queue[node_pb2.NodeMessage] = asyncio.Queue(_OUTBOX_BOUND)
@@ -218,10 +225,7 @@ class Agent:
                 writer = tg.create_task(self._write(call, outbox))
                 beats = tg.create_task(self._heartbeats(interval))
                 try:
-                    while True:
-                        msg = await call.read()
-                        if msg is grpc.aio.EOF:
-                            break
+                    async for msg in responses:
                         self._on_message(msg)
                 finally:
                     writer.cancel()
@@ -259,9 +263,7 @@ class Agent:
             held.sent = held.acked
             held.unsent = []
 
-    async def _write(self,
-                     call: grpc.aio.StreamStreamCall[node_pb2.NodeMessage, node_pb2.HubMessage],
-                     outbox: asyncio.Queue[node_pb2.NodeMessage]) -> None:
+    async def _write(self, call: _Call, outbox: asyncio.Queue[node_pb2.NodeMessage]) -> None:
         while True:
             msg = await outbox.get()
             if not outbox.empty():  # pack what is queued into one frame (bounded)
@@ -464,22 +466,14 @@ class Agent:
                 held.unsent = self._journal.unacked(held.assign.task_id, held.assign.attempt,
                                                     held.sent)
             while held.unsent and self._outbox is outbox:
-                chunk, size = [], 0
-                while held.unsent and (size < _REPORT_BYTES or not chunk):
-                    ev = held.unsent.pop(0) if len(held.unsent) < 64 else None
-                    if ev is None:
-                        break
-                    chunk.append(ev)
-                    size += ev.ByteSize()
-                if not chunk:
-                    chunk, size = _take(held.unsent, _REPORT_BYTES)
+                chunk = _take(held.unsent, _REPORT_BYTES)
                 await outbox.put(node_pb2.NodeMessage(report=node_pb2.TaskReport(
                     task_id=held.assign.task_id, attempt=held.assign.attempt,
                     first_seq=held.sent + 1, events=chunk)))
                 held.sent += len(chunk)
 
 
-def _take(events: list[node_pb2.NodeEvent], limit: int) -> tuple[list[node_pb2.NodeEvent], int]:
+def _take(events: list[node_pb2.NodeEvent], limit: int) -> list[node_pb2.NodeEvent]:
     """Remove and return a prefix of `events` of about `limit` bytes (at least one)."""
     size, n = 0, 0
     while n < len(events) and (size < limit or n == 0):
@@ -487,7 +481,7 @@ def _take(events: list[node_pb2.NodeEvent], limit: int) -> tuple[list[node_pb2.N
         n += 1
     chunk = events[:n]
     del events[:n]
-    return chunk, size
+    return chunk
 
 
 def _kill_leftover(pid: int) -> None:

@@ -62,7 +62,8 @@ def fetch_pinned_ca(hub: str, pin: str, *, timeout: float = 10.0) -> bytes:
     try:
         with socket.create_connection((host, port), timeout=timeout) as raw, \
                 ctx.wrap_socket(raw, server_hostname=HUB_SERVER_NAME) as tls:
-            chain = tls._sslobj.get_unverified_chain()  # type: ignore[union-attr]
+            # Python 3.13 makes this public (SSLSocket.get_unverified_chain); 3.11 has it here.
+            chain = tls._sslobj.get_unverified_chain()  # type: ignore[attr-defined]
     except OSError as exc:
         raise Unavailable(f"cannot reach the hub at {hub}: {exc}") from exc
     for entry in chain or []:

@@ -13,6 +13,7 @@ from cortex.node.config import NodeConfig
 from cortex.node.enroll import Identity, enroll, load_identity
 from cortex.node.journal import Journal
 from cortex.node.supervisor import Supervisor
+from cortex.skills.base import Skill
 from cortex.skills.noop import NoopSkill
 from cortex.skills.shell import ShellSkill
 
@@ -41,7 +42,7 @@ def build_agent(config: NodeConfig, ident: Identity) -> tuple[Agent, Journal]:
     if cgroups is not None:
         cgroups.kill_stale(set())  # nothing survives an agent restart: the journal reports it
     log.info("process isolation: %s", cgroups.kind if cgroups else "process groups only")
-    skills = {
+    skills: dict[str, Skill] = {
         "shell": ShellSkill(cgroups=cgroups, kill_grace_s=config.kill_grace_s),
         "noop": NoopSkill(),
     }
