@@ -5,13 +5,21 @@ Tests get everything through the `fleet` fixture (this folder has no package to 
 helpers from). Every process a test starts is registered with it and killed at teardown,
 pass or fail; task processes are found by the fleet's marker, which every task command
 must carry, and killed too, since a node killed with SIGKILL leaves them behind.
+
+Each node runs as if on a machine of its own: in a cgroup (v2) of its own where this host
+allows it. A node agent sweeps every task cgroup under its own cgroup when it starts, so
+agents sharing one (other test runs on this host) would kill each other's tasks; the test
+of that sweep puts two nodes on one "machine" on purpose.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -22,13 +30,32 @@ import psutil
 import pytest_asyncio
 
 from cortex.sdk import Client, ClientConfig, Node, NodeState, Task, TaskEvent, TaskState
-from cortex.testing import HubProcess, NodeProcess
+from cortex.testing import HubProcess, NodeProcess, cli_env
 
 LABEL = "fault-node"            # join-token label naming each node of a test
 POLL_S = 0.05                   # pause between two reads of hub state in `eventually`
 WAIT_S = 30.0                   # bound of every wait unless a test gives its own
 
 T = TypeVar("T")
+# Joins the cgroup given as $0 (when it can), then runs the node command.
+_IN_CGROUP = 'echo $$ > "$0/cgroup.procs" 2>/dev/null; exec "$@"'
+
+
+@dataclass
+class MachineNode(NodeProcess):
+    """`cortex node` as a child process, inside `cgroup` (a directory) when one is given."""
+
+    cgroup: Path | None = None
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "cortex", "node", "--hub", self.hub, "--data-dir",
+               str(self.data_dir), "--token", self.token, *self.extra]
+        if self.cgroup is not None:
+            cmd = ["/bin/sh", "-c", _IN_CGROUP, str(self.cgroup), *cmd]
+        with open(self.data_dir / "node.log", "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                         env=cli_env(self.data_dir.parent))
 
 
 class Log(list[TaskEvent]):
@@ -69,6 +96,7 @@ class Fleet:
     hubs: list[HubProcess] = field(default_factory=list)
     nodes: list[NodeProcess] = field(default_factory=list)
     clients: list[Client] = field(default_factory=list)
+    machines: dict[str, Path | None] = field(default_factory=dict)
 
     # --- processes ---------------------------------------------------------------------
 
@@ -90,13 +118,13 @@ class Fleet:
         self.clients.append(client)
         return client
 
-    async def start_node(self, hub: HubProcess, client: Client, name: str, *extra: str
-                         ) -> tuple[NodeProcess, str]:
-        """A node enrolled with its own join token (label fault-node=`name`), once online;
-        and its id."""
+    async def start_node(self, hub: HubProcess, client: Client, name: str, *extra: str,
+                         machine: str = "") -> tuple[NodeProcess, str]:
+        """A node enrolled with its own join token (label fault-node=`name`), once online,
+        and its id. It runs on `machine` (default: a machine of its own)."""
         token = await client.create_join_token(ttl=120, labels={LABEL: name})
-        node = NodeProcess(self.root / name, hub.address, token.token,
-                           extra=("--name", name, *extra))
+        node = MachineNode(self.root / name, hub.address, token.token,
+                           extra=("--name", name, *extra), cgroup=self._machine(machine or name))
         self.nodes.append(node)
         node.start()
         return node, (await self.node_online(client, name, node)).id
@@ -122,6 +150,11 @@ class Fleet:
             return None
 
         return await self.eventually(probe, f"node {name} online", node=node)
+
+    def _machine(self, name: str) -> Path | None:
+        if name not in self.machines:
+            self.machines[name] = _new_cgroup(f"{self.marker}-{name}")
+        return self.machines[name]
 
     def task_processes(self) -> list[psutil.Process]:
         """Live processes of this test's tasks (their command lines carry the marker)."""
@@ -157,6 +190,9 @@ class Fleet:
         for proc in self.task_processes():
             with contextlib.suppress(psutil.Error):
                 proc.kill()
+        for group in self.machines.values():
+            if group is not None:
+                await _remove_cgroup(group)
 
     # --- waiting on hub state ------------------------------------------------------------
 
@@ -244,6 +280,36 @@ class Fleet:
             db.close()
         names = ("pid", "finished", "dropped", "next_seq", "acked_seq")
         return None if row is None else dict(zip(names, row, strict=True))
+
+
+def _new_cgroup(name: str) -> Path | None:
+    """A new cgroup v2 beside this process's own, or None where the host does not allow it."""
+    try:
+        own = next(line[3:] for line in Path("/proc/self/cgroup").read_text().splitlines()
+                   if line.startswith("0::"))
+        mount = next(fields[4] for fields in map(str.split, Path(
+            "/proc/self/mountinfo").read_text().splitlines())
+            if fields[fields.index("-") + 1] == "cgroup2")
+        group = Path(mount) / own.lstrip("/") / name
+        group.mkdir()
+    except (OSError, StopIteration, ValueError):
+        return None
+    return group
+
+
+async def _remove_cgroup(group: Path) -> None:
+    """Kill whatever is left in `group` and remove it with its sub-groups (best effort)."""
+    with contextlib.suppress(OSError):
+        (group / "cgroup.kill").write_text("1")
+
+    async def empty() -> bool:
+        return "populated 0" in (group / "cgroup.events").read_text()
+
+    with contextlib.suppress(AssertionError, OSError):
+        await Fleet.eventually(empty, f"cgroup {group} empty", within=5)
+    for path, _, _ in sorted(os.walk(group), key=lambda entry: -len(entry[0])):
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
 
 
 def _close_pipe(hub: HubProcess) -> None:

@@ -199,7 +199,7 @@ async def test_a_node_starting_on_the_same_machine_leaves_other_nodes_tasks_runn
     await fleet.until_output(client, task.id, "begin\n")
     [proc] = fleet.task_processes()
 
-    await fleet.start_node(hub, client, "n2")
+    await fleet.start_node(hub, client, "n2", machine="n1")
     assert not fleet.gone(proc), "starting node n2 killed the task node n1 runs"
     running = await client.get(task.id)
     assert running.state == TaskState.RUNNING, (TaskState.Name(running.state), running.reason)

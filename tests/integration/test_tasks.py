@@ -239,6 +239,59 @@ async def test_interactive_stdin_through_attach(client: Client, node: Agent) -> 
 
 
 @pytest.mark.asyncio
+async def test_attach_stdin_faster_than_the_task_reads_loses_nothing(
+        client: Client, node: Agent, tmp_path: Path) -> None:
+    """4 MiB sent through attach to a task that only starts reading later all arrive, in
+    order: send_stdin waits while the way is full rather than dropping input."""
+    gate = tmp_path / "gate"
+    script = (
+        "import hashlib, os, sys, time\n"
+        "while not os.path.exists(sys.argv[1]):\n"
+        "    time.sleep(0.01)\n"
+        "data = sys.stdin.buffer.read()\n"
+        "print(len(data), hashlib.sha256(data).hexdigest())\n"
+    )
+    data = os.urandom(4 * 1024 * 1024)
+    task = await client.submit(argv=[PY, "-c", script, str(gate)], interactive=True,
+                               timeout=30)
+    out = b""
+    async with client.attach(task.id) as att:
+        for at in range(0, len(data), 64 * 1024):
+            await att.send_stdin(data[at:at + 64 * 1024])
+        gate.touch()
+        await att.close_stdin()
+        events = att.events()
+        async with contextlib.aclosing(events):
+            async for ev in events:
+                if ev.HasField("output"):
+                    out += ev.output.data
+    final = await client.get(task.id)
+    assert final.state == SUCCEEDED, final.reason
+    assert out.decode().split() == [str(len(data)), hashlib.sha256(data).hexdigest()]
+
+
+@pytest.mark.asyncio
+async def test_pty_size_and_resize_reach_the_terminal(client: Client, node: Agent) -> None:
+    """rows/cols in the spec set the terminal size; a resize through attach changes it."""
+    sized = await client.run(argv=["stty", "size"], pty=True, rows=40, cols=100)
+    assert sized.ok, sized.task.reason
+    assert sized.stdout.split() == [b"40", b"100"]
+    script = "import os; input(); s = os.get_terminal_size(0); print('size', s.lines, s.columns)"
+    task = await client.submit(argv=[PY, "-c", script], pty=True, interactive=True,
+                               timeout=30)
+    out = b""
+    async with client.attach(task.id) as att:
+        await att.resize(50, 120)
+        await att.send_stdin(b"go\n")
+        events = att.events()
+        async with contextlib.aclosing(events):
+            async for ev in events:
+                if ev.HasField("output"):
+                    out += ev.output.data
+    assert b"size 50 120" in out, out
+
+
+@pytest.mark.asyncio
 async def test_pty_task_runs_under_a_terminal(client: Client, node: Agent) -> None:
     """With pty=True the task's stdin is a pseudo-terminal (`tty` names /dev/pts/N)."""
     result = await client.run(argv=["tty"], pty=True)
@@ -394,7 +447,8 @@ async def test_failing_task_is_retried_per_its_policy(client: Client, node: Agen
     assert [a.attempt for a in task.attempts] == [1, 2]
     for att in task.attempts:
         assert att.state == FAILED
-        assert att.has_exit_code and att.exit_code == 7
+        assert att.has_exit_code
+        assert att.exit_code == 7
     assert result.stdout == b"try\n"  # the last attempt's output only
     history = await all_events(client, task.id)
     assert {ev.attempt for ev in history if ev.HasField("output")} == {1, 2}

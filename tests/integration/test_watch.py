@@ -73,7 +73,8 @@ async def test_seqs_are_dense_from_one_and_states_are_in_lifecycle_order(
     assert seqs(live) == list(range(1, final.last_seq + 1))
     assert states(live) == [QUEUED, ASSIGNED, RUNNING, SUCCEEDED]
     kinds = ["state" if ev.HasField("state") else "output" for ev in live]
-    assert kinds[:3] == ["state"] * 3 and kinds[-1] == "state"
+    assert kinds[:3] == ["state"] * 3
+    assert kinds[-1] == "state"
     assert all(ev.task_id == task.id and ev.attempt == 1 for ev in live)
     out = b"".join(ev.output.data for ev in live
                    if ev.HasField("output") and ev.output.stream == Stream.STDOUT)

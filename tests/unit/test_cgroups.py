@@ -147,14 +147,16 @@ def test_children_forked_between_begin_and_end_spawn_are_born_inside(
         proc = subprocess.Popen(["sh", "-c", script], stdout=subprocess.PIPE, text=True)
     finally:
         group.end_spawn()
-    out, _ = proc.communicate()
-    daemon = int(out)
-    try:
-        assert daemon in group.pids()
-        assert os.getpid() not in group.pids()
-    finally:
-        group.kill()
-        wait_until(group.is_empty)
+    assert proc.stdout is not None
+    with proc.stdout:  # the daemon holds it open: read its line, not to EOF
+        daemon = int(proc.stdout.readline())
+        proc.wait()
+        try:
+            assert daemon in group.pids()
+            assert os.getpid() not in group.pids()
+        finally:
+            group.kill()
+            wait_until(group.is_empty)
     assert_gone([daemon])
 
 

@@ -57,8 +57,15 @@ def test_malformed_bodies_are_refused_with_the_expected_shape(token: str) -> Non
 @pytest.mark.parametrize("pin", ["md5:abcd", "SHA256:abcd", "abcd", "sha1:ab", " sha256:ab"])
 def test_pins_not_starting_with_sha256_are_refused(pin: str) -> None:
     """A pin of another algorithm (or none named) is refused, saying it must be sha256."""
-    with pytest.raises(InvalidArgument, match=r"the CA pin must start with sha256:"):
+    with pytest.raises(InvalidArgument, match=r"the CA pin must be sha256: and 64"):
         parse_join_token(f"cjt_abc.def#{pin}")
+
+
+@pytest.mark.parametrize("digest", ["", "ab", "A" * 64, "g" * 64, "a" * 63, "a" * 65])
+def test_pins_without_a_full_sha256_digest_are_refused(digest: str) -> None:
+    """A pin whose digest is not 64 lowercase hex digits is refused at parse time."""
+    with pytest.raises(InvalidArgument, match=r"64 lowercase hex digits"):
+        parse_join_token(f"cjt_abc.def#sha256:{digest}")
 
 
 @settings(max_examples=200, deadline=None)
@@ -66,7 +73,7 @@ def test_pins_not_starting_with_sha256_are_refused(pin: str) -> None:
     # The hub issues hex ids and URL-safe secrets; secrets may also carry dots.
     token_id=st.text("0123456789abcdef", min_size=1, max_size=30),
     secret=st.text(string.ascii_letters + string.digits + "_-.", min_size=1, max_size=60),
-    digest=st.text("0123456789abcdef", max_size=64),
+    digest=st.text("0123456789abcdef", min_size=64, max_size=64),
     with_pin=st.booleans(),
 )
 def test_parse_inverts_formatting(token_id: str, secret: str, digest: str,

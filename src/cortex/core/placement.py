@@ -36,7 +36,6 @@ class TaskRequirements:
 class Placement:
     node_id: str | None
     reason: str = ""            # why nothing fits; empty when node_id is set
-    wait: bool = True           # False: no connected node could ever take it as it is
 
 
 def place(req: TaskRequirements, nodes: Iterable[NodeView]) -> Placement:

@@ -16,6 +16,9 @@ def parse_join_token(token: str) -> tuple[str, str, str]:
             "malformed join token: expected cjt_<id>.<secret>#sha256:<pin> from "
             "`cortex token create`"
         )
-    if pin and not pin.startswith("sha256:"):
-        raise InvalidArgument("malformed join token: the CA pin must start with sha256:")
+    digest = pin.removeprefix("sha256:")
+    if pin and (not pin.startswith("sha256:") or len(digest) != 64
+                or any(c not in "0123456789abcdef" for c in digest)):
+        raise InvalidArgument(
+            "malformed join token: the CA pin must be sha256: and 64 lowercase hex digits")
     return token_id, secret, pin

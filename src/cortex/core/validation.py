@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 __all__ = ["LIMITS", "Limits", "check_labels", "check_shell", "check_task"]
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]*$")
-_SKILL = re.compile(r"^[a-z][a-z0-9_\-]{0,31}$")
+# \Z, not $: `$` also matches before a trailing newline, which would let "os\n" through.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-/]*\Z")
+_SKILL = re.compile(r"[a-z][a-z0-9_\-]{0,31}\Z")
 
 
 @dataclass(frozen=True, slots=True)

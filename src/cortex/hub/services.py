@@ -73,6 +73,22 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
         return tasks_pb2.SubmitResponse(task=task, created=created)
 
     @unary
+    async def SubmitMany(self, request: tasks_pb2.SubmitManyRequest,
+                         context: Ctx) -> tasks_pb2.SubmitManyResponse:
+        who = await self._principal(context, roles=_WRITE_ROLES)
+        results = await self._tasks.submit_many(who.tenant, list(request.specs))
+        return tasks_pb2.SubmitManyResponse(tasks=[t for t, _ in results],
+                                            created=[c for _, c in results])
+
+    @streaming
+    async def WaitTasks(self, request: tasks_pb2.WaitTasksRequest,
+                        context: Ctx) -> AsyncIterator[tasks_pb2.WaitTasksResponse]:
+        who = await self._principal(context)
+        ids = [_id(t) for t in request.task_ids]
+        async for batch in self._tasks.wait_tasks(who.tenant, ids):
+            yield tasks_pb2.WaitTasksResponse(tasks=batch)
+
+    @unary
     async def Get(self, request: tasks_pb2.GetTaskRequest,
                   context: Ctx) -> pb.Task:
         who = await self._principal(context)

@@ -32,6 +32,8 @@ _TRUNCATED = (
 )
 _EVENT_PAGE = 2000
 _TAIL_BYTES = 1024 * 1024
+_MAX_BATCH = 1000
+_MAX_WAIT = 10_000
 _FINISH_STATES = frozenset(int(s) for s in states.FINISH_EVENT)
 
 
@@ -80,6 +82,7 @@ class TaskManager:
         self._arrivals = 0
         self._deadlines: list[tuple[float, str]] = []
         self._wake = asyncio.Event()
+        self._done_waiters: dict[str, list[asyncio.Queue[pb.Task]]] = {}
 
     # -- recovery ----------------------------------------------------------------------
     async def recover(self) -> None:
@@ -110,6 +113,55 @@ class TaskManager:
     async def submit(self, tenant: str, spec: pb.TaskSpec) -> tuple[pb.Task, bool]:
         spec = _normalise(spec)
         _validate(spec)
+        return await self._submit_valid(tenant, spec)
+
+    async def submit_many(self, tenant: str, specs: list[pb.TaskSpec]
+                          ) -> list[tuple[pb.Task, bool]]:
+        if not 1 <= len(specs) <= _MAX_BATCH:
+            raise InvalidArgument(f"specs: give between 1 and {_MAX_BATCH} task specs")
+        normal = [_normalise(s) for s in specs]
+        for i, spec in enumerate(normal):
+            try:
+                _validate(spec)
+            except InvalidArgument as exc:
+                raise InvalidArgument(f"specs[{i}]: {exc}") from exc
+        # Concurrent inserts land in the store's same group commit.
+        return list(await asyncio.gather(*(self._submit_valid(tenant, s) for s in normal)))
+
+    async def wait_tasks(self, tenant: str, task_ids: list[str]
+                         ) -> AsyncIterator[list[pb.Task]]:
+        """Batches of the given tasks as they finish; every id exactly once."""
+        if not 1 <= len(task_ids) <= _MAX_WAIT:
+            raise InvalidArgument(f"task_ids: give between 1 and {_MAX_WAIT} ids")
+        pending = set(task_ids)
+        done: asyncio.Queue[pb.Task] = asyncio.Queue()
+        for task_id in pending:
+            self._done_waiters.setdefault(task_id, []).append(done)
+        try:
+            ready = []
+            for task_id in list(pending):
+                if task_id not in self._active:
+                    ready.append(await self.get(tenant, task_id))
+            while True:
+                for task in ready:
+                    pending.discard(task.id)
+                if ready:
+                    yield ready
+                if not pending:
+                    return
+                ready = [await done.get()]
+                while not done.empty():
+                    ready.append(done.get_nowait())
+                ready = [t for t in ready if t.id in pending and t.tenant == tenant]
+        finally:
+            for task_id in task_ids:
+                queues = self._done_waiters.get(task_id)
+                if queues is not None and done in queues:
+                    queues.remove(done)
+                    if not queues:
+                        del self._done_waiters[task_id]
+
+    async def _submit_valid(self, tenant: str, spec: pb.TaskSpec) -> tuple[pb.Task, bool]:
         now = self._clock()
         timeout = spec.timeout_s or self._config.default_timeout_s
         task = pb.Task(
@@ -544,6 +596,8 @@ class TaskManager:
         if states.is_terminal(State(task.state)):
             self._active.pop(task.id, None)
             self._queued.pop(task.id, None)
+            for queue in self._done_waiters.pop(task.id, ()):
+                queue.put_nowait(task)
         self._wake.set()
 
     def _send_cancel(self, entry: _Entry, reason: str, state: int) -> None:

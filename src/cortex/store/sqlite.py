@@ -116,7 +116,7 @@ class SqliteStore(Store):
                 except Exception as exc:  # noqa: BLE001 - returned to that op's caller
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
-                    results.append((False, exc))
+                    results.append((False, _translate(exc)))
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
@@ -409,3 +409,16 @@ def _set_result(fut: asyncio.Future[Any], value: Any) -> None:
 def _set_exception(fut: asyncio.Future[Any], exc: BaseException) -> None:
     if not fut.done():
         fut.set_exception(exc)
+
+
+def _translate(exc: Exception) -> Exception:
+    """SQLite's errors as Cortex's (the original chained); others pass through."""
+    if isinstance(exc, sqlite3.IntegrityError):
+        err: Exception = Conflict(f"the store refused a write that conflicts with existing "
+                                  f"data: {exc}")
+    elif isinstance(exc, sqlite3.Error):
+        err = Unavailable(f"the SQLite store failed: {exc}")
+    else:
+        return exc
+    err.__cause__ = exc
+    return err

@@ -42,6 +42,11 @@ class TaskServiceStub:
                 request_serializer=cortex_dot_v1_dot_tasks__pb2.SubmitRequest.SerializeToString,
                 response_deserializer=cortex_dot_v1_dot_tasks__pb2.SubmitResponse.FromString,
                 _registered_method=True)
+        self.SubmitMany = channel.unary_unary(
+                '/cortex.v1.TaskService/SubmitMany',
+                request_serializer=cortex_dot_v1_dot_tasks__pb2.SubmitManyRequest.SerializeToString,
+                response_deserializer=cortex_dot_v1_dot_tasks__pb2.SubmitManyResponse.FromString,
+                _registered_method=True)
         self.Get = channel.unary_unary(
                 '/cortex.v1.TaskService/Get',
                 request_serializer=cortex_dot_v1_dot_tasks__pb2.GetTaskRequest.SerializeToString,
@@ -61,6 +66,11 @@ class TaskServiceStub:
                 '/cortex.v1.TaskService/Cancel',
                 request_serializer=cortex_dot_v1_dot_tasks__pb2.CancelRequest.SerializeToString,
                 response_deserializer=cortex_dot_v1_dot_common__pb2.Task.FromString,
+                _registered_method=True)
+        self.WaitTasks = channel.unary_stream(
+                '/cortex.v1.TaskService/WaitTasks',
+                request_serializer=cortex_dot_v1_dot_tasks__pb2.WaitTasksRequest.SerializeToString,
+                response_deserializer=cortex_dot_v1_dot_tasks__pb2.WaitTasksResponse.FromString,
                 _registered_method=True)
         self.Attach = channel.stream_stream(
                 '/cortex.v1.TaskService/Attach',
@@ -86,6 +96,14 @@ class TaskServiceServicer:
 
     def Submit(self, request, context):
         """Accepted only once committed to the store. Same idempotency key -> same task.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitMany(self, request, context):
+        """Up to 1000 tasks in one call, committed together: all are accepted or none (the error
+        names the first bad spec by index).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -117,6 +135,14 @@ class TaskServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WaitTasks(self, request, context):
+        """Each task once it is finished (retries included), in batches as they finish; the
+        stream ends when all of them have been sent. Up to 10000 ids.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Attach(self, request_iterator, context):
         """First message names the task; then stdin / resize / eof. Answers as Watch does.
         """
@@ -144,6 +170,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     request_deserializer=cortex_dot_v1_dot_tasks__pb2.SubmitRequest.FromString,
                     response_serializer=cortex_dot_v1_dot_tasks__pb2.SubmitResponse.SerializeToString,
             ),
+            'SubmitMany': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitMany,
+                    request_deserializer=cortex_dot_v1_dot_tasks__pb2.SubmitManyRequest.FromString,
+                    response_serializer=cortex_dot_v1_dot_tasks__pb2.SubmitManyResponse.SerializeToString,
+            ),
             'Get': grpc.unary_unary_rpc_method_handler(
                     servicer.Get,
                     request_deserializer=cortex_dot_v1_dot_tasks__pb2.GetTaskRequest.FromString,
@@ -163,6 +194,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.Cancel,
                     request_deserializer=cortex_dot_v1_dot_tasks__pb2.CancelRequest.FromString,
                     response_serializer=cortex_dot_v1_dot_common__pb2.Task.SerializeToString,
+            ),
+            'WaitTasks': grpc.unary_stream_rpc_method_handler(
+                    servicer.WaitTasks,
+                    request_deserializer=cortex_dot_v1_dot_tasks__pb2.WaitTasksRequest.FromString,
+                    response_serializer=cortex_dot_v1_dot_tasks__pb2.WaitTasksResponse.SerializeToString,
             ),
             'Attach': grpc.stream_stream_rpc_method_handler(
                     servicer.Attach,
@@ -209,6 +245,33 @@ class TaskService:
             '/cortex.v1.TaskService/Submit',
             cortex_dot_v1_dot_tasks__pb2.SubmitRequest.SerializeToString,
             cortex_dot_v1_dot_tasks__pb2.SubmitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitMany(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cortex.v1.TaskService/SubmitMany',
+            cortex_dot_v1_dot_tasks__pb2.SubmitManyRequest.SerializeToString,
+            cortex_dot_v1_dot_tasks__pb2.SubmitManyResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -317,6 +380,33 @@ class TaskService:
             '/cortex.v1.TaskService/Cancel',
             cortex_dot_v1_dot_tasks__pb2.CancelRequest.SerializeToString,
             cortex_dot_v1_dot_common__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WaitTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cortex.v1.TaskService/WaitTasks',
+            cortex_dot_v1_dot_tasks__pb2.WaitTasksRequest.SerializeToString,
+            cortex_dot_v1_dot_tasks__pb2.WaitTasksResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,6 +38,10 @@ class TaskServiceStub:
     def __new__(cls, channel: _aio.Channel) -> TaskServiceAsyncStub: ...
     Submit: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.SubmitRequest, _tasks_pb2.SubmitResponse]
     """Accepted only once committed to the store. Same idempotency key -> same task."""
+    SubmitMany: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.SubmitManyRequest, _tasks_pb2.SubmitManyResponse]
+    """Up to 1000 tasks in one call, committed together: all are accepted or none (the error
+    names the first bad spec by index).
+    """
     Get: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.GetTaskRequest, _common_pb2.Task]
     List: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.ListTasksRequest, _tasks_pb2.ListTasksResponse]
     Watch: _grpc.UnaryStreamMultiCallable[_tasks_pb2.WatchRequest, _common_pb2.TaskEvent]
@@ -45,6 +49,10 @@ class TaskServiceStub:
     and the history is exhausted).
     """
     Cancel: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.CancelRequest, _common_pb2.Task]
+    WaitTasks: _grpc.UnaryStreamMultiCallable[_tasks_pb2.WaitTasksRequest, _tasks_pb2.WaitTasksResponse]
+    """Each task once it is finished (retries included), in batches as they finish; the
+    stream ends when all of them have been sent. Up to 10000 ids.
+    """
     Attach: _grpc.StreamStreamMultiCallable[_tasks_pb2.AttachRequest, _common_pb2.TaskEvent]
     """First message names the task; then stdin / resize / eof. Answers as Watch does."""
     ListNodes: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.ListNodesRequest, _tasks_pb2.ListNodesResponse]
@@ -59,6 +67,10 @@ class TaskServiceAsyncStub(TaskServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Submit: _aio.UnaryUnaryMultiCallable[_tasks_pb2.SubmitRequest, _tasks_pb2.SubmitResponse]  # type: ignore[assignment]
     """Accepted only once committed to the store. Same idempotency key -> same task."""
+    SubmitMany: _aio.UnaryUnaryMultiCallable[_tasks_pb2.SubmitManyRequest, _tasks_pb2.SubmitManyResponse]  # type: ignore[assignment]
+    """Up to 1000 tasks in one call, committed together: all are accepted or none (the error
+    names the first bad spec by index).
+    """
     Get: _aio.UnaryUnaryMultiCallable[_tasks_pb2.GetTaskRequest, _common_pb2.Task]  # type: ignore[assignment]
     List: _aio.UnaryUnaryMultiCallable[_tasks_pb2.ListTasksRequest, _tasks_pb2.ListTasksResponse]  # type: ignore[assignment]
     Watch: _aio.UnaryStreamMultiCallable[_tasks_pb2.WatchRequest, _common_pb2.TaskEvent]  # type: ignore[assignment]
@@ -66,6 +78,10 @@ class TaskServiceAsyncStub(TaskServiceStub):
     and the history is exhausted).
     """
     Cancel: _aio.UnaryUnaryMultiCallable[_tasks_pb2.CancelRequest, _common_pb2.Task]  # type: ignore[assignment]
+    WaitTasks: _aio.UnaryStreamMultiCallable[_tasks_pb2.WaitTasksRequest, _tasks_pb2.WaitTasksResponse]  # type: ignore[assignment]
+    """Each task once it is finished (retries included), in batches as they finish; the
+    stream ends when all of them have been sent. Up to 10000 ids.
+    """
     Attach: _aio.StreamStreamMultiCallable[_tasks_pb2.AttachRequest, _common_pb2.TaskEvent]  # type: ignore[assignment]
     """First message names the task; then stdin / resize / eof. Answers as Watch does."""
     ListNodes: _aio.UnaryUnaryMultiCallable[_tasks_pb2.ListNodesRequest, _tasks_pb2.ListNodesResponse]  # type: ignore[assignment]
@@ -83,6 +99,16 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_tasks_pb2.SubmitResponse, _abc.Awaitable[_tasks_pb2.SubmitResponse]]:
         """Accepted only once committed to the store. Same idempotency key -> same task."""
+
+    @_abc_1.abstractmethod
+    def SubmitMany(
+        self,
+        request: _tasks_pb2.SubmitManyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_pb2.SubmitManyResponse, _abc.Awaitable[_tasks_pb2.SubmitManyResponse]]:
+        """Up to 1000 tasks in one call, committed together: all are accepted or none (the error
+        names the first bad spec by index).
+        """
 
     @_abc_1.abstractmethod
     def Get(
@@ -114,6 +140,16 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tasks_pb2.CancelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_common_pb2.Task, _abc.Awaitable[_common_pb2.Task]]: ...
+
+    @_abc_1.abstractmethod
+    def WaitTasks(
+        self,
+        request: _tasks_pb2.WaitTasksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_tasks_pb2.WaitTasksResponse], _abc.AsyncIterator[_tasks_pb2.WaitTasksResponse]]:
+        """Each task once it is finished (retries included), in batches as they finish; the
+        stream ends when all of them have been sent. Up to 10000 ids.
+        """
 
     @_abc_1.abstractmethod
     def Attach(
