@@ -101,7 +101,8 @@ class Cortex:
 
     def json(self, *args: str) -> Any:
         """The parsed stdout of `cortex ARGS --json`, which must exit 0."""
-        return json.loads(self.ok(*args, "--json").stdout)
+        at = args.index("--") if "--" in args else len(args)  # after `--` it is ARGV
+        return json.loads(self.ok(*args[:at], "--json", *args[at:]).stdout)
 
     def popen(self, *args: str, **kwargs: Any) -> subprocess.Popen[Any]:
         """`cortex ARGS` started, not awaited; killed at teardown if still running."""

@@ -29,7 +29,17 @@ from typing import TypeVar
 import psutil
 import pytest_asyncio
 
-from cortex.sdk import Client, ClientConfig, Node, NodeState, Task, TaskEvent, TaskState
+from cortex.sdk import (
+    TERMINAL_STATES,
+    Client,
+    ClientConfig,
+    Node,
+    NodeState,
+    Task,
+    TaskEvent,
+    TaskState,
+    Unavailable,
+)
 from cortex.testing import HubProcess, NodeProcess, cli_env
 
 LABEL = "fault-node"            # join-token label naming each node of a test
@@ -141,9 +151,6 @@ class Fleet:
     async def node_online(self, client: Client, name: str, node: NodeProcess, *,
                           newer_than: float = 0.0) -> Node:
         async def probe() -> Node | None:
-            if node.proc is not None and node.proc.poll() is not None:
-                raise AssertionError(f"node {name} exited ({node.proc.returncode}):\n"
-                                     + node.log())
             found = await self.find_node(client, name)
             if found and found.state == NodeState.ONLINE and found.connected_at > newer_than:
                 return found
@@ -199,14 +206,24 @@ class Fleet:
     @staticmethod
     async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, *,
                          within: float = WAIT_S, node: NodeProcess | None = None) -> T:
-        """The first truthy result of `probe`, polled every POLL_S, for at most `within` s."""
+        """The first truthy result of `probe`, polled every POLL_S, for at most `within` s.
+
+        Unavailable counts as "not yet": a restarted hub is back before the client's channel
+        has reconnected to it."""
         last: object = None
         try:
             async with asyncio.timeout(within):
                 while True:
-                    last = await probe()
-                    if last:
-                        return last  # type: ignore[return-value]
+                    if node is not None and node.proc is not None and node.proc.poll() is not None:
+                        raise AssertionError(f"{what}: the node exited ({node.proc.returncode})"
+                                             f":\n{node.log()}")
+                    try:
+                        last = await probe()
+                    except Unavailable as exc:
+                        last = exc
+                    else:
+                        if last:
+                            return last  # type: ignore[return-value]
                     await asyncio.sleep(POLL_S)
         except TimeoutError:
             log = f"\nnode log:\n{node.log()}" if node is not None else ""
@@ -253,17 +270,14 @@ class Fleet:
                     events.append(event)
         return events
 
-    @staticmethod
-    async def finished(client: Client, task_id: str, *, within: float = WAIT_S) -> Task:
+    async def finished(self, client: Client, task_id: str, *, within: float = WAIT_S
+                       ) -> Task:
         """The task (with its attempts) once it is in a final state, retries included."""
-        try:
-            async with asyncio.timeout(within):
-                await client.wait(task_id)
-        except TimeoutError:
+        async def probe() -> Task | None:
             task = await client.get(task_id)
-            raise AssertionError(f"task {task_id} not finished within {within:g} s: "
-                                 f"{TaskState.Name(task.state)} ({task.reason})") from None
-        return await client.get(task_id)
+            return task if task.state in TERMINAL_STATES else None
+
+        return await self.eventually(probe, f"task {task_id} finished", within=within)
 
     @staticmethod
     def journal_row(node: NodeProcess, task_id: str, attempt: int) -> dict[str, int] | None:

@@ -58,12 +58,21 @@ GATED = (
 
 
 def shell_spec(**shell: Any) -> TaskSpec:
+    """A TaskSpec built by hand, without the SDK's checks (so the hub's are what count)."""
     spec = TaskSpec(skill="shell")
     for key, value in shell.items():
         if key == "env":
             spec.shell.env.update(value)
         elif key == "argv":
             spec.shell.argv.extend(value)
+        elif key == "labels":
+            spec.labels.update(value)
+        elif key == "timeout":
+            spec.timeout_s = value
+        elif key == "max_attempts":
+            spec.retry.max_attempts = value
+        elif key in ("skill", "priority"):
+            setattr(spec, key, value)
         else:
             setattr(spec.shell, key, value)
     return spec
@@ -81,6 +90,14 @@ BAD_SPECS = [
                  id="stdin-over-4MiB"),
     pytest.param({"argv": ["env"], "env": {"A=B": "1"}}, "'A=B' is not a valid variable",
                  id="env-key-with-equals"),
+    pytest.param({"argv": ["true"], "labels": {"bad key": "x"}}, "key 'bad key'",
+                 id="label-key-with-space"),
+    pytest.param({"argv": ["true"], "timeout": 8 * 86400.0}, "timeout: must be between",
+                 id="timeout-over-7-days"),
+    pytest.param({"argv": ["true"], "max_attempts": 11}, "max_attempts: at most 10",
+                 id="too-many-attempts"),
+    pytest.param({"argv": ["true"], "priority": 5000}, "priority: must be between",
+                 id="priority-out-of-range"),
 ]
 
 

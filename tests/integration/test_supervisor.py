@@ -10,15 +10,16 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
-import psutil
+import psutil  # type: ignore[import-untyped]  # no types-psutil in the venv
 import pytest
 import pytest_asyncio
 
 from cortex._proto.cortex.v1 import common_pb2
 from cortex.core.states import State
 from cortex.errors import Conflict, InvalidArgument
-from cortex.node.cgroups import CgroupManager
+from cortex.node.cgroups import CgroupManager, Kind
 from cortex.node.supervisor import Supervisor
 from cortex.skills.base import MAX_PENDING_STDIN, TaskRun
 from cortex.skills.noop import NoopSkill
@@ -56,7 +57,7 @@ def spec(
     *argv: str,
     command: str = "",
     skill: str = "",
-    **shell: object,
+    **shell: Any,
 ) -> common_pb2.TaskSpec:
     return common_pb2.TaskSpec(
         skill=skill, shell=common_pb2.ShellSpec(argv=argv, command=command, **shell)
@@ -78,12 +79,26 @@ def assert_gone(pids: list[int]) -> None:
     assert zombies == []
 
 
+def detect(kind: Kind | None = None) -> CgroupManager | None:
+    kinds: tuple[Kind, ...] = ("v2", "v1") if kind is None else (kind,)
+    return CgroupManager.detect(f"cortex-test-{uuid.uuid4().hex[:8]}", kinds=kinds)
+
+
+def close(manager: CgroupManager | None) -> None:
+    """Remove the test's cgroup root, after checking every run removed its own group."""
+    if manager is None:
+        return
+    leftovers = [p.name for p in manager.root.iterdir() if p.is_dir()]
+    manager.destroy()
+    assert leftovers == [], "runs must remove their cgroups when they end"
+
+
 @pytest.fixture(scope="module")
 def cgroups() -> Iterator[CgroupManager | None]:
-    manager = CgroupManager.detect(f"cortex-test-{uuid.uuid4().hex[:8]}")
+    """The backend the node would pick here (None without root or cgroupfs)."""
+    manager = detect()
     yield manager
-    if manager is not None:
-        manager.destroy()
+    close(manager)
 
 
 @pytest.fixture
@@ -92,25 +107,40 @@ def supervisor(cgroups: CgroupManager | None) -> Supervisor:
     return Supervisor({"shell": shell, "noop": NoopSkill()})
 
 
-@pytest_asyncio.fixture(params=["cgroup", "proc-walk"])
-async def isolation(
-    request: pytest.FixtureRequest, cgroups: CgroupManager | None
-) -> AsyncIterator[Supervisor]:
-    """A supervisor killing trees through the cgroup, or with only the /proc walk."""
-    if request.param == "cgroup" and cgroups is None:
-        pytest.skip("no usable cgroup hierarchy here (needs root and cgroupfs)")
-    shell = ShellSkill(cgroups=cgroups if request.param == "cgroup" else None, kill_grace_s=0.5)
-    sup = Supervisor({"shell": shell})
+@pytest_asyncio.fixture(params=["v2", "v1", None], ids=["cgroup-v2", "cgroup-v1", "proc-walk"])
+async def isolation(request: pytest.FixtureRequest) -> AsyncIterator[Supervisor]:
+    """A supervisor killing trees through a v2 or v1 cgroup, or with only the /proc walk."""
+    manager = None
+    if request.param is not None:
+        manager = detect(request.param)
+        if manager is None:
+            pytest.skip(f"no usable cgroup {request.param} here (needs root and cgroupfs)")
+    sup = Supervisor({"shell": ShellSkill(cgroups=manager, kill_grace_s=0.5)})
     yield sup
     sup.cancel_all("test over")
     await sup.wait_all()
+    close(manager)
 
 
-async def run_to_end(sup: Supervisor, task: common_pb2.TaskSpec, **kw: object) -> tuple[
-    TaskRun, Output
-]:
+@pytest_asyncio.fixture(params=["v2", "v1"], ids=["cgroup-v2", "cgroup-v1"])
+async def contained(request: pytest.FixtureRequest) -> AsyncIterator[Supervisor]:
+    """A supervisor with a cgroup backend of each kind."""
+    manager = detect(request.param)
+    if manager is None:
+        pytest.skip(f"no usable cgroup {request.param} here (needs root and cgroupfs)")
+    sup = Supervisor({"shell": ShellSkill(cgroups=manager, kill_grace_s=0.5)})
+    yield sup
+    sup.cancel_all("test over")
+    await sup.wait_all()
+    close(manager)
+
+
+async def run_to_end(
+    sup: Supervisor, task: common_pb2.TaskSpec, timeout_s: float | None = None
+) -> tuple[TaskRun, Output]:
+    """Start `task` under a fresh id with a recording sink (the name: most tests then wait)."""
     out = Output()
-    run = await sup.start(f"t-{uuid.uuid4().hex[:8]}", 1, task, kw.get("timeout_s"), out)  # type: ignore[arg-type]
+    run = await sup.start(f"t-{uuid.uuid4().hex[:8]}", 1, task, timeout_s, out)
     return run, out
 
 
@@ -144,7 +174,11 @@ async def test_command_runs_through_sh(supervisor: Supervisor) -> None:
 
 @pytest.mark.parametrize(
     ("code", "state", "reason"),
-    [(0, State.SUCCEEDED, ""), (2, State.FAILED, "exit code 2"), (255, State.FAILED, "exit code 255")],
+    [
+        (0, State.SUCCEEDED, ""),
+        (2, State.FAILED, "exit code 2"),
+        (255, State.FAILED, "exit code 255"),
+    ],
 )
 async def test_exit_codes_pass_through(
     supervisor: Supervisor, code: int, state: State, reason: str
@@ -160,7 +194,9 @@ async def test_death_by_signal_is_a_negative_exit_code(supervisor: Supervisor) -
     run, _ = await run_to_end(supervisor, spec(command="kill -9 $$"))
     outcome = await run.wait()
     assert (outcome.state, outcome.exit_code, outcome.reason) == (
-        State.FAILED, -9, "killed by signal 9"
+        State.FAILED,
+        -9,
+        "killed by signal 9",
     )
 
 
@@ -407,9 +443,7 @@ async def test_cancel_escalates_to_sigkill_after_the_grace(isolation: Supervisor
     pids = await tree_pids(run, out)
     run.cancel()
     outcome = await run.wait()
-    assert (outcome.state, outcome.exit_code, outcome.reason) == (
-        State.CANCELLED, -9, "cancelled"
-    )
+    assert (outcome.state, outcome.exit_code, outcome.reason) == (State.CANCELLED, -9, "cancelled")
     assert_gone(pids)
 
 
@@ -421,14 +455,15 @@ async def test_natural_exit_kills_background_leftovers(isolation: Supervisor) ->
     assert_gone([int(out.data())])
 
 
-async def test_cgroup_catches_a_double_forked_daemon(
-    supervisor: Supervisor, cgroups: CgroupManager | None
-) -> None:
-    """A daemon that double-forked and setsid'd (parent: init) still dies with its task."""
-    if cgroups is None:
-        pytest.skip("needs a cgroup: a reparented daemon is invisible to the /proc walk")
+@pytest.mark.parametrize("repeat", range(5))
+async def test_cgroup_catches_a_double_forked_daemon(contained: Supervisor, repeat: int) -> None:
+    """A daemon that double-forks at once (parent: init) is born in the group and dies with it.
+
+    Without a cgroup such a daemon is invisible to the /proc walk; repeated because placing
+    the pid after spawn lost this race about one run in five.
+    """
     script = "(setsid sh -c 'echo $$; exec sleep 1000' &); sleep 1000"
-    run, out = await run_to_end(supervisor, spec(command=script))
+    run, out = await run_to_end(contained, spec(command=script))
     daemon = int(await out.until(b"\n"))
     assert psutil.Process(daemon).ppid() != run.pid
     run.cancel()
@@ -485,7 +520,10 @@ async def test_noop_skill_succeeds_without_a_process(supervisor: Supervisor) -> 
     run, out = await run_to_end(supervisor, spec(skill="noop"))
     outcome = await run.wait()
     assert (run.pid, outcome.state, outcome.exit_code, out.chunks) == (
-        None, State.SUCCEEDED, None, []
+        None,
+        State.SUCCEEDED,
+        None,
+        [],
     )
 
 
@@ -496,7 +534,7 @@ async def test_unknown_skill_is_invalid(supervisor: Supervisor) -> None:
 
 
 async def test_supervisor_tracks_runs_and_refuses_duplicates(supervisor: Supervisor) -> None:
-    """A running attempt is listed and found; starting it again is a Conflict; it leaves at the end."""
+    """A running attempt is listed and found, a second start of it is a Conflict, it leaves."""
     run = await supervisor.start("dup", 1, spec("sleep", "1000"), None, Output())
     assert supervisor.running() == [("dup", 1)]
     assert supervisor.get("dup", 1) is run

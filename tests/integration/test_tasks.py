@@ -302,6 +302,18 @@ async def test_pty_task_runs_under_a_terminal(client: Client, node: Agent) -> No
     assert b"not a tty" in plain.stdout
 
 
+@pytest.mark.asyncio
+async def test_pty_tasks_start_reliably(client: Client, node: Agent) -> None:
+    """Thirty PTY tasks in a row all start and succeed: spawning under a terminal never
+    kills the child before it execs (nor leaks the agent's own logs into its output)."""
+    outcomes = []
+    for _ in range(30):
+        result = await client.run(argv=["echo", "pty ok"], pty=True)
+        outcomes.append((result.task.reason, result.stdout))
+    bad = [o for o in outcomes if o != ("", b"pty ok\r\n")]
+    assert not bad, f"{len(bad)} of 30 PTY tasks went wrong, e.g. {bad[:3]}"
+
+
 # --- ending tasks ---------------------------------------------------------------------
 
 

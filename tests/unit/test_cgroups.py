@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import psutil
+import psutil  # type: ignore[import-untyped]  # no types-psutil in the venv
 import pytest
 
 from cortex.errors import Conflict, InvalidArgument
@@ -116,7 +116,13 @@ def test_detect_returns_none_quietly_when_not_permitted() -> None:
     )
     result = subprocess.run(
         ["/usr/bin/python3", "-c", code],
-        user=65534, group=65534, extra_groups=[], capture_output=True, text=True, check=True, cwd="/",
+        user=65534,
+        group=65534,
+        extra_groups=[],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd="/",
     )
     assert result.stdout.strip() == "None"
 
@@ -124,7 +130,7 @@ def test_detect_returns_none_quietly_when_not_permitted() -> None:
 def test_group_holds_and_kills_setsid_grandchildren(
     manager: CgroupManager, spawn_tree: Callable[[Cgroup], list[int]]
 ) -> None:
-    """A group lists every process of a tree, setsid grandchildren included, and kill() ends them."""
+    """A group lists every process of a tree (setsid grandchildren too); kill() ends them."""
     group = manager.create("tree")
     assert group.kind == manager.kind
     pids = spawn_tree(group)

@@ -106,8 +106,8 @@ async def _up(home: Path, port: int, node_port: int) -> None:
     from cortex.hub.config import HubConfig
     from cortex.hub.server import Hub
     from cortex.node.config import NodeConfig
-    from cortex.node.enroll import load_identity
-    from cortex.node.main import build_agent, ensure_identity
+    from cortex.node.identity import load_identity
+    from cortex.node.main import build_agent, enroll_in_child
 
     started = time.monotonic()
     hub = Hub(HubConfig(data_dir=home / "hub", port=port, node_port=node_port))
@@ -116,7 +116,7 @@ async def _up(home: Path, port: int, node_port: int) -> None:
     ident = load_identity(node_cfg.data_dir)
     if ident is None:
         node_cfg = dataclasses.replace(node_cfg, token=await hub.join_token())
-        ident = await asyncio.to_thread(ensure_identity, node_cfg)
+        ident = await enroll_in_child(node_cfg)
     elif ident.node_address != hub.node_address:
         # The hub's node port moved (e.g. port 0): follow it; the certificate still holds.
         ident = dataclasses.replace(ident, node_address=hub.node_address)

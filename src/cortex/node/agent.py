@@ -25,7 +25,7 @@ from cortex._proto.cortex.v1 import node_pb2, node_pb2_grpc
 from cortex.core.states import State
 from cortex.errors import CortexError
 from cortex.node.config import NodeConfig
-from cortex.node.enroll import HUB_SERVER_NAME, Identity
+from cortex.node.identity import HUB_SERVER_NAME, Identity
 from cortex.node.journal import Journal
 from cortex.node.supervisor import Supervisor
 from cortex.skills.base import Outcome, TaskRun

@@ -8,11 +8,8 @@ from then on every connection verifies the hub against that CA.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import socket
 import ssl
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -23,33 +20,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cortex._proto.cortex.v1 import enroll_pb2, enroll_pb2_grpc
 from cortex.core.tokens import parse_join_token
 from cortex.errors import CortexError, InvalidArgument, PermissionDenied, Unavailable
+from cortex.node.identity import HUB_SERVER_NAME, Identity, save_identity
 
-__all__ = ["HUB_SERVER_NAME", "Identity", "enroll", "load_identity"]
-
-HUB_SERVER_NAME = "cortex-hub"
-
-
-@dataclass(frozen=True, slots=True)
-class Identity:
-    node_id: str
-    tenant: str
-    hub: str             # host:port used to enroll (client port)
-    node_address: str    # host:port of the hub's node port
-    key_pem: bytes
-    cert_pem: bytes
-    ca_pem: bytes
-
-
-def load_identity(data_dir: Path) -> Identity | None:
-    meta = data_dir / "identity.json"
-    if not meta.exists():
-        return None
-    info = json.loads(meta.read_text())
-    return Identity(
-        node_id=info["node_id"], tenant=info["tenant"], hub=info["hub"],
-        node_address=info["node_address"], key_pem=(data_dir / "node.key").read_bytes(),
-        cert_pem=(data_dir / "node.pem").read_bytes(), ca_pem=(data_dir / "ca.pem").read_bytes(),
-    )
+__all__ = ["Identity", "enroll", "fetch_pinned_ca"]
 
 
 def fetch_pinned_ca(hub: str, pin: str, *, timeout: float = 10.0) -> bytes:
@@ -108,20 +81,8 @@ def enroll(*, hub: str, token: str, data_dir: Path, name: str, timeout: float = 
                                   serialization.NoEncryption()),
         cert_pem=resp.certificate_pem, ca_pem=ca_pem,
     )
-    _save(data_dir, ident)
+    save_identity(data_dir, ident)
     return ident
-
-
-def _save(data_dir: Path, ident: Identity) -> None:
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(data_dir / "node.key", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(ident.key_pem)
-    (data_dir / "node.pem").write_bytes(ident.cert_pem)
-    (data_dir / "ca.pem").write_bytes(ident.ca_pem)
-    (data_dir / "identity.json").write_text(json.dumps({
-        "node_id": ident.node_id, "tenant": ident.tenant, "hub": ident.hub,
-        "node_address": ident.node_address}, indent=2))
 
 
 def _split(hub: str) -> tuple[str, int]:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
+import multiprocessing
 import signal
 
 from cortex.errors import InvalidArgument
 from cortex.node.agent import Agent
 from cortex.node.cgroups import CgroupManager
 from cortex.node.config import NodeConfig
-from cortex.node.enroll import Identity, enroll, load_identity
+from cortex.node.identity import Identity, load_identity
 from cortex.node.journal import Journal
 from cortex.node.supervisor import Supervisor
 from cortex.skills.base import Skill
@@ -31,6 +33,8 @@ def ensure_identity(config: NodeConfig) -> Identity:
         raise InvalidArgument(
             f"this node is not enrolled yet ({config.data_dir} has no identity): pass "
             "--hub HOST:PORT and --token TOKEN (from `cortex token create` on the hub)")
+    from cortex.node.enroll import enroll  # the X.509 toolkit loads only to enroll
+
     ident = enroll(hub=config.hub, token=config.token, data_dir=config.data_dir,
                    name=config.name)
     log.info("enrolled as node %s in tenant %s", ident.node_id, ident.tenant)
@@ -51,9 +55,19 @@ def build_agent(config: NodeConfig, ident: Identity) -> tuple[Agent, Journal]:
     return agent, journal
 
 
+async def enroll_in_child(config: NodeConfig) -> Identity:
+    """`ensure_identity` in a short-lived child process, so the long-running agent never
+    maps the X.509 toolkit (~10 MiB resident) just to enroll once."""
+    if (ident := load_identity(config.data_dir)) is not None:
+        return ident
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        return await asyncio.get_running_loop().run_in_executor(pool, ensure_identity, config)
+
+
 async def run_node(config: NodeConfig) -> None:
     """Run until SIGINT/SIGTERM (drain), or a second signal (stop now)."""
-    ident = await asyncio.to_thread(ensure_identity, config)
+    ident = await enroll_in_child(config)
     agent, journal = build_agent(config, ident)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -48,6 +48,8 @@ _PAGE_MAX = 1000
 # budget; grpc gives up on an unreachable address well before (20 s connect timeout).
 _HEALTHY_AFTER_S = 30.0
 _CANCEL_GRACE_S = 5.0
+_SUBMIT_CHUNK = 1000   # the hub's SubmitMany bound
+_WAIT_CHUNK = 10_000   # the hub's WaitTasks bound
 # Server-side cancellation (a hub shutting down) arrives as CANCELLED; our own
 # cancellation surfaces as asyncio.CancelledError instead, never as this status.
 _RECONNECT_CODES = frozenset({
@@ -149,6 +151,55 @@ class Client:
             raise InvalidArgument("pass a TaskSpec or keyword options, not both")
         response = await self._unary(self._stub().Submit, tasks_pb2.SubmitRequest(spec=spec))
         return response.task
+
+    async def submit_many(
+        self, specs: Iterable[common_pb2.TaskSpec]
+    ) -> list[common_pb2.Task]:
+        """Submit many tasks in as few calls as possible (1000 per call), in order.
+
+        Each call is validated as a whole (a bad spec rejects its call, naming its index);
+        calls run concurrently, so tasks of a later call may be accepted before an earlier
+        call fails. Build specs with `cortex.sdk.build_spec`.
+        """
+        specs = list(specs)
+        chunks = [specs[i:i + _SUBMIT_CHUNK] for i in range(0, len(specs), _SUBMIT_CHUNK)]
+        responses = await asyncio.gather(*(
+            self._unary(self._stub().SubmitMany, tasks_pb2.SubmitManyRequest(specs=chunk))
+            for chunk in chunks))
+        return [task for response in responses for task in response.tasks]
+
+    async def wait_many(
+        self, task_ids: Iterable[str]
+    ) -> AsyncGenerator[common_pb2.Task, None]:
+        """Each task once it is finished, in the order they finish (every id exactly once).
+
+        One server stream per 10,000 ids instead of one watch per task. If the stream
+        breaks, the ids not yet seen are waited for again on a new stream.
+        """
+        pending = list(dict.fromkeys(task_ids))
+        backoff = Backoff(self._config.reconnect_timeout)
+        loop = asyncio.get_running_loop()
+        while pending:
+            chunk, seen = pending[:_WAIT_CHUNK], set()
+            call = self._stub().WaitTasks(tasks_pb2.WaitTasksRequest(task_ids=chunk),
+                                          metadata=self._metadata)
+            try:
+                async for response in call:
+                    for task in response.tasks:
+                        seen.add(task.id)
+                        backoff.reset()
+                        yield task
+            except grpc.aio.AioRpcError as e:
+                error = translate(e, address=self._config.address)
+                if e.code() not in _RECONNECT_CODES:
+                    raise error from e
+                delay = backoff.next_delay(loop.time())
+                if delay is None:
+                    raise Unavailable(f"gave up waiting for tasks: {error}") from e
+                await asyncio.sleep(delay)
+            finally:
+                call.cancel()
+            pending = [t for t in pending if t not in seen]
 
     async def get(self, task_id: str) -> common_pb2.Task:
         """The task with its attempts."""

@@ -140,6 +140,12 @@ class SyncClient:
     ) -> common_pb2.Task:
         return self._run(self._client.submit(spec, **options))
 
+    def submit_many(self, specs: Iterable[common_pb2.TaskSpec]) -> list[common_pb2.Task]:
+        return self._run(self._client.submit_many(specs))
+
+    def wait_many(self, task_ids: Iterable[str]) -> Iterator[common_pb2.Task]:
+        return self._iterate(self._client.wait_many(task_ids))
+
     def get(self, task_id: str) -> common_pb2.Task:
         return self._run(self._client.get(task_id))
 

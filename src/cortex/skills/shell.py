@@ -408,7 +408,9 @@ class _ShellRun:
             async with asyncio.timeout(self._timeout_s):
                 await self._wake.wait()
         except TimeoutError:
-            self.cancel(State.TIMED_OUT, f"timed out after {self._timeout_s} s")
+            # float() and round(): "5.0 s" for an int 5, "299.873 s" for a computed remainder.
+            limit = round(float(self._timeout_s or 0), 3)
+            self.cancel(State.TIMED_OUT, f"timed out after {limit} s")
 
     async def _terminate(self) -> None:
         """SIGTERM the group and give it the grace period to exit on its own."""
