@@ -39,7 +39,6 @@ class NodeSessions:
         self._tasks = tasks
         self._config = config
         self._monotonic = monotonic
-        self._last_persist = 0.0
 
     async def serve(self, requests: AsyncIterator[node_pb2.NodeMessage],
                     context: Ctx) -> AsyncIterator[node_pb2.HubMessage]:
@@ -81,8 +80,9 @@ class NodeSessions:
         node = pb.Node()
         node.CopyFrom(stored)
         node.name = hello.name or stored.name
+        node.labels.clear()
         node.labels.update(dict(hello.labels))
-        node.labels.update(dict(stored.labels))  # labels from the join token win
+        node.labels.update(dict(stored.enrolled_labels))  # labels from the join token win
         del node.skills[:]
         node.skills.extend(sorted(set(hello.skills)))
         node.capacity.CopyFrom(hello.capacity)
@@ -93,6 +93,7 @@ class NodeSessions:
         node.cert_not_after = ident.not_after
         slots = hello.capacity.slots or 16
         conn = NodeConn(ident.node_id, ident.tenant, node, slots, hello.boot_id)
+        conn.heard_at = conn.persisted_at = self._monotonic()
         old = self._registry.attach(conn)
         if old is not None:
             old.close()
@@ -102,9 +103,9 @@ class NodeSessions:
         return conn
 
     async def _read(self, conn: NodeConn, it: AsyncIterator[node_pb2.NodeMessage]) -> None:
-        self._last_persist = self._monotonic()
         try:
             async for msg in it:
+                conn.heard_at = self._monotonic()
                 frame = list(msg.batch.messages) if msg.WhichOneof("kind") == "batch" else [msg]
                 # Reports of different tasks are applied concurrently (their store writes
                 # share one commit); those of one task stay in order.
@@ -136,8 +137,8 @@ class NodeSessions:
                 conn.draining = msg.heartbeat.draining
                 conn.node.state = pb.DRAINING if conn.draining else pb.ONLINE
                 self._tasks.wake()
-            if self._monotonic() - self._last_persist > _PERSIST_EVERY_S:
-                self._last_persist = self._monotonic()
+            if self._monotonic() - conn.persisted_at > _PERSIST_EVERY_S:
+                conn.persisted_at = self._monotonic()
                 await self._store.upsert_node(conn.tenant, _persisted(conn.node))
         elif kind == "goodbye":
             log.info("node %s says goodbye: %s", conn.node_id, msg.goodbye.reason)

@@ -29,6 +29,8 @@ class NodeConn:
         default_factory=lambda: asyncio.Queue(SEND_QUEUE_BOUND)
     )
     closed: bool = False
+    heard_at: float = 0.0       # monotonic time of the last message from the node
+    persisted_at: float = 0.0   # monotonic time the node row was last written
 
     def send(self, msg: node_pb2.HubMessage) -> bool:
         """Queue a message; False (and the connection is closed) if the node fell behind."""

@@ -68,6 +68,9 @@ class Hub:
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
             ("grpc.keepalive_permit_without_calls", 1),
+            # gRPC sets SO_REUSEPORT by default: a second hub on the same port would start
+            # and silently split connections with the first.
+            ("grpc.so_reuseport", 0),
         ]
         client_srv = aio.server(options=options)
         tasks_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(

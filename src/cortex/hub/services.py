@@ -236,6 +236,7 @@ class EnrollServicer(enroll_pb2_grpc.EnrollServiceServicer):
             not_after=cert.not_valid_after_utc.timestamp())
         await self._store.upsert_node(rec.tenant, pb.Node(
             id=node_id, tenant=rec.tenant, name=request.name or node_id, labels=rec.labels,
+            enrolled_labels=rec.labels,
             state=pb.OFFLINE, cert_not_after=cert.not_valid_after_utc.timestamp()))
         log.info("enrolled node %s (%s) into tenant %s", node_id, request.name, rec.tenant)
         return enroll_pb2.EnrollResponse(node_id=node_id, certificate_pem=chain,

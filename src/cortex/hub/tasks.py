@@ -45,7 +45,7 @@ class _Entry:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # Replaced (and the old one set) on every change, so a waiter can never miss one.
     changed: asyncio.Event = field(default_factory=asyncio.Event)
-    timeout_sent: bool = False
+    kill_deadline: float = 0.0          # deadline + grace, once the node was told to stop
     # The newest committed events, so live watchers need no store read. Bounded by bytes.
     tail: list[pb.TaskEvent] = field(default_factory=list)
     tail_bytes: int = 0
@@ -134,6 +134,10 @@ class TaskManager:
         if not 1 <= len(task_ids) <= _MAX_WAIT:
             raise InvalidArgument(f"task_ids: give between 1 and {_MAX_WAIT} ids")
         pending = set(task_ids)
+        for task_id in pending:
+            entry = self._active.get(task_id)
+            if entry is None or entry.tenant != tenant:
+                await self.get(tenant, task_id)  # NotFound for unknown ids / other tenants
         done: asyncio.Queue[pb.Task] = asyncio.Queue()
         for task_id in pending:
             self._done_waiters.setdefault(task_id, []).append(done)
@@ -181,7 +185,16 @@ class TaskManager:
         task = await self._store.get_task(tenant, task_id, with_attempts=with_attempts)
         if task is None:
             raise NotFound(f"no task {task_id!r} (check the id with `cortex tasks ls`)")
+        entry = self._active.get(task_id)
+        if task.state == pb.QUEUED and not task.reason and entry is not None:
+            task.reason = self._why_queued(entry)  # transient reasons are not stored
         return task
+
+    def _why_queued(self, entry: _Entry) -> str:
+        """Why a queued task is not placed right now (computed, not stored)."""
+        decision = placement.place(self._requirements(entry),
+                                   [c.view() for c in self._registry.for_tenant(entry.tenant)])
+        return decision.reason or "waiting for the dispatcher"
 
     async def list_tasks(self, tenant: str, query: TaskQuery) -> list[pb.Task]:
         return await self._store.list_tasks(tenant, query)
@@ -291,12 +304,14 @@ class TaskManager:
         if assigned:
             await asyncio.gather(*assigned)
 
-    async def _place(self, entry: _Entry, conns: list[NodeConn]) -> NodeConn | None:
-        req = placement.TaskRequirements(
+    def _requirements(self, entry: _Entry) -> placement.TaskRequirements:
+        return placement.TaskRequirements(
             skill=entry.task.spec.skill, labels=dict(entry.task.spec.labels),
             node_id=entry.task.spec.node_id, session_node=self._session_node(entry),
         )
-        decision = placement.place(req, [c.view() for c in conns])
+
+    async def _place(self, entry: _Entry, conns: list[NodeConn]) -> NodeConn | None:
+        decision = placement.place(self._requirements(entry), [c.view() for c in conns])
         if decision.node_id is None:
             if "busy" not in decision.reason and entry.task.reason != decision.reason:
                 await self._set_reason(entry, decision.reason)
@@ -395,12 +410,14 @@ class TaskManager:
         skip = max(0, entry.acked_seq - report.first_seq + 1)
         node_events = list(report.events)[skip:]
         if not node_events or entry.task.attempt != report.attempt:
-            self._ack(conn, entry, report)
+            self._ack(conn, report)
             return
         if report.first_seq + skip != entry.acked_seq + 1:
-            log.warning("gap in events of %s attempt %d: have %d, got %d", entry.task.id,
-                        report.attempt, entry.acked_seq, report.first_seq + skip)
-            self._ack(conn, entry, report, upto=entry.acked_seq)
+            # The node is ahead of what is stored (e.g. the hub's store was restored from a
+            # backup). Hanging up makes it reconnect, learn acked_seq and resend from there.
+            log.warning("gap in events of %s attempt %d: have %d, got %d; reconnecting the node",
+                        entry.task.id, report.attempt, entry.acked_seq, report.first_seq + skip)
+            conn.close()
             return
         new = _copy(entry.task)
         events: list[pb.TaskEvent] = []
@@ -413,7 +430,7 @@ class TaskManager:
         attempt = ended or _attempt_row(new, acked)
         await self._save(entry, new, events, attempt=attempt)
         entry.acked_seq = acked if new.attempt == report.attempt else 0
-        self._ack(conn, entry, report)
+        self._ack(conn, report)
         if new.state == pb.QUEUED:  # finished, and retried as a new attempt
             conn.running.discard((new.id, report.attempt))
             self._enqueue(entry)
@@ -500,12 +517,10 @@ class TaskManager:
             task.ClearField(name)
         return ended
 
-    def _ack(self, conn: NodeConn, entry: _Entry, report: node_pb2.TaskReport,
-             upto: int | None = None) -> None:
-        """Everything up to `upto` (default: the report's last event) is stored."""
-        del entry
-        if upto is None:
-            upto = report.first_seq + len(report.events) - 1
+    @staticmethod
+    def _ack(conn: NodeConn, report: node_pb2.TaskReport) -> None:
+        """Everything up to the report's last event is stored (now or before)."""
+        upto = report.first_seq + len(report.events) - 1
         conn.send(node_pb2.HubMessage(ack=node_pb2.ReportAck(
             task_id=report.task_id, attempt=report.attempt, acked_seq=upto)))
 
@@ -513,6 +528,14 @@ class TaskManager:
     async def reap(self) -> None:
         """One pass: lose tasks of nodes gone past the bound, time out past deadlines."""
         mono = self._monotonic()
+        for conn in self._registry.all():
+            if mono - conn.heard_at >= self._config.lost_after_s:
+                # Connected but silent (a frozen host, a half-open link): count it gone
+                # from when it was last heard, and hang up on it.
+                log.warning("node %s silent for %.0f s; disconnecting it", conn.node_id,
+                            mono - conn.heard_at)
+                self._registry.detach(conn, now=conn.heard_at)
+                conn.close()
         gone = {n for n, t in self._registry.gone_since.items()
                 if mono - t >= self._config.lost_after_s}
         if gone:
@@ -533,19 +556,18 @@ class TaskManager:
         while self._deadlines and self._deadlines[0][0] <= now:
             deadline, task_id = heapq.heappop(self._deadlines)
             entry = self._active.get(task_id)
-            if entry is None or entry.task.deadline != deadline:
+            if entry is None or deadline not in (entry.task.deadline, entry.kill_deadline):
                 continue
             async with entry.lock:
                 task = entry.task
                 if task.state == pb.QUEUED:
-                    why = f": {task.reason}" if task.reason else ""
+                    why = f": {task.reason or self._why_queued(entry)}"
                     await self._move(entry, Event.TIME_OUT,
                                      reason=f"deadline passed while queued{why}")
-                elif not entry.timeout_sent:
-                    entry.timeout_sent = True
+                elif not entry.kill_deadline:
+                    entry.kill_deadline = deadline + grace
                     self._send_cancel(entry, "deadline passed", pb.TIMED_OUT)
-                    heapq.heappush(self._deadlines, (deadline + grace, task_id))
-                    entry.task = _with_deadline(task, deadline + grace)
+                    heapq.heappush(self._deadlines, (entry.kill_deadline, task_id))
                 else:
                     await self._move(entry, Event.TIME_OUT,
                                      reason="deadline passed and the node did not confirm the kill")
@@ -614,13 +636,6 @@ class TaskManager:
 def _copy(task: pb.Task) -> pb.Task:
     new = pb.Task()
     new.CopyFrom(task)
-    return new
-
-
-def _with_deadline(task: pb.Task, deadline: float) -> pb.Task:
-    # In memory only: the stored deadline stays the user's; this is the kill grace.
-    new = _copy(task)
-    new.deadline = deadline
     return new
 
 

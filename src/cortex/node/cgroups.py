@@ -177,13 +177,16 @@ class Cgroup:
 
     def kill(self) -> None:
         """SIGKILL every member. Returns at once; poll `is_empty` to see them gone."""
-        if os.getpid() in self.pids():
+        members = self.pids()
+        if not members:
+            return
+        if os.getpid() in members:
             # Only possible if end_spawn() failed: killing (or freezing) now would take the
             # agent down with the task.
             raise Conflict(f"the agent itself is inside {self}; refusing to kill it")
         if self._kill_file:
             self._write_own("cgroup.kill", "1")
-            _sigkill(self.pids())  # members of half-made stale groups' limit dirs
+            _sigkill(members)  # for members only in limit dirs (half-made stale groups)
             return
         freeze, frozen, thawed = _FREEZE[self._kind]
         # Frozen members cannot fork between the listing and the kill. The freeze is not

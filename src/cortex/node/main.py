@@ -42,7 +42,8 @@ def ensure_identity(config: NodeConfig) -> Identity:
 
 
 def build_agent(config: NodeConfig, ident: Identity) -> tuple[Agent, Journal]:
-    cgroups = CgroupManager.detect() if config.use_cgroups else None
+    # One subtree per node identity: agents sharing a cgroup never touch each other's tasks.
+    cgroups = CgroupManager.detect(f"cortex-{ident.node_id}") if config.use_cgroups else None
     if cgroups is not None:
         cgroups.kill_stale(set())  # nothing survives an agent restart: the journal reports it
     log.info("process isolation: %s", cgroups.kind if cgroups else "process groups only")

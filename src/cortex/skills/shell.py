@@ -4,9 +4,10 @@ One run, start to end:
 
 1. spawn: `subprocess.Popen` with ``start_new_session=True`` (own session and process
    group), no shell and no ``preexec_fn`` on the pipe path, so CPython keeps its vfork fast
-   path. The child goes into its cgroup right after spawn; a pidfd tells us when it exits
-   *without reaping it*, so its pid (and so its process group id) cannot be reused while we
-   still signal them.
+   path. The child is born inside its cgroup (the agent steps into the group around the
+   fork: `begin_spawn`), so not even a grandchild forked at once escapes. A pidfd tells us
+   when the child exits *without reaping it*, so its pid (and so its process group id)
+   cannot be reused while we still signal them.
 2. run: stdout/stderr (or the PTY master) feed the sink chunk by chunk as they arrive.
 3. stop, when asked (cancel, timeout): SIGTERM the group, give it ``kill_grace_s``.
 4. kill the rest, always: when the leader has exited, or the grace ran out, everything left
@@ -175,6 +176,7 @@ class _ShellRun:
         self._wake = asyncio.Event()  # exit or stop request
         self._stop: tuple[State, str] | None = None
         self._sink_error = ""
+        self._contained = False  # born inside its cgroup, so the group holds the whole tree
         self._known: set[Pid] = set()  # tree snapshot taken before SIGTERM
         self._killed: set[Pid] = set()
         self._returncode: int | None = None
@@ -241,6 +243,7 @@ class _ShellRun:
             if inside is not None:
                 _leave_cgroup(inside)
         self.pid = self._proc.pid
+        self._contained = inside is not None
         if self._cgroup is not None and inside is None:
             self._place(self.pid)  # second best: racy, the /proc walk at kill is the backup
         self._pidfd = os.pidfd_open(self.pid)
@@ -371,7 +374,7 @@ class _ShellRun:
     def _stream_closed(self, stream: int, exc: Exception | None) -> None:
         if exc is not None and not (stream == common_pb2.PTY and _is_eio(exc)):
             log.warning("output stream %s of pid %s broke: %r", stream, self.pid, exc)
-        if stream == common_pb2.PTY and self._stdin is not None:
+        if stream == common_pb2.PTY and self._stdin is not None and not self._stdin.is_closing():
             self._stdin.abort()  # the terminal is gone; writes would now fail with EIO
         self._open_streams -= 1
         if self._open_streams == 0:
@@ -415,18 +418,22 @@ class _ShellRun:
     async def _terminate(self) -> None:
         """SIGTERM the group and give it the grace period to exit on its own."""
         leader = self._leader()
-        # Snapshot first: once the leader dies its children are reparented and the /proc walk
-        # can no longer find them from it.
-        self._known = await asyncio.to_thread(_tree, leader, ())
+        if not self._contained:
+            # Snapshot first: once the leader dies its children are reparented and the /proc
+            # walk can no longer find them from it.
+            self._known = await asyncio.to_thread(_tree, leader, ())
         _signal_group(leader, signal.SIGTERM)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._kill_grace_s):
                 await self._exited.wait()
 
     async def _kill_tree(self) -> None:
-        # With a cgroup, a natural exit needs no walk (the group holds every descendant);
-        # a stop also walks, as the backup for the placement race.
-        if self._cgroup is None or self._stop is not None:
+        # A group the tree was born in holds all of it. Otherwise a stop walks /proc, and so
+        # does the end of a PTY run (job-control shells put jobs in other process groups of
+        # the session). Other natural exits rely on killpg: a full scan costs ~20 us per
+        # process on the host, too much to pay after every task for the rare leftover that
+        # changed its process group.
+        if not self._contained and (self._stop is not None or self._launch.pty):
             self._killed = await asyncio.to_thread(_stop_and_kill, self._leader(), self._known)
         self._kill_now()
 

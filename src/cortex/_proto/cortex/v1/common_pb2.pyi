@@ -560,6 +560,26 @@ class Node(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class EnrolledLabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ID_FIELD_NUMBER: _builtins.int
     TENANT_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
@@ -574,6 +594,7 @@ class Node(_message.Message):
     RUNNING_TASKS_FIELD_NUMBER: _builtins.int
     HUB_ID_FIELD_NUMBER: _builtins.int
     CERT_NOT_AFTER_FIELD_NUMBER: _builtins.int
+    ENROLLED_LABELS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     tenant: _builtins.str
     name: _builtins.str
@@ -592,6 +613,12 @@ class Node(_message.Message):
     def capacity(self) -> Global___Resources: ...
     @_builtins.property
     def load(self) -> Global___NodeLoad: ...
+    @_builtins.property
+    def enrolled_labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Labels given by the join token: fixed for the node's life, they win over the labels
+        the node reports itself (which may change at every connect).
+        """
+
     def __init__(
         self,
         *,
@@ -609,10 +636,11 @@ class Node(_message.Message):
         running_tasks: _builtins.int = ...,
         hub_id: _builtins.str = ...,
         cert_not_after: _builtins.float = ...,
+        enrolled_labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "load", b"load"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "cert_not_after", b"cert_not_after", "connected_at", b"connected_at", "hub_id", b"hub_id", "id", b"id", "labels", b"labels", "last_seen", b"last_seen", "load", b"load", "name", b"name", "running_tasks", b"running_tasks", "skills", b"skills", "state", b"state", "tenant", b"tenant", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "cert_not_after", b"cert_not_after", "connected_at", b"connected_at", "enrolled_labels", b"enrolled_labels", "hub_id", b"hub_id", "id", b"id", "labels", b"labels", "last_seen", b"last_seen", "load", b"load", "name", b"name", "running_tasks", b"running_tasks", "skills", b"skills", "state", b"state", "tenant", b"tenant", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -102,8 +102,8 @@ class TaskServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SubmitMany(self, request, context):
-        """Up to 1000 tasks in one call, committed together: all are accepted or none (the error
-        names the first bad spec by index).
+        """Up to 1000 tasks in one call. They are validated together (one bad spec rejects the
+        call; the error names its index) and each is committed before the answer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -39,8 +39,8 @@ class TaskServiceStub:
     Submit: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.SubmitRequest, _tasks_pb2.SubmitResponse]
     """Accepted only once committed to the store. Same idempotency key -> same task."""
     SubmitMany: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.SubmitManyRequest, _tasks_pb2.SubmitManyResponse]
-    """Up to 1000 tasks in one call, committed together: all are accepted or none (the error
-    names the first bad spec by index).
+    """Up to 1000 tasks in one call. They are validated together (one bad spec rejects the
+    call; the error names its index) and each is committed before the answer.
     """
     Get: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.GetTaskRequest, _common_pb2.Task]
     List: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.ListTasksRequest, _tasks_pb2.ListTasksResponse]
@@ -68,8 +68,8 @@ class TaskServiceAsyncStub(TaskServiceStub):
     Submit: _aio.UnaryUnaryMultiCallable[_tasks_pb2.SubmitRequest, _tasks_pb2.SubmitResponse]  # type: ignore[assignment]
     """Accepted only once committed to the store. Same idempotency key -> same task."""
     SubmitMany: _aio.UnaryUnaryMultiCallable[_tasks_pb2.SubmitManyRequest, _tasks_pb2.SubmitManyResponse]  # type: ignore[assignment]
-    """Up to 1000 tasks in one call, committed together: all are accepted or none (the error
-    names the first bad spec by index).
+    """Up to 1000 tasks in one call. They are validated together (one bad spec rejects the
+    call; the error names its index) and each is committed before the answer.
     """
     Get: _aio.UnaryUnaryMultiCallable[_tasks_pb2.GetTaskRequest, _common_pb2.Task]  # type: ignore[assignment]
     List: _aio.UnaryUnaryMultiCallable[_tasks_pb2.ListTasksRequest, _tasks_pb2.ListTasksResponse]  # type: ignore[assignment]
@@ -106,8 +106,8 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tasks_pb2.SubmitManyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tasks_pb2.SubmitManyResponse, _abc.Awaitable[_tasks_pb2.SubmitManyResponse]]:
-        """Up to 1000 tasks in one call, committed together: all are accepted or none (the error
-        names the first bad spec by index).
+        """Up to 1000 tasks in one call. They are validated together (one bad spec rejects the
+        call; the error names its index) and each is committed before the answer.
         """
 
     @_abc_1.abstractmethod
