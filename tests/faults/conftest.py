@@ -6,10 +6,11 @@ helpers from). Every process a test starts is registered with it and killed at t
 pass or fail; task processes are found by the fleet's marker, which every task command
 must carry, and killed too, since a node killed with SIGKILL leaves them behind.
 
-Each node runs as if on a machine of its own: in a cgroup (v2) of its own where this host
-allows it. A node agent sweeps every task cgroup under its own cgroup when it starts, so
-agents sharing one (other test runs on this host) would kill each other's tasks; the test
-of that sweep puts two nodes on one "machine" on purpose.
+Each node runs as if on a machine of its own: in a cgroup (v2) of its own, where this host
+allows it. No agent outside the test can then reach its tasks, and teardown removes what
+the node leaves in cgroupfs (the task groups of a SIGKILLed agent, its per-node root).
+The test that two agents on one machine leave each other's tasks alone shares one on
+purpose.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from cortex.sdk import TaskEvent, TaskState
 if TYPE_CHECKING:
     from conftest import Fleet
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(90)]
+pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 
 PY = sys.executable
 QUICK_BEATS = ("--heartbeat-interval", "0.5")

@@ -19,7 +19,7 @@ from cortex.sdk import NodeState, TaskState
 if TYPE_CHECKING:
     from conftest import Fleet
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(90)]
+pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 
 PY = sys.executable
 # Heartbeats every 0.5 s; a node silent for 2 s loses its tasks.

@@ -83,12 +83,17 @@ class TaskManager:
         self._deadlines: list[tuple[float, str]] = []
         self._wake = asyncio.Event()
         self._done_waiters: dict[str, list[asyncio.Queue[pb.Task]]] = {}
+        # (tenant, session id) -> node id; a cache of the store's sessions table.
+        self._sessions: dict[tuple[str, str], str] = {}
 
     # -- recovery ----------------------------------------------------------------------
     async def recover(self) -> None:
         """Load every unfinished task after a (re)start; their nodes will reconnect."""
         for task in await self._store.list_active_tasks_all_tenants():
             entry = _Entry(task.tenant, task)
+            sid = task.spec.session_id
+            if sid and (node := await self._store.session_node(task.tenant, sid)):
+                self._sessions[(task.tenant, sid)] = node
             if task.state in (pb.ASSIGNED, pb.RUNNING):
                 att = await self._store.get_attempt(task.tenant, task.id, task.attempt)
                 entry.acked_seq = att.acked_seq if att else 0
@@ -319,9 +324,20 @@ class TaskManager:
         return self._registry.get(decision.node_id)
 
     def _session_node(self, entry: _Entry) -> str:
-        # Sessions arrive with the browser issue; a session pins to the node that ran the
-        # session's first task, which the registry will remember. Nothing holds one yet.
-        return ""
+        """The node a task's session is pinned to ("" if it has none, or none yet)."""
+        sid = entry.task.spec.session_id
+        return self._sessions.get((entry.tenant, sid), "") if sid else ""
+
+    async def _pin_session(self, entry: _Entry, node_id: str) -> str:
+        """Pin the task's session to `node_id` on its first placement; the pinned node."""
+        sid = entry.task.spec.session_id
+        if not sid:
+            return node_id
+        key = (entry.tenant, sid)
+        if key not in self._sessions:
+            self._sessions[key] = await self._store.pin_session(
+                entry.tenant, sid, node_id, now=self._clock())
+        return self._sessions[key]
 
     async def _assign(self, entry: _Entry, conn: NodeConn) -> None:
         async with entry.lock:
@@ -329,6 +345,8 @@ class TaskManager:
                 conn.running.discard((entry.task.id, entry.task.attempt))
                 return
             try:
+                if await self._pin_session(entry, conn.node_id) != conn.node_id:
+                    raise Conflict("the session was pinned to another node meanwhile")
                 await self._move(entry, Event.ASSIGN, node_id=conn.node_id, reason="")
             except Exception:
                 conn.running.discard((entry.task.id, entry.task.attempt))

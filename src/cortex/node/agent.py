@@ -178,8 +178,9 @@ class Agent:
             started = time.monotonic()
             try:
                 await self._session()
-            except (grpc.aio.AioRpcError, CortexError, OSError) as exc:
-                log.warning("hub connection: %s", _describe(exc))
+            # The session's TaskGroup wraps a broken stream in an ExceptionGroup.
+            except* (grpc.aio.AioRpcError, CortexError, OSError) as group:
+                log.warning("hub connection: %s", _describe(group.exceptions[0]))
             finally:
                 self._outbox = None
                 self.connected.clear()

@@ -448,6 +448,10 @@ def _open_channel(config: ClientConfig) -> grpc.aio.Channel:
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
+        # After a hub restart, come back within seconds (gRPC's default backoff grows to 120 s).
+        ("grpc.max_reconnect_backoff_ms", 5_000),
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.min_reconnect_backoff_ms", 200),
     ]
     if config.insecure:
         return grpc.aio.insecure_channel(config.address, options=options)

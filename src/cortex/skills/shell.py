@@ -181,6 +181,7 @@ class _ShellRun:
         self._killed: set[Pid] = set()
         self._returncode: int | None = None
         self._reaped = False
+        self._reap_note = ""
         self._task: asyncio.Task[Outcome] | None = None
 
     # --- TaskRun ---------------------------------------------------------------------
@@ -246,7 +247,12 @@ class _ShellRun:
         self._contained = inside is not None
         if self._cgroup is not None and inside is None:
             self._place(self.pid)  # second best: racy, the /proc walk at kill is the backup
-        self._pidfd = os.pidfd_open(self.pid)
+        try:
+            self._pidfd = os.pidfd_open(self.pid)
+        except OSError:  # out of file descriptors: a process we cannot watch must not run
+            self._kill_now()
+            self._proc.wait()
+            raise
         self._loop.add_reader(self._pidfd, self._on_exit)
 
     def _spawn_pipes(self) -> subprocess.Popen[bytes]:
@@ -314,6 +320,7 @@ class _ShellRun:
             await self._connect_streams()
         except BaseException:
             self._kill_now()
+            self._reap_now()
             self._release()
             raise
         self._task = self._loop.create_task(self._lifecycle(), name=f"shell pid {self.pid}")
@@ -393,15 +400,12 @@ class _ShellRun:
             if self._stop is not None and not self._exited.is_set():
                 await self._terminate()
             await self._kill_tree()
-            notes = [await self._wait_gone(), await self._drain(), self._reap()]
-            return self._outcome([n for n in notes if n])
+            notes = [await self._wait_gone(), await self._drain()]
+            self._reap()
+            return self._outcome([n for n in (*notes, self._reap_note) if n])
         except asyncio.CancelledError:
             self._kill_now()
-            if self._pidfd >= 0:
-                # The loop is going away: block briefly (SIGKILL was sent, the exit is
-                # imminent) so the leader does not stay a zombie of the agent.
-                select.select([self._pidfd], [], [], 1.0)
-                self._reap()
+            self._reap_now()
             raise
         finally:
             self._release()
@@ -430,11 +434,21 @@ class _ShellRun:
     async def _kill_tree(self) -> None:
         # A group the tree was born in holds all of it. Otherwise a stop walks /proc, and so
         # does the end of a PTY run (job-control shells put jobs in other process groups of
-        # the session). Other natural exits rely on killpg: a full scan costs ~20 us per
-        # process on the host, too much to pay after every task for the rare leftover that
-        # changed its process group.
-        if not self._contained and (self._stop is not None or self._launch.pty):
-            self._killed = await asyncio.to_thread(_stop_and_kill, self._leader(), self._known)
+        # the session). A full scan costs ~20 us per process on the host, too much to pay
+        # after every task, so other natural exits walk only if their process group still
+        # has members; leftovers that changed process group (setsid, setpgid) stay out of
+        # reach without a cgroup.
+        leader = self._leader()
+        if self._contained:
+            pass
+        elif self._stop is not None or self._launch.pty:
+            self._killed = await asyncio.to_thread(_stop_and_kill, leader, self._known)
+        else:
+            # With the leader reaped, killpg fails (ESRCH) exactly when nobody else is left
+            # in its group; members left keep the group id taken, so it cannot be reused.
+            self._reap()
+            if _signal_group(leader, signal.SIGKILL):
+                self._killed = await asyncio.to_thread(_stop_and_kill, leader, set())
         self._kill_now()
 
     def _leader(self) -> int:
@@ -449,7 +463,8 @@ class _ShellRun:
         if self._cgroup is not None:
             with contextlib.suppress(CortexError):
                 self._cgroup.kill()
-        _signal_group(self.pid, signal.SIGKILL)
+        if not self._reaped:  # the unreaped leader keeps its group id from being reused
+            _signal_group(self.pid, signal.SIGKILL)
         _signal_each(self._killed | self._known, signal.SIGKILL)
 
     async def _wait_gone(self) -> str:
@@ -489,21 +504,28 @@ class _ShellRun:
             return "output cut: a process outside the task's tree still holds its output open"
         return ""
 
-    def _reap(self) -> str:
-        """Collect the leader's exit status; a note if it could not be had."""
+    def _reap(self) -> None:
+        """Collect the leader's exit status (or a note saying why there is none)."""
         if self._reaped or self.pid is None or self._proc is None:
-            return ""
+            return
         try:
             pid, status = os.waitpid(self.pid, os.WNOHANG)
         except ChildProcessError:
             # Popen must not think the child still runs (its __del__ would warn and waitpid).
             self._reaped, self._proc.returncode = True, -1
-            return "exit status lost: another waitpid() in the agent reaped the process"
+            self._reap_note = "exit status lost: another waitpid() in the agent reaped it"
+            return
         if not pid:
-            return "the process did not exit"
+            self._reap_note = "the process did not exit"
+            return
         self._returncode = os.waitstatus_to_exitcode(status)
-        self._reaped, self._proc.returncode = True, self._returncode
-        return ""
+        self._reaped, self._proc.returncode, self._reap_note = True, self._returncode, ""
+
+    def _reap_now(self) -> None:
+        """Reap right after SIGKILL, blocking up to 1 s: only for paths that cannot await."""
+        if self._pidfd >= 0 and not self._reaped:
+            select.select([self._pidfd], [], [], 1.0)
+            self._reap()
 
     def _outcome(self, notes: list[str]) -> Outcome:
         code = self._returncode
@@ -689,16 +711,21 @@ def _alive(entry: Pid) -> bool:
 
 
 def _signal_each(entries: Iterable[Pid], sig: signal.Signals) -> None:
-    for pid, _ in entries:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
+    for entry in entries:
+        if _alive(entry):  # same start time: not a new process that got a reused pid
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(entry[0], sig)
 
 
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    # Safe from pid reuse: the leader is not reaped before the end, so its pid (the group id)
-    # stays taken.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
+def _signal_group(pgid: int, sig: signal.Signals) -> bool:
+    """Signal a process group; whether it had any member (zombies count)."""
+    try:
         os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # members exist, none of them ours to signal
+    return True
 
 
 def _leave_cgroup(group: TaskCgroup) -> None:

@@ -71,4 +71,14 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (task_id, seq)
     ) WITHOUT ROWID;
     """,
+    # 2: sessions pinned to the node that holds them (browser, language servers, ...)
+    """
+    CREATE TABLE sessions (
+        tenant TEXT NOT NULL REFERENCES tenants(id),
+        id TEXT NOT NULL,
+        node_id TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (tenant, id)
+    );
+    """,
 )

@@ -99,6 +99,15 @@ class Store(abc.ABC):
     async def find_node_all_tenants(self, node_id: str) -> pb.Node | None:
         """A node by id whatever its tenant (the caller authenticated it by certificate)."""
 
+    # -- sessions -------------------------------------------------------------------
+    @abc.abstractmethod
+    async def pin_session(self, tenant: str, session_id: str, node_id: str, *, now: float
+                          ) -> str:
+        """Pin a session to `node_id` unless already pinned; returns the node it is on."""
+
+    @abc.abstractmethod
+    async def session_node(self, tenant: str, session_id: str) -> str | None: ...
+
     # -- tasks ---------------------------------------------------------------------
     @abc.abstractmethod
     async def insert_task(

@@ -248,6 +248,24 @@ class SqliteStore(Store):
         )
         return None if row is None else pb.Node.FromString(row[0])
 
+    # -- sessions --------------------------------------------------------------------
+    async def pin_session(self, tenant: str, session_id: str, node_id: str, *, now: float
+                          ) -> str:
+        def op(c: sqlite3.Connection) -> str:
+            c.execute("INSERT OR IGNORE INTO sessions VALUES (?,?,?,?)",
+                      (tenant, session_id, node_id, now))
+            (pinned,) = c.execute("SELECT node_id FROM sessions WHERE tenant = ? AND id = ?",
+                                  (tenant, session_id)).fetchone()
+            return str(pinned)
+
+        return await self._call(op)
+
+    async def session_node(self, tenant: str, session_id: str) -> str | None:
+        row = await self._call(
+            lambda c: c.execute("SELECT node_id FROM sessions WHERE tenant = ? AND id = ?",
+                                (tenant, session_id)).fetchone())
+        return None if row is None else str(row[0])
+
     # -- tasks -----------------------------------------------------------------------
     async def insert_task(
         self, tenant: str, task: pb.Task, events: Sequence[pb.TaskEvent]
