@@ -116,8 +116,7 @@ async def test_sdk_refuses_a_bad_spec_before_sending_it(
 @pytest.mark.parametrize(("options", "needle"), BAD_SPECS)
 async def test_hub_refuses_a_bad_spec_sent_as_a_raw_taskspec(
         client: Client, options: dict[str, Any], needle: str) -> None:
-    """The hub itself refuses the spec with INVALID_ARGUMENT (InvalidArgument in the SDK)
-    naming the problem, and stores no task."""
+    """The hub itself refuses the raw spec with InvalidArgument naming the problem."""
     with pytest.raises(InvalidArgument, match=needle):
         await client.submit(shell_spec(**options))
     assert await client.list_tasks() == []
@@ -209,8 +208,7 @@ async def test_call_without_a_token_is_permission_denied(
 ])
 async def test_wrong_token_is_permission_denied(
         hub: Hub, client: Client, token: str, needle: str) -> None:
-    """A bogus or malformed API token is refused with PermissionDenied on every call,
-    and what it tried to submit is not stored."""
+    """A bogus or malformed API token gets PermissionDenied on every call; nothing stored."""
     async with Client(client_config(hub, token)) as intruder:
         with pytest.raises(PermissionDenied, match=needle):
             await intruder.list_tasks()
@@ -227,8 +225,7 @@ async def test_wrong_token_is_permission_denied(
 @pytest.mark.asyncio
 async def test_frame_over_the_max_message_size_is_refused_and_the_hub_keeps_serving(
         hub: Hub, client: Client, node: Agent, raw_channel: grpc.aio.Channel) -> None:
-    """A 20 MB request frame is refused with RESOURCE_EXHAUSTED; nothing is stored and the
-    hub goes on running tasks."""
+    """A 20 MB frame is refused RESOURCE_EXHAUSTED; nothing stored, the hub keeps serving."""
     stub = tasks_pb2_grpc.TaskServiceStub(raw_channel)
     metadata = (("authorization", f"Bearer {hub.admin_token}"),)
     huge = shell_spec(argv=["cat"], stdin=b"x" * (20 * 1000 * 1000))
@@ -315,8 +312,7 @@ async def assert_hub_healthy(client: Client) -> None:
 @pytest.mark.asyncio
 async def test_node_with_a_certificate_from_another_ca_cannot_connect(
         hub: Hub, client: Client, node: Agent) -> None:
-    """A node certificate from a foreign CA, even one claiming a real node's identity,
-    is refused on the node port; the hub and its real node carry on."""
+    """A foreign-CA certificate (claiming a real node's id) cannot open the node stream."""
     assert hub.ca is not None
     (real,) = await client.list_nodes()
     key_pem, chain_pem = foreign_identity(real.id)
@@ -410,8 +406,7 @@ def assert_rejected(answer: node_pb2.HubMessage, task_id: str, attempt: int) -> 
 @pytest.mark.asyncio
 async def test_report_for_a_task_never_assigned_is_rejected(
         client: Client, rogue: EnrolledStream) -> None:
-    """A node reporting events of a task id the hub never issued gets a Reject, and no such
-    task appears."""
+    """A report for a task id the hub never issued is answered with Reject; no task appears."""
     answer = await rogue.report("t-madeup0000000000000", 1, *forged_events())
     reason = assert_rejected(answer, "t-madeup0000000000000", 1)
     assert "unknown" in reason, reason
@@ -423,8 +418,7 @@ async def test_report_for_a_task_never_assigned_is_rejected(
 @pytest.mark.asyncio
 async def test_report_for_a_finished_task_is_rejected(
         client: Client, node: Agent, rogue: EnrolledStream) -> None:
-    """A report (from an enrolled node) for a task that already finished gets a Reject and
-    changes nothing in the task or its log."""
+    """A report for an already finished task is answered with Reject and changes nothing."""
     done = await client.run(argv=["echo", "real"])
     assert done.ok
     before = await client.get(done.task.id)
@@ -438,8 +432,7 @@ async def test_report_for_a_finished_task_is_rejected(
 @pytest.mark.asyncio
 async def test_report_for_a_task_running_on_another_node_is_rejected(
         client: Client, node: Agent, rogue: EnrolledStream, tmp_path: Path) -> None:
-    """An enrolled node cannot report for a task assigned to a different node: Reject, and
-    the real run finishes untouched."""
+    """A report for a task assigned to another node is rejected; the real run is untouched."""
     gate = tmp_path / "gate"
     task = await client.submit(argv=[PY, "-c", GATED, str(gate)], timeout=30)
     events = client.watch(task.id)
@@ -489,8 +482,7 @@ async def test_malformed_join_token_is_refused_by_the_node_before_dialing(
 @pytest.mark.parametrize("token", ["garbage", "cjt_nodot#sha256:00", "cjt_a.b#md5:00"])
 async def test_malformed_join_token_is_refused_by_the_hub(
         client: Client, raw_channel: grpc.aio.Channel, token: str) -> None:
-    """The hub answers Enroll with a malformed token INVALID_ARGUMENT naming the format,
-    and enrolls nothing."""
+    """The hub answers Enroll with a malformed token INVALID_ARGUMENT naming the format."""
     stub = enroll_pb2_grpc.EnrollServiceStub(raw_channel)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.Enroll(enroll_pb2.EnrollRequest(token=token, csr_pem=csr_pem(), name="x"))
@@ -529,8 +521,7 @@ async def test_join_token_pinning_another_ca_is_refused(
 @pytest.mark.asyncio
 async def test_replayed_join_token_is_refused(
         hub: Hub, client: Client, tmp_path: Path) -> None:
-    """A join token works once; a second enrollment with it is PermissionDenied saying
-    it was already used, and only the first node exists."""
+    """A join token works once; replaying it is PermissionDenied saying "already used"."""
     token = await hub.join_token()
     first = await asyncio.to_thread(enroll, hub=hub.address, token=token,
                                     data_dir=tmp_path / "n1", name="n1")

@@ -65,8 +65,7 @@ def states(events: list[TaskEvent]) -> list[int]:
 @pytest.mark.asyncio
 async def test_seqs_are_dense_from_one_and_states_are_in_lifecycle_order(
         client: Client, node: Agent) -> None:
-    """A finished task's log is numbered 1..last_seq without gaps, and its state events are
-    queued -> assigned -> running -> succeeded, bracketing all output."""
+    """Seqs run 1..last_seq without gaps; states go queued, assigned, running, succeeded."""
     task = await client.submit(argv=[PY, "-c", CHATTY])
     live = await collect(client, task.id)
     final = await client.get(task.id)
@@ -88,8 +87,7 @@ async def test_seqs_are_dense_from_one_and_states_are_in_lifecycle_order(
 @pytest.mark.asyncio
 async def test_watch_resumed_after_n_events_gets_the_rest_exactly_once(
         client: Client, node: Agent, tmp_path: Path) -> None:
-    """A watcher that stops after N events of a live task and resumes with after_seq=N gets
-    every later event exactly once: together they are the whole log, contiguous."""
+    """Stopping after N events and resuming with after_seq=N yields the rest exactly once."""
     gate = tmp_path / "gate"
     task = await client.submit(argv=[PY, "-c", GATED, str(gate)], timeout=30)
     before: list[TaskEvent] = []
@@ -126,8 +124,7 @@ async def test_resuming_a_finished_task_from_every_seq_yields_exactly_the_rest(
 @pytest.mark.asyncio
 async def test_follow_false_returns_history_only_while_the_task_runs(
         client: Client, node: Agent, tmp_path: Path) -> None:
-    """watch(follow=False) of a running task returns what is stored so far and ends,
-    without waiting for the task; a later full watch continues seamlessly."""
+    """watch(follow=False) of a running task returns the history so far and ends at once."""
     gate = tmp_path / "gate"
     task = await client.submit(argv=[PY, "-c", GATED, str(gate)], timeout=30)
     live: list[TaskEvent] = []

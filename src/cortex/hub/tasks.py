@@ -18,7 +18,7 @@ from cortex._proto.cortex.v1 import node_pb2
 from cortex.core import placement, states
 from cortex.core.states import Event, State
 from cortex.core.validation import check_shell, check_task
-from cortex.errors import Conflict, InvalidArgument, NotFound
+from cortex.errors import Conflict, InvalidArgument, NotFound, Unavailable
 from cortex.hub.config import HubConfig
 from cortex.hub.ids import new_id
 from cortex.hub.registry import NodeConn, Registry
@@ -227,11 +227,17 @@ class TaskManager:
     async def watch(
         self, tenant: str, task_id: str, *, after_seq: int, follow: bool
     ) -> AsyncIterator[pb.TaskEvent]:
+        """History after `after_seq`, then live events until the task is finished.
+
+        A task active on this hub is followed through its entry (which outlives the task's
+        end, so the last events and the end are seen without a store read); a finished one
+        is read from the store.
+        """
         entry = self._active.get(task_id)
         if entry is None or entry.tenant != tenant:
             await self.get(tenant, task_id)  # NotFound for unknown ids and other tenants
+            entry = None
         while True:
-            entry = self._active.get(task_id)
             changed = entry.changed if entry is not None else None
             events = entry.events_after(after_seq) if entry is not None else None
             if events is None:
@@ -245,14 +251,18 @@ class TaskManager:
                     continue
             if not follow:
                 return
-            if changed is None:
+            if entry is None:
                 task = await self.get(tenant, task_id)
                 if states.is_terminal(State(task.state)) and task.last_seq <= after_seq:
                     return
-                if task_id not in self._active:
-                    continue  # finished between our reads: drain the last events
-            elif entry is not None and entry.task.last_seq <= after_seq:
-                await changed.wait()
+                entry = self._active.get(task_id)  # e.g. still queued after a hub restart
+                if entry is None:
+                    raise Unavailable(f"task {task_id} is not followed by this hub; retry")
+            elif entry.task.last_seq <= after_seq:
+                if states.is_terminal(State(entry.task.state)):
+                    return
+                if changed is not None:  # always, with an entry: captured before the read
+                    await changed.wait()
 
     async def stdin(self, tenant: str, task_id: str, msg: node_pb2.HubMessage) -> None:
         """Forward stdin/resize to the node running the task, once it has one."""

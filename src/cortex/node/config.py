@@ -27,7 +27,7 @@ class NodeConfig:
     drain_grace_s: float = 30.0          # on SIGTERM, running tasks get this long to finish
     kill_grace_s: float = 2.0            # SIGTERM -> SIGKILL when a task is cancelled
     reconnect_max_s: float = 10.0        # backoff cap between reconnect attempts
-    flush_interval_s: float = 0.005      # output batching window
+    flush_interval_s: float = 0.002      # output batching window under load
     max_message_bytes: int = 16 * 1024 * 1024
     use_cgroups: bool = True
 
