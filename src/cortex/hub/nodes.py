@@ -140,6 +140,8 @@ class NodeSessions:
             if self._monotonic() - conn.persisted_at > _PERSIST_EVERY_S:
                 conn.persisted_at = self._monotonic()
                 await self._store.upsert_node(conn.tenant, _persisted(conn.node))
+        elif kind == "stdin_ack":
+            self._tasks.on_stdin_ack(conn, msg.stdin_ack)
         elif kind == "goodbye":
             log.info("node %s says goodbye: %s", conn.node_id, msg.goodbye.reason)
             conn.draining = True

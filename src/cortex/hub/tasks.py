@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from cortex._proto.cortex.v1 import common_pb2 as pb
 from cortex._proto.cortex.v1 import node_pb2
@@ -34,6 +35,7 @@ _EVENT_PAGE = 2000
 _TAIL_BYTES = 1024 * 1024
 _MAX_BATCH = 1000
 _MAX_WAIT = 10_000
+_STDIN_WINDOW = 1024 * 1024   # unacknowledged stdin bytes in flight per task
 _FINISH_STATES = frozenset(int(s) for s in states.FINISH_EVENT)
 
 
@@ -46,6 +48,9 @@ class _Entry:
     # Replaced (and the old one set) on every change, so a waiter can never miss one.
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     kill_deadline: float = 0.0          # deadline + grace, once the node was told to stop
+    stdin_sent: int = 0                 # stdin bytes forwarded to the node (this attempt)
+    stdin_acked: int = 0                # of which the node handed the process this many
+    stdin_room: asyncio.Event = field(default_factory=asyncio.Event)
     # The newest committed events, so live watchers need no store read. Bounded by bytes.
     tail: list[pb.TaskEvent] = field(default_factory=list)
     tail_bytes: int = 0
@@ -265,20 +270,36 @@ class TaskManager:
                     await changed.wait()
 
     async def stdin(self, tenant: str, task_id: str, msg: node_pb2.HubMessage) -> None:
-        """Forward stdin/resize to the node running the task, once it has one."""
+        """Forward stdin/resize to the node running the task, once it has one, keeping at
+        most a window of unacknowledged stdin in flight (backpressure to the client)."""
         while True:
             entry = self._active.get(task_id)
             if entry is None or entry.tenant != tenant:
                 raise Conflict(f"task {task_id} is not running; stdin cannot be delivered")
-            if entry.task.state in (pb.ASSIGNED, pb.RUNNING):
-                conn = self._registry.get(entry.task.node_id)
-                if conn is not None:
+            conn = self._registry.get(entry.task.node_id)
+            if entry.task.state in (pb.ASSIGNED, pb.RUNNING) and conn is not None:
+                size = len(msg.stdin.data) if msg.WhichOneof("kind") == "stdin" else 0
+                if entry.stdin_sent - entry.stdin_acked + size <= _STDIN_WINDOW or (
+                        entry.stdin_sent == entry.stdin_acked):
                     which = msg.WhichOneof("kind")
                     getattr(msg, str(which)).task_id = task_id
                     getattr(msg, str(which)).attempt = entry.task.attempt
+                    entry.stdin_sent += size
                     conn.send(msg)
                     return
+                entry.stdin_room.clear()
+                room = entry.stdin_room.wait()
+                changed = entry.changed.wait()
+                await _first_of(room, changed)
+                continue
             await entry.changed.wait()
+
+    def on_stdin_ack(self, conn: NodeConn, ack: node_pb2.StdinAck) -> None:
+        entry = self._active.get(ack.task_id)
+        if (entry is not None and entry.task.node_id == conn.node_id
+                and entry.task.attempt == ack.attempt and ack.bytes > entry.stdin_acked):
+            entry.stdin_acked = ack.bytes
+            entry.stdin_room.set()
 
     # -- dispatch ----------------------------------------------------------------------
     def wake(self) -> None:
@@ -363,6 +384,7 @@ class TaskManager:
                 self._enqueue(entry)
                 raise
             entry.acked_seq = 0
+            entry.stdin_sent = entry.stdin_acked = 0
             conn.send(self._assign_msg(entry))
 
     def _assign_msg(self, entry: _Entry) -> node_pb2.HubMessage:
@@ -659,6 +681,16 @@ class TaskManager:
 
     def statistics(self) -> dict[str, int]:
         return {"active": len(self._active), "queued": len(self._queued)}
+
+
+async def _first_of(*waits: Coroutine[Any, Any, Any]) -> None:
+    """Return when the first of `waits` completes; the others are cancelled."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
 
 
 def _copy(task: pb.Task) -> pb.Task:

@@ -9,6 +9,7 @@ rest from the journal; after a restart the same happens for whatever the journal
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -23,7 +24,7 @@ from cortex import __version__
 from cortex._proto.cortex.v1 import common_pb2 as pb
 from cortex._proto.cortex.v1 import node_pb2, node_pb2_grpc
 from cortex.core.states import State
-from cortex.errors import CortexError
+from cortex.errors import CortexError, InvalidArgument
 from cortex.node.config import NodeConfig
 from cortex.node.identity import HUB_SERVER_NAME, Identity
 from cortex.node.journal import Journal
@@ -37,6 +38,8 @@ _REPORT_BYTES = 1024 * 1024       # split reports above this
 _OUTBOX_BOUND = 256               # reports in flight to the gRPC writer before we wait
 _ACK_WAIT_S = 5.0
 _FRAME_BYTES = 4 * 1024 * 1024
+_STDIN_CHUNK = 64 * 1024
+_STDIN_RETRY_S = 0.005
 _Call = grpc.aio.StreamStreamCall[node_pb2.NodeMessage, node_pb2.HubMessage]
 
 
@@ -52,7 +55,10 @@ class _Held:
     started: bool = False
     finished: bool = False
     dropped: bool = False
-    pending_stdin: list[tuple[bytes, bool]] = field(default_factory=list)
+    stdin: collections.deque[bytes] = field(default_factory=collections.deque)
+    stdin_eof: bool = False
+    stdin_written: int = 0
+    stdin_pump: asyncio.Task[None] | None = None
     cancel: tuple[State, str] | None = None
 
     @property
@@ -345,16 +351,45 @@ class Agent:
             held.cancel = (state, reason)
 
     def _stdin(self, held: _Held, data: bytes, eof: bool) -> None:
-        if held.run is None:
-            held.pending_stdin.append((data, eof))
+        """Queue input for the process; a pump hands it over as the process takes it."""
+        for i in range(0, len(data), _STDIN_CHUNK):
+            held.stdin.append(data[i:i + _STDIN_CHUNK])
+        held.stdin_eof = held.stdin_eof or eof
+        if held.run is not None and held.stdin_pump is None and self._runs is not None:
+            held.stdin_pump = self._runs.create_task(self._pump_stdin(held))
+
+    async def _pump_stdin(self, held: _Held) -> None:
+        run = held.run
+        if run is None:
             return
         try:
-            if data:
-                held.run.write_stdin(data)
-            if eof:
-                held.run.close_stdin()
-        except CortexError as exc:
-            log.warning("stdin for %s: %s", held.assign.task_id, exc)
+            while held.stdin or held.stdin_eof:
+                if held.finished or held.dropped:
+                    return
+                if not held.stdin:
+                    run.close_stdin()
+                    return
+                try:
+                    run.write_stdin(held.stdin[0])
+                except InvalidArgument:
+                    # The process is not reading: its backlog is full. Wait, don't drop.
+                    await asyncio.sleep(_STDIN_RETRY_S)
+                    continue
+                held.stdin_written += len(held.stdin.popleft())
+                self._send(node_pb2.NodeMessage(stdin_ack=node_pb2.StdinAck(
+                    task_id=held.assign.task_id, attempt=held.assign.attempt,
+                    bytes=held.stdin_written)))
+        except CortexError as exc:  # e.g. stdin closed: the task was not interactive
+            log.warning("stdin for %s dropped: %s", held.assign.task_id, exc)
+            held.stdin.clear()
+        finally:
+            held.stdin_pump = None
+
+    def _send(self, msg: node_pb2.NodeMessage) -> None:
+        """Best effort: control messages lost with a connection are recomputed after it."""
+        if self._outbox is not None:
+            with contextlib.suppress(asyncio.QueueFull):
+                self._outbox.put_nowait(msg)
 
     def _on_ack(self, held: _Held, upto: int) -> None:
         if upto <= held.acked:
@@ -392,9 +427,8 @@ class Agent:
                 self._mark_started(held)
                 if run.pid:
                     self._journal.record_pid(a.task_id, a.attempt, run.pid)
-                for data, eof in held.pending_stdin:
-                    self._stdin(held, data, eof)
-                held.pending_stdin.clear()
+                if held.stdin or held.stdin_eof:
+                    self._stdin(held, b"", held.stdin_eof)
                 if held.cancel is not None:
                     run.cancel(*held.cancel)
                 outcome = await run.wait()

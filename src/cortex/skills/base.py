@@ -57,7 +57,11 @@ class Outcome:
 
 
 class TaskRun(Protocol):
-    """One running task. All methods are called on the event loop thread."""
+    """One running task. All methods are called on the event loop thread.
+
+    The sink is called synchronously from the loop between start() and the moment wait()
+    resolves, never after; so once wait() returns, every byte of output has been handed over.
+    """
 
     pid: int | None
 

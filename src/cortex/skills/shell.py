@@ -11,12 +11,17 @@ One run, start to end:
 2. run: stdout/stderr (or the PTY master) feed the sink chunk by chunk as they arrive.
 3. stop, when asked (cancel, timeout): SIGTERM the group, give it ``kill_grace_s``.
 4. kill the rest, always: when the leader has exited, or the grace ran out, everything left
-   in the tree gets SIGKILL (process group, cgroup, and a /proc walk where needed).
+   in the tree gets SIGKILL (cgroup, process group, and a /proc walk where needed).
 5. wait until every process is gone and the output pipes reached EOF, reap the leader,
    remove the cgroup, and only then resolve `wait()`.
 
 So a task is over when its main process is: background jobs it left behind are killed,
 as a CI runner does at the end of a job.
+
+Without a cgroup the /proc walk is the net: it finds the leader's descendants, its process
+group and session, SIGSTOPs them until no new one appears, then SIGKILLs them. What it
+cannot find is a process that left both group and session *and* lost its parent chain to
+the leader before the walk ran (a double-forked daemon); only a cgroup catches those.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ class NodeMessage(_message.Message):
     REPORT_FIELD_NUMBER: _builtins.int
     GOODBYE_FIELD_NUMBER: _builtins.int
     BATCH_FIELD_NUMBER: _builtins.int
+    STDIN_ACK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___Hello: ...
     @_builtins.property
@@ -38,6 +39,8 @@ class NodeMessage(_message.Message):
     def goodbye(self) -> Global___Goodbye: ...
     @_builtins.property
     def batch(self) -> Global___NodeBatch: ...
+    @_builtins.property
+    def stdin_ack(self) -> Global___StdinAck: ...
     def __init__(
         self,
         *,
@@ -46,16 +49,47 @@ class NodeMessage(_message.Message):
         report: Global___TaskReport | None = ...,
         goodbye: Global___Goodbye | None = ...,
         batch: Global___NodeBatch | None = ...,
+        stdin_ack: Global___StdinAck | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "goodbye", b"goodbye", "heartbeat", b"heartbeat", "hello", b"hello", "kind", b"kind", "report", b"report"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "goodbye", b"goodbye", "heartbeat", b"heartbeat", "hello", b"hello", "kind", b"kind", "report", b"report", "stdin_ack", b"stdin_ack"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "goodbye", b"goodbye", "heartbeat", b"heartbeat", "hello", b"hello", "kind", b"kind", "report", b"report"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "goodbye", b"goodbye", "heartbeat", b"heartbeat", "hello", b"hello", "kind", b"kind", "report", b"report", "stdin_ack", b"stdin_ack"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "heartbeat", "report", "goodbye", "batch"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "heartbeat", "report", "goodbye", "batch", "stdin_ack"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___NodeMessage: _TypeAlias = NodeMessage  # noqa: Y015
+
+@_typing.final
+class StdinAck(_message.Message):
+    """How many stdin bytes of an attempt the process has been handed so far (cumulative).
+    The hub forwards at most a window of unacknowledged stdin per task, so input that a
+    task reads slowly backs up to the client instead of being dropped.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    attempt: _builtins.int
+    bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "bytes", b"bytes", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StdinAck: _TypeAlias = StdinAck  # noqa: Y015
 
 @_typing.final
 class NodeBatch(_message.Message):
