@@ -92,6 +92,8 @@ def register(app: typer.Typer) -> None:
 
     @app.command("up")
     def up_cmd(
+        host: str = typer.Option("127.0.0.1", help="Address the hub listens on (0.0.0.0 "
+                                 "lets nodes on other machines join)."),
         port: int = typer.Option(7443, help="Client port; 0 picks a free one."),
         node_port: int = typer.Option(7444, help="Node port; 0 picks a free one."),
         home: Path | None = typer.Option(None, help="Data dir (default $CORTEX_HOME)."),
@@ -99,10 +101,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Start the embedded default: a hub (SQLite) and one local node, over mTLS."""
         _setup_logging(verbose)
-        _run(_up(_home(home), port, node_port))
+        _run(_up(_home(home), host, port, node_port))
 
 
-async def _up(home: Path, port: int, node_port: int) -> None:
+async def _up(home: Path, host: str, port: int, node_port: int) -> None:
     from cortex.hub.config import HubConfig
     from cortex.hub.server import Hub
     from cortex.node.config import NodeConfig
@@ -110,16 +112,18 @@ async def _up(home: Path, port: int, node_port: int) -> None:
     from cortex.node.main import build_agent, enroll_in_child
 
     started = time.monotonic()
-    hub = Hub(HubConfig(data_dir=home / "hub", port=port, node_port=node_port))
+    hub = Hub(HubConfig(data_dir=home / "hub", host=host, port=port, node_port=node_port))
     await hub.start()
-    node_cfg = NodeConfig(data_dir=home / "node", hub=hub.address, name="local")
+    local = f"127.0.0.1:{hub.port}" if host in ("0.0.0.0", "::") else hub.address  # noqa: S104
+    node_cfg = NodeConfig(data_dir=home / "node", hub=local, name="local")
     ident = load_identity(node_cfg.data_dir)
     if ident is None:
         node_cfg = dataclasses.replace(node_cfg, token=await hub.join_token())
         ident = await enroll_in_child(node_cfg)
-    elif ident.node_address != hub.node_address:
+    node_address = f"{local.rpartition(':')[0]}:{hub.node_port}"
+    if ident.node_address != node_address:
         # The hub's node port moved (e.g. port 0): follow it; the certificate still holds.
-        ident = dataclasses.replace(ident, node_address=hub.node_address)
+        ident = dataclasses.replace(ident, node_address=node_address)
     agent, journal = build_agent(node_cfg, ident)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

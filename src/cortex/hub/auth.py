@@ -26,6 +26,7 @@ __all__ = [
 
 ROLES = ("admin", "operator", "viewer", "agent")
 _CACHE_S = 5.0  # a revoked token keeps working at most this long on a hub
+_WHERE = "the hub wrote its admin token to <CORTEX_HOME>/hub/admin.token"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +81,8 @@ class Authenticator:
             raise PermissionDenied("malformed API token: expected ctk_<id>.<secret>")
         rec = await self._store.find_api_token(token_id)
         if rec is None or not hmac.compare_digest(rec.secret_hash, hash_secret(secret)):
-            raise PermissionDenied("unknown API token")
+            raise PermissionDenied(
+                f"unknown API token: pass a valid one with --token or CORTEX_TOKEN ({_WHERE})")
         if rec.revoked_at:
             raise PermissionDenied("this API token was revoked")
         if rec.expires_at and rec.expires_at <= now:
@@ -100,7 +102,4 @@ def _bearer(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str:
             if scheme.lower() == "bearer" and token.strip():
                 return token.strip()
             raise PermissionDenied("authorization metadata must be 'Bearer <token>'")
-    raise PermissionDenied(
-        "no API token: pass --token or set CORTEX_TOKEN (the hub wrote its admin token "
-        "to <CORTEX_HOME>/hub/admin.token)"
-    )
+    raise PermissionDenied(f"no API token: pass --token or set CORTEX_TOKEN ({_WHERE})")
