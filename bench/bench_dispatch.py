@@ -24,10 +24,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import emit, rss_mib, summary_ms  # noqa: E402
+from _common import emit, rss_mib, summary_ms
 
-from cortex.sdk import Client, ClientConfig, build_spec  # noqa: E402
-from cortex.testing import HubProcess, NodeProcess, cli_env  # noqa: E402
+from cortex.sdk import Client, ClientConfig, build_spec
+from cortex.testing import HubProcess, NodeProcess, cli_env
+
+
+async def wait_online(client: Client, within_s: float = 30.0) -> None:
+    """Poll (bounded) until a node is online: the hub offers no event for it."""
+    deadline = time.monotonic() + within_s
+    while not [n for n in await client.list_nodes() if n.state == 1]:
+        if time.monotonic() > deadline:
+            raise RuntimeError("no node came online")
+        await asyncio.sleep(0.05)  # no node-online notification exists to await
 
 
 async def local_spawn(n: int) -> list[float]:
@@ -133,8 +142,7 @@ async def main(quick: bool) -> None:
                 token = (await client.create_join_token(ttl=600)).token
                 node = NodeProcess(tmp / "node", hub.address, token)
                 node.start()
-                while not [n for n in await client.list_nodes() if n.state == 1]:
-                    await asyncio.sleep(0.05)
+                await wait_online(client)
                 await round_trips(client, 20)  # warm up channels, caches, page cache
                 await asyncio.sleep(1.0)
                 idle = {"hub_rss_mib": rss_mib(hub.proc.pid),  # type: ignore[union-attr]

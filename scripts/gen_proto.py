@@ -42,7 +42,8 @@ def generate(dest: Path) -> None:
         path.write_bytes(data)
     for pkg in [dest / "cortex", dest / "cortex" / "v1"]:
         (pkg / "__init__.py").write_text("")
-    (dest / "__init__.py").write_text('"""Generated from proto/ by scripts/gen_proto.py; never edit by hand."""\n')
+    (dest / "__init__.py").write_text(
+        '"""Generated from proto/ by scripts/gen_proto.py; never edit by hand."""\n')
 
 
 def main() -> int:
