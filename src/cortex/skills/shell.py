@@ -3,8 +3,9 @@
 One run, start to end:
 
 1. spawn: `subprocess.Popen` with ``start_new_session=True`` (own session and process
-   group), no shell and no ``preexec_fn`` on the pipe path, so CPython keeps its vfork fast
-   path. The child is born inside its cgroup (the agent steps into the group around the
+   group), no shell and never a ``preexec_fn``, so CPython keeps its vfork fast path and no
+   fork handler (gRPC's aborts children) runs; PTY runs go through setsid(1) to adopt
+   their terminal. The child is born inside its cgroup (the agent steps into the group around the
    fork: `begin_spawn`), so not even a grandchild forked at once escapes. A pidfd tells us
    when the child exits *without reaping it*, so its pid (and so its process group id)
    cannot be reused while we still signal them.
@@ -34,6 +35,7 @@ import logging
 import math
 import os
 import select
+import shutil
 import signal
 import struct
 import subprocess
@@ -107,6 +109,12 @@ class ShellSkill:
         self._cgroups = cgroups
         self._kill_grace_s = kill_grace_s
         self._read_chunk = read_chunk
+        self._setsid = shutil.which("setsid")
+        if self._setsid is None:
+            log.warning(
+                "no setsid(1) on PATH: PTY tasks get no controlling terminal, so ^C, job "
+                "control and SIGWINCH will not reach them (install util-linux)"
+            )
 
     async def start(
         self,
@@ -128,6 +136,7 @@ class ShellSkill:
             kill_grace_s=self._kill_grace_s,
             read_chunk=self._read_chunk,
             timeout_s=timeout_s,
+            setsid=self._setsid,
         )
         try:
             run.spawn()
@@ -143,8 +152,8 @@ class ShellSkill:
         try:
             return self._cgroups.create(task_group_name(task_id, attempt))
         except CortexError as exc:
-            # Without a group the /proc walk still kills the tree; a task should not fail
-            # for want of its backup net.
+            # Failing the task would be worse: without a group the /proc walk still reaches
+            # everything but a double-forked daemon.
             log.warning("task %s.%s runs without a cgroup: %s", task_id, attempt, exc)
             return None
 
@@ -161,8 +170,10 @@ class _ShellRun:
         kill_grace_s: float,
         read_chunk: int,
         timeout_s: float | None,
+        setsid: str | None,
     ) -> None:
         self.pid: int | None = None
+        self._setsid = setsid
         self._launch = launch
         self._sink = sink
         self._cgroup = cgroup
@@ -274,20 +285,26 @@ class _ShellRun:
         )
 
     def _spawn_pty(self) -> subprocess.Popen[bytes]:
-        launch = self._launch
+        launch, argv = self._launch, self._launch.argv
+        if self._setsid is not None:
+            # The tty must be adopted (TIOCSCTTY) after setsid(), in the child. Not with a
+            # preexec_fn: that forces fork(), which runs gRPC's fork handlers in the child,
+            # and those abort it (SIGABRT in 12 of 30 PTY tasks under the node agent).
+            # setsid(1) does both and execs the command: same pid, one extra exec.
+            _check_executable(launch)  # setsid(1) would only exit 127 or 126
+            argv = [self._setsid, "--ctty", "--", *argv]
         master, slave = os.openpty()
         try:
             _set_winsize(master, launch.rows, launch.cols)
             proc = subprocess.Popen(  # noqa: S603 - running the user's command is the point
-                launch.argv,
+                argv,
                 stdin=slave,
                 stdout=slave,
                 stderr=slave,
                 cwd=launch.cwd,
                 env=launch.env,
-                start_new_session=True,
-                # setsid() already ran (start_new_session); the tty must be adopted after it.
-                preexec_fn=_become_tty_owner,
+                # setsid(1) must not be a group leader, or it forks to call setsid().
+                start_new_session=self._setsid is None,
                 bufsize=0,
             )
         except BaseException:
@@ -630,6 +647,22 @@ def _spawn_failure(exc: OSError, launch: _Launch) -> str:
     return f"cannot execute {exe}: {exc.strerror or exc}"
 
 
+def _check_executable(launch: _Launch) -> None:
+    """Raise the OSError execvp would, for a spawn that goes through a wrapper."""
+    exe = launch.argv[0]
+    if launch.cwd is not None and not os.path.isdir(launch.cwd):
+        return  # Popen's chdir reports this one, precisely
+    if "/" not in exe:
+        if shutil.which(exe, path=launch.env.get("PATH", os.defpath)) is None:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), exe)
+        return
+    path = os.path.join(launch.cwd or os.getcwd(), exe)
+    if not os.path.exists(path):
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), exe)
+    if os.path.isdir(path) or not os.access(path, os.X_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), exe)
+
+
 def _require_pidfd() -> None:
     try:
         os.close(os.pidfd_open(os.getpid()))
@@ -740,11 +773,6 @@ def _leave_cgroup(group: TaskCgroup) -> None:
         # The child is spawned and must be tracked, so do not raise; Cgroup.kill refuses to
         # kill a group the agent is still in.
         log.exception("the agent could not leave %s", group)
-
-
-def _become_tty_owner() -> None:
-    # Runs in the child between fork and exec, after setsid(): adopt the pty on fd 0.
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
 def _set_winsize(fd: int, rows: int, cols: int) -> None:
