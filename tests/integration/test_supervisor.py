@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import signal
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -314,10 +315,34 @@ async def test_pty_without_interactive_gets_stdin_then_eof(supervisor: Superviso
 
 
 async def test_pty_has_its_tty_as_controlling_terminal(supervisor: Supervisor) -> None:
-    """The pty is the task's controlling terminal: /dev/tty opens."""
-    run, out = await run_to_end(supervisor, spec(command="echo ok > /dev/tty", pty=True))
-    assert (await run.wait()).state is State.SUCCEEDED
-    assert out.data(PTY) == b"ok\r\n"
+    """The pty is the task's controlling terminal: /dev/tty opens and ^C sends SIGINT."""
+    script = "echo ok > /dev/tty; exec sleep 1000"
+    run, out = await run_to_end(supervisor, spec(command=script, pty=True, interactive=True))
+    await out.until(b"ok\r\n", PTY)
+    run.write_stdin(b"\x03")
+    outcome = await run.wait()
+    assert (outcome.state, outcome.exit_code) == (State.FAILED, -2)
+
+
+FORK_HOOK = """
+import asyncio, os
+from cortex._proto.cortex.v1 import common_pb2
+from cortex.skills.shell import ShellSkill
+os.register_at_fork(after_in_child=lambda: os._exit(99))  # what gRPC's handlers amount to
+async def main():
+    spec = common_pb2.TaskSpec(shell=common_pb2.ShellSpec(argv=["true"], pty=True))
+    run = await ShellSkill(cgroups=None).start(
+        task_id="t", attempt=1, spec=spec, timeout_s=None, sink=lambda s, d: None)
+    print((await run.wait()).exit_code)
+asyncio.run(main())
+"""
+
+
+async def test_no_fork_handler_runs_in_a_spawned_child() -> None:
+    """PTY tasks spawn without fork() (no preexec_fn), so at-fork handlers never hit them."""
+    proc = await asyncio.create_subprocess_exec(PY, "-c", FORK_HOOK, stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    assert out.strip() == b"0"
 
 
 # --- environment -------------------------------------------------------------------------
@@ -358,6 +383,9 @@ async def test_argv_is_looked_up_in_the_task_path(supervisor: Supervisor, tmp_pa
         ("not-executable", "permission denied: {tmp}/plain.txt"),
         ("missing-cwd", "working directory not found: {tmp}/nowhere"),
         ("cwd-is-file", "working directory is not a directory: {tmp}/plain.txt"),
+        ("pty-missing-exe", "executable not found: cortex-no-such-program"),
+        ("pty-not-executable", "permission denied: {tmp}/plain.txt"),
+        ("pty-missing-cwd", "working directory not found: {tmp}/nowhere"),
     ],
 )
 async def test_spawn_failures_fail_with_a_precise_reason(
@@ -371,6 +399,9 @@ async def test_spawn_failures_fail_with_a_precise_reason(
         "not-executable": spec(str(plain)),
         "missing-cwd": spec("true", cwd=str(tmp_path / "nowhere")),
         "cwd-is-file": spec("true", cwd=str(plain)),
+        "pty-missing-exe": spec("cortex-no-such-program", pty=True),
+        "pty-not-executable": spec(str(plain), pty=True),
+        "pty-missing-cwd": spec("true", cwd=str(tmp_path / "nowhere"), pty=True),
     }[case]
     run, _ = await run_to_end(supervisor, task)
     outcome = await run.wait()
@@ -455,13 +486,37 @@ async def test_natural_exit_kills_background_leftovers(isolation: Supervisor) ->
     assert_gone([int(out.data())])
 
 
+async def test_pty_run_end_kills_jobs_in_other_process_groups(isolation: Supervisor) -> None:
+    """A job-control shell's background job (own process group, same session) dies at exit."""
+    run, out = await run_to_end(isolation, spec(command="set -m; sleep 1000 & echo $!", pty=True))
+    outcome = await run.wait()
+    assert outcome.state is State.SUCCEEDED
+    job = int(out.data(PTY).split()[-1])
+    assert_gone([job])
+
+
+async def test_wait_returns_even_if_an_escaped_process_holds_the_output(tmp_path: Path) -> None:
+    """Without a cgroup, a setsid'd leftover keeps stdout open: wait() still ends, and says so."""
+    fifo = tmp_path / "ready"
+    # The leader exits only once the daemon is in its own session (it writes to the fifo).
+    daemon = f"setsid sh -c 'echo $$; echo > {fifo}; exec sleep 1000'"
+    script = f"mkfifo {fifo}; {daemon} & read _ < {fifo}"
+    sup = Supervisor({"shell": ShellSkill(cgroups=None)})
+    run, out = await run_to_end(sup, spec(command=script))
+    outcome = await run.wait()
+    escaped = int(out.data())
+    try:
+        assert outcome.state is State.SUCCEEDED
+        assert "output cut" in outcome.reason
+    finally:
+        os.kill(escaped, signal.SIGKILL)  # the documented limit of running without a cgroup
+
+
 @pytest.mark.parametrize("repeat", range(5))
 async def test_cgroup_catches_a_double_forked_daemon(contained: Supervisor, repeat: int) -> None:
-    """A daemon that double-forks at once (parent: init) is born in the group and dies with it.
-
-    Without a cgroup such a daemon is invisible to the /proc walk; repeated because placing
-    the pid after spawn lost this race about one run in five.
-    """
+    """A daemon that double-forks at once (parent: init) is born in the group and dies with it."""
+    # Without a cgroup such a daemon is invisible to the /proc walk. Repeated: placing the pid
+    # after spawn lost this race in 9 of 10 runs.
     script = "(setsid sh -c 'echo $$; exec sleep 1000' &); sleep 1000"
     run, out = await run_to_end(contained, spec(command=script))
     daemon = int(await out.until(b"\n"))
@@ -489,8 +544,14 @@ async def test_a_cancelled_waiter_does_not_stop_the_run(supervisor: Supervisor) 
     """Cancelling a task awaiting wait() leaves the process running (wait is shielded)."""
     run, out = await run_to_end(supervisor, spec(command="echo up; sleep 1000"))
     await out.until(b"up")
-    waiter = asyncio.ensure_future(run.wait())
-    await asyncio.sleep(0)  # let the waiter start waiting before cancelling it
+    inside = asyncio.Event()
+
+    async def waiting() -> None:
+        inside.set()  # the next line suspends in wait() within the same step
+        await run.wait()
+
+    waiter = asyncio.ensure_future(waiting())
+    await inside.wait()
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter

@@ -296,7 +296,7 @@ def test_memory_limit_ends_in_an_oom_kill(manager: CgroupManager) -> None:
 def test_cpu_limit_sets_the_cfs_quota(manager: CgroupManager) -> None:
     """Limits(cpus=0.25) becomes a 25 ms quota per 100 ms period."""
     group = limited(manager, "cpu", "cpu", Limits(cpus=0.25))
-    cpu_dir = next(d for d in group._dirs if (d / "cpu.cfs_quota_us").exists())
+    cpu_dir = next(d for d in group.dirs if (d / "cpu.cfs_quota_us").exists())
     assert (cpu_dir / "cpu.cfs_quota_us").read_text().strip() == "25000"
     assert (cpu_dir / "cpu.cfs_period_us").read_text().strip() == "100000"
 

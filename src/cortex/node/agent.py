@@ -25,6 +25,7 @@ from cortex._proto.cortex.v1 import common_pb2 as pb
 from cortex._proto.cortex.v1 import node_pb2, node_pb2_grpc
 from cortex.core.states import State
 from cortex.errors import CortexError, InvalidArgument
+from cortex.node.cgroups import CgroupManager
 from cortex.node.config import NodeConfig
 from cortex.node.identity import HUB_SERVER_NAME, Identity
 from cortex.node.journal import Journal
@@ -59,6 +60,7 @@ class _Held:
     stdin_eof: bool = False
     stdin_written: int = 0
     stdin_pump: asyncio.Task[None] | None = None
+    size: tuple[int, int] | None = None                 # the latest terminal size asked for
     cancel: tuple[State, str] | None = None
 
     @property
@@ -68,12 +70,14 @@ class _Held:
 
 class Agent:
     def __init__(self, config: NodeConfig, identity: Identity, supervisor: Supervisor,
-                 skills: list[str], journal: Journal) -> None:
+                 skills: list[str], journal: Journal, *,
+                 cgroups: CgroupManager | None = None) -> None:
         self._config = config
         self._id = identity
         self._supervisor = supervisor
         self._skills = skills
         self._journal = journal
+        self._cgroups = cgroups
         self._held: dict[tuple[str, int], _Held] = {}
         self._outbox: asyncio.Queue[node_pb2.NodeMessage] | None = None
         self._dirty = asyncio.Event()
@@ -113,6 +117,11 @@ class Agent:
                 conn.cancel()
                 flusher.cancel()
         self._journal.prune()
+        if self._cgroups is not None:
+            try:  # every task ended: leave no empty per-node cgroup folders behind
+                self._cgroups.destroy()
+            except CortexError as exc:
+                log.warning("cgroup cleanup: %s", exc)
 
     async def _drain(self) -> None:
         running = [h for h in self._held.values() if h.run is not None and not h.finished]
@@ -310,7 +319,8 @@ class Agent:
         elif kind == "cancel":
             held = self._held.get((msg.cancel.task_id, msg.cancel.attempt))
             if held is not None:
-                state = State(msg.cancel.state) if msg.cancel.state else State.CANCELLED
+                state = (State.TIMED_OUT if msg.cancel.state == pb.TIMED_OUT
+                         else State.CANCELLED)
                 self._cancel(held, state, msg.cancel.reason)
         elif kind == "stdin":
             held = self._held.get((msg.stdin.task_id, msg.stdin.attempt))
@@ -318,8 +328,10 @@ class Agent:
                 self._stdin(held, msg.stdin.data, msg.stdin.eof)
         elif kind == "resize":
             held = self._held.get((msg.resize.task_id, msg.resize.attempt))
-            if held is not None and held.run is not None:
-                held.run.resize(msg.resize.rows, msg.resize.cols)
+            if held is not None:
+                held.size = (msg.resize.rows, msg.resize.cols)  # applied at start if early
+                if held.run is not None:
+                    held.run.resize(*held.size)
         elif kind == "ack":
             held = self._held.get((msg.ack.task_id, msg.ack.attempt))
             if held is not None:
@@ -429,9 +441,11 @@ class Agent:
                     self._journal.record_pid(a.task_id, a.attempt, run.pid)
                 if held.stdin or held.stdin_eof:
                     self._stdin(held, b"", held.stdin_eof)
+                if held.size is not None:
+                    run.resize(*held.size)
                 if held.cancel is not None:
                     run.cancel(*held.cancel)
-                outcome = await run.wait()
+                outcome = _with_requested_timeout(await run.wait(), a.spec)
         self._mark_started(held)
         fin = node_pb2.Finished(state=int(outcome.state), reason=outcome.reason)  # type: ignore[arg-type]
         if outcome.exit_code is not None:
@@ -517,6 +531,15 @@ def _take(events: list[node_pb2.NodeEvent], limit: int) -> list[node_pb2.NodeEve
     chunk = events[:n]
     del events[:n]
     return chunk
+
+
+def _with_requested_timeout(outcome: Outcome, spec: pb.TaskSpec) -> Outcome:
+    """Name the timeout the user asked for, not what was left of it when the node started
+    the task (the deadline counts from submission, queueing included)."""
+    if outcome.state is State.TIMED_OUT and spec.timeout_s:
+        return Outcome(outcome.state, outcome.exit_code,
+                       f"timed out after {spec.timeout_s:g} s (counted from submission)")
+    return outcome
 
 
 def _kill_leftover(pid: int) -> None:

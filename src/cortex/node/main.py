@@ -52,7 +52,7 @@ def build_agent(config: NodeConfig, ident: Identity) -> tuple[Agent, Journal]:
         "noop": NoopSkill(),
     }
     journal = Journal(config.data_dir / "journal.db")
-    agent = Agent(config, ident, Supervisor(skills), sorted(skills), journal)
+    agent = Agent(config, ident, Supervisor(skills), sorted(skills), journal, cgroups=cgroups)
     return agent, journal
 
 
