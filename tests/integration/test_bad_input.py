@@ -240,6 +240,21 @@ async def test_frame_over_the_max_message_size_is_refused_and_the_hub_keeps_serv
     assert result.stdout == b"still serving\n"
 
 
+@pytest.mark.asyncio
+async def test_malformed_protobuf_frame_is_refused_and_the_hub_keeps_serving(
+        hub: Hub, client: Client, node: Agent, raw_channel: grpc.aio.Channel) -> None:
+    """Bytes that are not a SubmitRequest are refused with an error; nothing is stored."""
+    submit = raw_channel.unary_unary("/cortex.v1.TaskService/Submit")
+    metadata = (("authorization", f"Bearer {hub.admin_token}"),)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await submit(b"\xff\xff\xff\xff not protobuf", metadata=metadata)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid protobuf message" in (err.value.details() or "")
+    assert await client.list_tasks() == []
+    result = await client.run(argv=["echo", "still serving"])
+    assert result.stdout == b"still serving\n"
+
+
 # --- the node port: mTLS with this hub's CA only -----------------------------------------
 
 
@@ -530,3 +545,17 @@ async def test_replayed_join_token_is_refused(
                                 data_dir=tmp_path / "n2", name="n2")
     assert [n.id for n in await client.list_nodes()] == [first.node_id]
     assert not (tmp_path / "n2" / "node.key").exists()
+
+
+@pytest.mark.asyncio
+async def test_a_second_hub_on_a_taken_port_fails_with_a_clear_error(
+        hub: Hub, tmp_path: Path) -> None:
+    """Starting a hub on a port another hub holds fails at once, naming the port."""
+    from cortex.errors import Unavailable
+    from cortex.hub.config import HubConfig
+    from cortex.hub.server import Hub as HubServer
+
+    second = HubServer(HubConfig(data_dir=tmp_path / "second", port=hub.port, node_port=0,
+                                 client_file=tmp_path / "second.json"))
+    with pytest.raises(Unavailable, match=f"cannot listen on 127.0.0.1:{hub.port}"):
+        await second.start()

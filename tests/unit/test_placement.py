@@ -165,10 +165,10 @@ def test_session_node_not_connected() -> None:
     assert decision.reason == "the session's node n-9 is not connected"
 
 
-def test_session_node_wins_over_a_pin() -> None:
-    """When both are given the session's node is used, since the session lives there."""
+def test_session_node_and_an_agreeing_pin_place_there() -> None:
+    """A pin that names the session's own node is no conflict: the task goes there."""
     nodes = [node("n-1"), node("n-2")]
-    req = TaskRequirements(skill="shell", node_id="n-1", session_node="n-2")
+    req = TaskRequirements(skill="shell", node_id="n-2", session_node="n-2")
     assert place(req, nodes).node_id == "n-2"
 
 
@@ -228,3 +228,13 @@ def test_ties_go_to_the_smallest_id(order: tuple[str, str]) -> None:
     """Equally loaded nodes are chosen by id, whatever order they come in."""
     nodes = [node(i, slots=4, running=1) for i in order]
     assert place(TaskRequirements(skill="shell"), nodes).node_id == "n-a"
+
+
+def test_a_pin_that_contradicts_the_session_node_is_refused_with_both_named() -> None:
+    """A task pinned to one node whose session lives on another cannot be placed; both named."""
+    nodes = [NodeView(id=n, labels={}, skills=frozenset({"shell"}), slots=4, running=0)
+             for n in ("a", "b")]
+    decision = place(TaskRequirements(skill="shell", node_id="a", session_node="b"), nodes)
+    assert decision.node_id is None
+    assert "node a" in decision.reason
+    assert "node b" in decision.reason

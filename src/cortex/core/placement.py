@@ -41,6 +41,9 @@ class Placement:
 def place(req: TaskRequirements, nodes: Iterable[NodeView]) -> Placement:
     """The node that should run a task with `req`, or why none can right now."""
     candidates = list(nodes)
+    if req.session_node and req.node_id and req.session_node != req.node_id:
+        return Placement(None, f"the task is pinned to node {req.node_id} but its session "
+                               f"lives on node {req.session_node}")
     wanted = req.session_node or req.node_id
     if wanted:
         candidates = [n for n in candidates if n.id == wanted]

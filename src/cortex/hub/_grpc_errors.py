@@ -70,3 +70,74 @@ def _first_cortex_error(group: BaseExceptionGroup[BaseException]) -> errors.Cort
             if found is not None:
                 return found
     return None
+
+
+class StrictDecoding(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Answer frames that do not parse with INVALID_ARGUMENT naming the message type.
+
+    grpcio would report UNKNOWN ("Unexpected DecodeError"). Each handler is rebuilt to
+    receive raw bytes and parse them itself, so the failure can be answered properly.
+    """
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        parse = handler.request_deserializer
+        method = handler_call_details.method
+        if handler.unary_unary or handler.unary_stream:
+            return _rebuild_unary(handler, parse, method)
+        return _rebuild_stream(handler, parse, method)
+
+
+async def _decode(parse: Callable[[bytes], Any], raw: bytes, method: str, context: Ctx) -> Any:
+    try:
+        return parse(raw)
+    except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError and others
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"{method}: the request is not a valid protobuf message ({exc})")
+
+
+def _rebuild_unary(handler: Any, parse: Callable[[bytes], Any], method: str) -> Any:
+    if handler.unary_unary:
+        inner = handler.unary_unary
+
+        async def unary_unary(raw: bytes, context: Ctx) -> Any:
+            return await inner(await _decode(parse, raw, method, context), context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary_unary, response_serializer=handler.response_serializer)
+    inner_stream = handler.unary_stream
+
+    async def unary_stream(raw: bytes, context: Ctx) -> AsyncIterator[Any]:
+        async for item in inner_stream(await _decode(parse, raw, method, context), context):
+            yield item
+
+    return grpc.unary_stream_rpc_method_handler(
+        unary_stream, response_serializer=handler.response_serializer)
+
+
+def _rebuild_stream(handler: Any, parse: Callable[[bytes], Any], method: str) -> Any:
+    async def decoded(raw_iter: AsyncIterator[bytes], context: Ctx) -> AsyncIterator[Any]:
+        async for raw in raw_iter:
+            yield await _decode(parse, raw, method, context)
+
+    if handler.stream_unary:
+        inner = handler.stream_unary
+
+        async def stream_unary(raw_iter: AsyncIterator[bytes], context: Ctx) -> Any:
+            return await inner(decoded(raw_iter, context), context)
+
+        return grpc.stream_unary_rpc_method_handler(
+            stream_unary, response_serializer=handler.response_serializer)
+    inner_ss = handler.stream_stream
+
+    async def stream_stream(raw_iter: AsyncIterator[bytes], context: Ctx) -> AsyncIterator[Any]:
+        async for item in inner_ss(decoded(raw_iter, context), context):
+            yield item
+
+    return grpc.stream_stream_rpc_method_handler(
+        stream_stream, response_serializer=handler.response_serializer)

@@ -19,6 +19,8 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from cortex._proto.cortex.v1 import enroll_pb2_grpc, node_pb2_grpc, tasks_pb2_grpc
+from cortex.errors import Unavailable
+from cortex.hub._grpc_errors import StrictDecoding
 from cortex.hub.auth import Authenticator, issue_api_token, issue_join_token
 from cortex.hub.config import HubConfig
 from cortex.hub.nodes import NodeSessions
@@ -49,18 +51,35 @@ class Hub:
         self._loops: list[asyncio.Task[None]] = []
         # grpc_health exposes its asyncio servicer as `health.aio`; its stubs do not.
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self._serving_pair: tuple[bytes, bytes] = (b"", b"")
 
     async def start(self) -> None:
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         now = dt.datetime.now(dt.UTC)
         self.ca = CertificateAuthority.load_or_create(cfg.data_dir / "ca", now=now)
-        key_pem, chain_pem = self.ca.issue_server_cert(cfg.data_dir, now=now,
+        self._serving_pair = self.ca.issue_server_cert(cfg.data_dir, now=now,
                                                        extra_names=cfg.advertise)
         await self.store.open()
         await self.store.ensure_tenant(DEFAULT_TENANT, now=time.time())
         self.admin_token = await self._admin_token()
         await self.tasks.recover()
+        try:
+            await self._serve()
+        except BaseException:
+            await self.store.close()
+            raise
+        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        self._write_client_file()
+        log.info("hub %s serving clients on %s:%d and nodes on %s:%d", cfg.hub_id, cfg.host,
+                 self.port, cfg.host, self.node_port)
+
+    async def _serve(self) -> None:
+        """Build both servers, bind their ports and start them and the loops."""
+        cfg = self.config
+        if self.ca is None:
+            raise RuntimeError("the CA loads before the servers start")
+        key_pem, chain_pem = self._serving_pair
         options = [
             ("grpc.max_send_message_length", cfg.max_message_bytes),
             ("grpc.max_receive_message_length", cfg.max_message_bytes),
@@ -72,7 +91,7 @@ class Hub:
             # and silently split connections with the first.
             ("grpc.so_reuseport", 0),
         ]
-        client_srv = aio.server(options=options)
+        client_srv = aio.server(options=options, interceptors=[StrictDecoding()])
         tasks_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(
             tasks=self.tasks, registry=self.registry, store=self.store,
             auth=Authenticator(self.store), ca=self.ca, config=cfg), client_srv)
@@ -81,9 +100,9 @@ class Hub:
                            node_port=lambda: self.node_port), client_srv)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, client_srv)
         creds = grpc.ssl_server_credentials([(key_pem, chain_pem)])
-        self.port = client_srv.add_secure_port(f"{cfg.host}:{cfg.port}", creds)
+        self.port = _bind(client_srv, cfg.host, cfg.port, creds)
 
-        node_srv = aio.server(options=options)
+        node_srv = aio.server(options=options, interceptors=[StrictDecoding()])
         sessions = NodeSessions(store=self.store, registry=self.registry, tasks=self.tasks,
                                 config=cfg)
         node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(sessions), node_srv)
@@ -91,7 +110,7 @@ class Hub:
         node_creds = grpc.ssl_server_credentials(
             [(key_pem, chain_pem)], root_certificates=self.ca.cert_pem,
             require_client_auth=True)
-        self.node_port = node_srv.add_secure_port(f"{cfg.host}:{cfg.node_port}", node_creds)
+        self.node_port = _bind(node_srv, cfg.host, cfg.node_port, node_creds)
         self._servers = [client_srv, node_srv]
         for srv in self._servers:
             await srv.start()
@@ -99,10 +118,6 @@ class Hub:
             asyncio.create_task(self.tasks.run_dispatcher(), name="dispatcher"),
             asyncio.create_task(self._reap_loop(), name="reaper"),
         ]
-        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
-        self._write_client_file()
-        log.info("hub %s serving clients on %s:%d and nodes on %s:%d", cfg.hub_id, cfg.host,
-                 self.port, cfg.host, self.node_port)
 
     @property
     def address(self) -> str:
@@ -166,3 +181,13 @@ class Hub:
 
     async def wait_closed(self) -> None:
         await asyncio.gather(*(srv.wait_for_termination() for srv in self._servers))
+
+
+def _bind(server: aio.Server, host: str, port: int, creds: grpc.ServerCredentials) -> int:
+    try:
+        return server.add_secure_port(f"{host}:{port}", creds)
+    except RuntimeError as exc:
+        raise Unavailable(
+            f"cannot listen on {host}:{port} ({exc}): is another hub running there? "
+            "Stop it, or pick other ports with --port/--node-port (0 picks free ones)"
+        ) from exc

@@ -19,7 +19,7 @@ from cortex._proto.cortex.v1 import node_pb2
 from cortex.core import placement, states
 from cortex.core.states import Event, State
 from cortex.core.validation import check_shell, check_task
-from cortex.errors import Conflict, InvalidArgument, NotFound, Unavailable
+from cortex.errors import Conflict, CortexError, InvalidArgument, NotFound, Unavailable
 from cortex.hub.config import HubConfig
 from cortex.hub.ids import new_id
 from cortex.hub.registry import NodeConn, Registry
@@ -33,6 +33,8 @@ _TRUNCATED = (
 )
 _EVENT_PAGE = 2000
 _TAIL_BYTES = 1024 * 1024
+_GAP = ("\n[cortex: {} events of attempt {} were lost: the hub's store lost writes it had "
+        "acknowledged (restored from a backup?)]\n")
 _MAX_BATCH = 1000
 _MAX_WAIT = 10_000
 _STDIN_WINDOW = 1024 * 1024   # unacknowledged stdin bytes in flight per task
@@ -113,11 +115,12 @@ class TaskManager:
         if entry.task.deadline:
             heapq.heappush(self._deadlines, (entry.task.deadline, entry.task.id))
 
-    def _enqueue(self, entry: _Entry) -> None:
+    def _enqueue(self, entry: _Entry, *, wake: bool = True) -> None:
         self._queued[entry.task.id] = entry
         self._arrivals += 1
         heapq.heappush(self._heap, (-entry.task.spec.priority, self._arrivals, entry.task.id))
-        self._wake.set()
+        if wake:
+            self._wake.set()
 
     # -- client operations -----------------------------------------------------------
     async def submit(self, tenant: str, spec: pb.TaskSpec) -> tuple[pb.Task, bool]:
@@ -309,7 +312,12 @@ class TaskManager:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            await self._dispatch_pass()
+            try:
+                await self._dispatch_pass()
+            except Exception:  # a failed pass must not stop dispatching; tasks stay queued
+                log.exception("dispatch pass failed; retrying on the next wake")
+                await asyncio.sleep(0.1)
+                self._wake.set()
 
     async def _dispatch_pass(self) -> None:
         """Place queued tasks, best first, until no node has a free slot."""
@@ -347,6 +355,11 @@ class TaskManager:
         )
 
     async def _place(self, entry: _Entry, conns: list[NodeConn]) -> NodeConn | None:
+        sid = entry.task.spec.session_id
+        if sid and (entry.tenant, sid) not in self._sessions:
+            pinned = await self._store.session_node(entry.tenant, sid)
+            if pinned:
+                self._sessions[(entry.tenant, sid)] = pinned
         decision = placement.place(self._requirements(entry), [c.view() for c in conns])
         if decision.node_id is None:
             if "busy" not in decision.reason and entry.task.reason != decision.reason:
@@ -379,10 +392,13 @@ class TaskManager:
                 if await self._pin_session(entry, conn.node_id) != conn.node_id:
                     raise Conflict("the session was pinned to another node meanwhile")
                 await self._move(entry, Event.ASSIGN, node_id=conn.node_id, reason="")
-            except Exception:
+            except CortexError as exc:  # stays queued; a later pass tries again
+                log.warning("could not assign %s to %s: %s", entry.task.id, conn.node_id, exc)
                 conn.running.discard((entry.task.id, entry.task.attempt))
-                self._enqueue(entry)
-                raise
+                self._enqueue(entry, wake=False)
+                # Not at once: a failing store would otherwise make this a hot loop.
+                asyncio.get_running_loop().call_later(0.5, self._wake.set)
+                return
             entry.acked_seq = 0
             entry.stdin_sent = entry.stdin_acked = 0
             conn.send(self._assign_msg(entry))
@@ -428,6 +444,10 @@ class TaskManager:
         held_keys = {(h.task_id, h.attempt) for h in held}
         for entry in list(self._active.values()):
             task = entry.task
+            if task.node_id == conn.node_id:
+                # stdin in flight on the old stream is gone; do not count it against the window
+                entry.stdin_sent = entry.stdin_acked
+                entry.stdin_room.set()
             if task.node_id != conn.node_id or task.state not in (pb.ASSIGNED, pb.RUNNING):
                 continue
             key = (task.id, task.attempt)
@@ -462,16 +482,19 @@ class TaskManager:
         if not node_events or entry.task.attempt != report.attempt:
             self._ack(conn, report)
             return
-        if report.first_seq + skip != entry.acked_seq + 1:
-            # The node is ahead of what is stored (e.g. the hub's store was restored from a
-            # backup). Hanging up makes it reconnect, learn acked_seq and resend from there.
-            log.warning("gap in events of %s attempt %d: have %d, got %d; reconnecting the node",
-                        entry.task.id, report.attempt, entry.acked_seq, report.first_seq + skip)
-            conn.close()
-            return
+        first = report.first_seq + skip
         new = _copy(entry.task)
         events: list[pb.TaskEvent] = []
-        acked = entry.acked_seq + len(node_events)
+        if first > entry.acked_seq + 1:
+            # The node already had acks for events the store no longer holds (the hub's store
+            # lost acknowledged writes, e.g. a restore from backup); the node deleted them,
+            # so they cannot come again. Say so in the log rather than losing them silently.
+            missing = first - entry.acked_seq - 1
+            log.warning("task %s attempt %d: %d events lost by the store", entry.task.id,
+                        report.attempt, missing)
+            events.append(self._event(new, time=self._clock(), output=pb.Output(
+                stream=pb.SYSTEM, data=_GAP.format(missing, report.attempt).encode())))
+        acked = first + len(node_events) - 1
         ended = None
         for ne in node_events:
             if new.attempt != report.attempt:
@@ -586,6 +609,8 @@ class TaskManager:
                             mono - conn.heard_at)
                 self._registry.detach(conn, now=conn.heard_at)
                 conn.close()
+                conn.node.state = pb.OFFLINE
+                await self._store.upsert_node(conn.tenant, conn.node)
         gone = {n for n, t in self._registry.gone_since.items()
                 if mono - t >= self._config.lost_after_s}
         if gone:

@@ -63,7 +63,9 @@ async def enroll_in_child(config: NodeConfig) -> Identity:
         return ident
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-        return await asyncio.get_running_loop().run_in_executor(pool, ensure_identity, config)
+        ident = await asyncio.get_running_loop().run_in_executor(pool, ensure_identity, config)
+    log.info("enrolled as node %s in tenant %s", ident.node_id, ident.tenant)
+    return ident
 
 
 async def run_node(config: NodeConfig) -> None:
