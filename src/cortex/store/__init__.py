@@ -1,7 +1,10 @@
 """Persistence behind one interface. No SQL lives outside this package.
 
-`open_store(url)` picks the backend: a path or ``sqlite:///path`` for SQLite (the
-default), ``postgresql://…`` for Postgres (scale-out issue).
+`open_store(url)` picks the backend:
+
+- ``postgresql://…`` or ``postgres://…``: Postgres (any libpq URL; pin a schema with
+  ``?options=-csearch_path%3Dmyschema``, else the server's search_path decides);
+- ``sqlite:///path`` or a plain path: SQLite (the default).
 """
 
 from cortex.store.base import (
@@ -15,9 +18,9 @@ from cortex.store.base import (
 def open_store(url: str) -> Store:
     """A store for `url`; call ``await store.open()`` before use."""
     if url.startswith(("postgresql://", "postgres://")):
-        from cortex.errors import InvalidArgument
+        from cortex.store.postgres import PostgresStore
 
-        raise InvalidArgument("the Postgres store is not built yet; use a SQLite path")
+        return PostgresStore(url)
     from cortex.store.sqlite import SqliteStore
 
     path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url

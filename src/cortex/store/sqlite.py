@@ -405,6 +405,9 @@ class SqliteStore(Store):
 
 def _migrate(conn: sqlite3.Connection) -> None:
     (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if version > len(MIGRATIONS):
+        raise Conflict(f"the database is at schema version {version} but this hub knows only "
+                       f"{len(MIGRATIONS)}: upgrade the hub (never point an older one at it)")
     for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
         conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
 

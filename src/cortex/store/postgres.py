@@ -1,0 +1,493 @@
+"""The Postgres store: psycopg 3 async over a small connection pool, for several hubs.
+
+Every method is one transaction. Most are ONE statement on an autocommit connection, so
+the statement is the transaction and costs one round trip (an explicit BEGIN … COMMIT
+would triple that); saving a task with its events and attempt is one statement with
+data-modifying CTEs, all applied or none. Only consume_join_token, which must read before
+it decides, runs an explicit transaction.
+
+Every race two hubs can run is settled by Postgres, never by a read in Python followed by
+a write:
+
+- insert_task: ``INSERT … ON CONFLICT (tenant, idempotency_key) DO NOTHING``; a second
+  inserter of the same key waits on the unique index until the first commits, inserts
+  nothing, then reads the winner. That read is a second statement because it must be: a
+  statement never sees a row committed after it began (READ COMMITTED), so it would be a
+  fresh statement inside an explicit transaction too. Tasks are never deleted, so the
+  winner is there to read.
+- pin_session: the same, on sessions.
+- save_task: ``UPDATE … WHERE version = expected``; a second writer from the same version
+  waits for the first, re-checks the WHERE against the committed row, matches nothing and
+  gets Conflict; its events and attempt, fed by the UPDATE's RETURNING, are not written.
+- consume_join_token: ``SELECT … FOR UPDATE``; a second consumer waits, then sees it used.
+
+A connection is not tested when it leaves the pool (that would cost a round trip per
+call); a call on a connection the server dropped fails with Unavailable, never retried
+here (a write may have committed), and the pool then replaces all its dead connections.
+
+There is no group commit as in the SQLite store: concurrent transactions commit on their
+own connections and Postgres already shares WAL flushes between them. psycopg prepares a
+statement by itself once it has run a few times on a connection.
+
+Driver errors become Cortex errors in one place (`_translate`), the original chained:
+integrity violations (unique, foreign key) are Conflict, values Postgres cannot hold are
+InvalidArgument, everything else (connection refused or lost, pool exhausted, serialization
+failures, a dropped schema) is Unavailable. Migrations: see `cortex.store._pg_schema`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import psycopg
+from psycopg import AsyncConnection, sql
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import TupleRow
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from cortex._proto.cortex.v1 import common_pb2 as pb
+from cortex.errors import Conflict, CortexError, InvalidArgument, PermissionDenied, Unavailable
+from cortex.store._pg_schema import migrate
+from cortex.store.base import ApiTokenRecord, JoinTokenRecord, Store, TaskQuery
+
+__all__ = ["PostgresStore"]
+
+_Conn = AsyncConnection[TupleRow]
+# libpq waits forever for an unreachable host by default; a hub should say so instead.
+_CONNECT_TIMEOUT_S = 10
+# How long open() waits for the pool's first connection, and a call for a free one.
+_POOL_TIMEOUT_S = 30.0
+_ACTIVE = (pb.QUEUED, pb.ASSIGNED, pb.RUNNING)
+# Literal states, not parameters, so the planner can use the partial index tasks_active.
+_SELECT_ACTIVE = sql.SQL("SELECT body FROM tasks WHERE state IN ({}) ORDER BY id").format(
+    sql.SQL(", ").join(sql.Literal(int(s)) for s in _ACTIVE)
+)
+
+# In both statements the events and the attempt are fed by the task row the first CTE
+# wrote, so when that wrote nothing (key taken, version moved on) they write nothing
+# either; a duplicate event seq fails the whole statement. Only the idempotency index is
+# an ON CONFLICT arbiter: a reused task id must still fail.
+_INSERT_TASK = """
+    WITH task AS (
+        INSERT INTO tasks(id, tenant, state, node_id, idempotency_key, version, labels, body)
+        VALUES (%(id)s, %(tenant)s, %(state)s, %(node_id)s, %(key)s, %(version)s,
+                %(labels)s, %(body)s)
+        ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+        RETURNING id
+    ), events AS (
+        INSERT INTO task_events(task_id, seq, tenant, body)
+        SELECT task.id, e.seq, %(tenant)s, e.body
+        FROM task, unnest(%(seqs)s::bigint[], %(event_bodies)s::bytea[]) AS e(seq, body)
+    )
+    SELECT count(*) FROM task"""
+_SAVE_TASK = """
+    WITH task AS (
+        UPDATE tasks SET state = %(state)s, node_id = %(node_id)s, version = %(version)s,
+                         labels = %(labels)s, body = %(body)s
+        WHERE id = %(id)s AND tenant = %(tenant)s AND version = %(expected)s
+        RETURNING id
+    ), events AS (
+        INSERT INTO task_events(task_id, seq, tenant, body)
+        SELECT task.id, e.seq, %(tenant)s, e.body
+        FROM task, unnest(%(seqs)s::bigint[], %(event_bodies)s::bytea[]) AS e(seq, body)
+    ), attempt AS (
+        INSERT INTO task_attempts(task_id, attempt, tenant, body)
+        SELECT task.id, a.attempt, %(tenant)s, a.body
+        FROM task, unnest(%(attempts)s::integer[], %(attempt_bodies)s::bytea[])
+             AS a(attempt, body)
+        ON CONFLICT (task_id, attempt) DO UPDATE
+            SET tenant = EXCLUDED.tenant, body = EXCLUDED.body
+    )
+    SELECT count(*) FROM task"""
+
+
+class PostgresStore(Store):
+    """A store on the database named by `url` (a libpq URL or ``key=value`` string).
+
+    The schema is the first one of the connection's ``search_path``; pin it with
+    ``?options=-csearch_path%3Dmyschema`` in the URL. The pool keeps `min_size` to
+    `max_size` connections.
+    """
+
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10) -> None:
+        try:
+            params = conninfo_to_dict(url)
+        except psycopg.ProgrammingError as exc:
+            raise InvalidArgument(f"not a usable Postgres URL: {exc}") from exc
+        self._url = url
+        self._where = _describe(params)
+        self._kwargs: dict[str, Any] = {"autocommit": True}
+        if "connect_timeout" not in params:
+            self._kwargs["connect_timeout"] = _CONNECT_TIMEOUT_S
+        if "application_name" not in params:
+            self._kwargs["application_name"] = "cortex"
+        self._min_size, self._max_size = min_size, max_size
+        self._pool: AsyncConnectionPool[_Conn] | None = None
+        self._closed = False
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def open(self) -> None:
+        if self._pool is not None or self._closed:
+            raise Unavailable("this store was opened before: make a new one to reconnect")
+        try:
+            # A connection of its own: a refused connection fails here at once with
+            # libpq's reason, where a pool would keep retrying in the background.
+            async with await AsyncConnection.connect(self._url, **self._kwargs) as conn:
+                await migrate(conn)
+        except psycopg.Error as exc:
+            raise _translate(exc, self._where) from exc
+        pool: AsyncConnectionPool[_Conn] = AsyncConnectionPool(
+            self._url, kwargs=self._kwargs, min_size=self._min_size,
+            max_size=self._max_size, open=False, name="cortex-store",
+            timeout=_POOL_TIMEOUT_S,
+        )
+        try:
+            await pool.open(wait=True, timeout=_POOL_TIMEOUT_S)
+        except psycopg.Error as exc:
+            await pool.close()
+            raise _translate(exc, self._where) from exc
+        self._pool = pool
+
+    async def close(self) -> None:
+        """Refuse new calls, let the calls already made finish, then close the pool."""
+        self._closed = True
+        await self._idle.wait()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[_Conn]:
+        """A pooled autocommit connection (each statement its own transaction), driver
+        errors translated."""
+        pool = self._pool
+        if pool is None or self._closed:
+            raise Unavailable("the store is closed")
+        self._in_flight += 1
+        self._idle.clear()
+        conn: _Conn | None = None
+        try:
+            async with pool.connection() as conn:
+                yield conn
+        except psycopg.Error as exc:
+            if conn is not None and conn.broken:
+                # The server restarted or cut us off: the idle connections died with this
+                # one. Replace them now so that the caller's retry gets a live one.
+                await pool.check()
+            raise _translate(exc, self._where) from exc
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[_Conn]:
+        """A pooled connection inside BEGIN … COMMIT (ROLLBACK when the body raises)."""
+        async with self._connection() as conn, conn.transaction():
+            yield conn
+
+    async def _execute(self, query: str, args: Sequence[Any]) -> None:
+        async with self._connection() as conn:
+            await conn.execute(query, args)
+
+    async def _fetchone(self, query: str, args: Sequence[Any]) -> TupleRow | None:
+        async with self._connection() as conn:
+            cur = await conn.execute(query, args, binary=True)
+            return await cur.fetchone()
+
+    async def _fetchall(self, query: sql.Composed | str, args: Sequence[Any]
+                        ) -> list[TupleRow]:
+        async with self._connection() as conn:
+            cur = await conn.execute(query, args, binary=True)
+            return await cur.fetchall()
+
+    # -- tenants and credentials -----------------------------------------------------
+    async def ensure_tenant(self, tenant: str, *, now: float) -> None:
+        await self._execute(
+            "INSERT INTO tenants(id, created_at) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+            (tenant, now),
+        )
+
+    async def create_api_token(self, token: ApiTokenRecord) -> None:
+        await self._execute(
+            "INSERT INTO api_tokens(id, tenant, name, role, secret_hash, created_at,"
+            " expires_at, revoked_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            (token.id, token.tenant, token.name, token.role, token.secret_hash,
+             token.created_at, token.expires_at, token.revoked_at),
+        )
+
+    async def find_api_token(self, token_id: str) -> ApiTokenRecord | None:
+        row = await self._fetchone(
+            "SELECT id, tenant, name, role, secret_hash, created_at, expires_at, revoked_at"
+            " FROM api_tokens WHERE id = %s", (token_id,),
+        )
+        return None if row is None else ApiTokenRecord(*row)
+
+    async def create_join_token(self, token: JoinTokenRecord) -> None:
+        await self._execute(
+            "INSERT INTO join_tokens(id, tenant, secret_hash, labels, created_at,"
+            " expires_at, used_at, node_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            (token.id, token.tenant, token.secret_hash, Jsonb(token.labels),
+             token.created_at, token.expires_at, token.used_at, token.node_id),
+        )
+
+    async def consume_join_token(
+        self, token_id: str, secret_hash: bytes, *, node_id: str, now: float
+    ) -> JoinTokenRecord:
+        async with self._transaction() as conn:
+            # FOR UPDATE: a concurrent consumer waits here until this one commits, then
+            # reads the token as used.
+            cur = await conn.execute(
+                "SELECT id, tenant, secret_hash, labels, created_at, expires_at, used_at,"
+                " node_id FROM join_tokens WHERE id = %s FOR UPDATE", (token_id,),
+            )
+            row = await cur.fetchone()
+            if row is None or not hmac.compare_digest(row[2], secret_hash):
+                raise PermissionDenied("unknown join token: create one with `cortex token create`")
+            rec = JoinTokenRecord(*row)
+            if rec.used_at:
+                raise PermissionDenied(
+                    "this join token was already used (tokens are single-use): create a new one"
+                )
+            if rec.expires_at <= now:
+                raise PermissionDenied("this join token has expired: create a new one")
+            await conn.execute(
+                "UPDATE join_tokens SET used_at = %s, node_id = %s WHERE id = %s",
+                (now, node_id, token_id),
+            )
+            return rec
+
+    async def record_certificate(
+        self, tenant: str, *, serial: str, node_id: str, not_before: float, not_after: float
+    ) -> None:
+        await self._execute(
+            "INSERT INTO certificates(serial, tenant, node_id, not_before, not_after)"
+            " VALUES (%s, %s, %s, %s, %s)", (serial, tenant, node_id, not_before, not_after),
+        )
+
+    # -- nodes -----------------------------------------------------------------------
+    async def upsert_node(self, tenant: str, node: pb.Node) -> None:
+        args = (node.id, tenant, node.SerializeToString())
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                "INSERT INTO nodes(id, tenant, body) VALUES (%s, %s, %s)"
+                " ON CONFLICT (id) DO UPDATE SET body = EXCLUDED.body"
+                " WHERE nodes.tenant = EXCLUDED.tenant", args,
+            )
+            if cur.rowcount == 0:
+                # Another tenant holds this id. The plain INSERT fails with the unique
+                # violation, which becomes Conflict with Postgres' own words chained.
+                await conn.execute("INSERT INTO nodes(id, tenant, body) VALUES (%s, %s, %s)",
+                                   args)
+
+    async def get_node(self, tenant: str, node_id: str) -> pb.Node | None:
+        row = await self._fetchone(
+            "SELECT body FROM nodes WHERE tenant = %s AND id = %s", (tenant, node_id)
+        )
+        return None if row is None else pb.Node.FromString(row[0])
+
+    async def list_nodes(self, tenant: str) -> list[pb.Node]:
+        rows = await self._fetchall(
+            "SELECT body FROM nodes WHERE tenant = %s ORDER BY id", (tenant,)
+        )
+        return [pb.Node.FromString(r[0]) for r in rows]
+
+    async def find_node_all_tenants(self, node_id: str) -> pb.Node | None:
+        row = await self._fetchone("SELECT body FROM nodes WHERE id = %s", (node_id,))
+        return None if row is None else pb.Node.FromString(row[0])
+
+    # -- sessions --------------------------------------------------------------------
+    async def pin_session(self, tenant: str, session_id: str, node_id: str, *, now: float
+                          ) -> str:
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                "INSERT INTO sessions(tenant, id, node_id, created_at) VALUES (%s, %s, %s, %s)"
+                " ON CONFLICT (tenant, id) DO NOTHING RETURNING node_id",
+                (tenant, session_id, node_id, now),
+            )
+            row = await cur.fetchone()
+            if row is None:
+                cur = await conn.execute(
+                    "SELECT node_id FROM sessions WHERE tenant = %s AND id = %s",
+                    (tenant, session_id),
+                )
+                row = await cur.fetchone()
+            if row is None:
+                raise Conflict(f"session {session_id} vanished while being pinned: retry")
+            return str(row[0])
+
+    async def session_node(self, tenant: str, session_id: str) -> str | None:
+        row = await self._fetchone(
+            "SELECT node_id FROM sessions WHERE tenant = %s AND id = %s", (tenant, session_id)
+        )
+        return None if row is None else str(row[0])
+
+    # -- tasks -----------------------------------------------------------------------
+    async def insert_task(
+        self, tenant: str, task: pb.Task, events: Sequence[pb.TaskEvent]
+    ) -> tuple[pb.Task, bool]:
+        key = task.spec.idempotency_key or None
+        args = {
+            "id": task.id, "tenant": tenant, "state": task.state, "node_id": task.node_id,
+            "key": key, "version": task.version, "labels": Jsonb(dict(task.spec.labels)),
+            "body": task.SerializeToString(), **_event_arrays(events),
+        }
+        async with self._connection() as conn:
+            if await _fetch_count(conn, _INSERT_TASK, args):
+                return task, True
+            cur = await conn.execute(
+                "SELECT body FROM tasks WHERE tenant = %s AND idempotency_key = %s",
+                (tenant, key), binary=True,
+            )
+            row = await cur.fetchone()
+        if row is None:
+            # Unreachable while tasks are never deleted: the key's holder vanished between
+            # the INSERT and this SELECT.
+            raise Conflict(f"idempotency key {key!r} changed hands concurrently: retry")
+        return pb.Task.FromString(row[0]), False
+
+    async def save_task(
+        self,
+        tenant: str,
+        task: pb.Task,
+        *,
+        expected_version: int,
+        events: Sequence[pb.TaskEvent] = (),
+        attempt: pb.Attempt | None = None,
+    ) -> None:
+        attempts = [] if attempt is None else [attempt]
+        args = {
+            "id": task.id, "tenant": tenant, "expected": expected_version,
+            "state": task.state, "node_id": task.node_id, "version": task.version,
+            "labels": Jsonb(dict(task.spec.labels)), "body": task.SerializeToString(),
+            "attempts": [a.attempt for a in attempts],
+            "attempt_bodies": [a.SerializeToString() for a in attempts],
+            **_event_arrays(events),
+        }
+        async with self._connection() as conn:
+            saved = await _fetch_count(conn, _SAVE_TASK, args)
+        if not saved:
+            raise Conflict(
+                f"task {task.id} changed concurrently (expected version {expected_version})"
+            )
+
+    async def get_task(
+        self, tenant: str, task_id: str, *, with_attempts: bool = False
+    ) -> pb.Task | None:
+        if not with_attempts:
+            row = await self._fetchone(
+                "SELECT body FROM tasks WHERE tenant = %s AND id = %s", (tenant, task_id)
+            )
+            return None if row is None else pb.Task.FromString(row[0])
+        # One statement, so the task and its attempts come from one snapshot.
+        row = await self._fetchone(
+            "SELECT t.body, ARRAY(SELECT a.body FROM task_attempts a"
+            " WHERE a.tenant = t.tenant AND a.task_id = t.id ORDER BY a.attempt)"
+            " FROM tasks t WHERE t.tenant = %s AND t.id = %s", (tenant, task_id),
+        )
+        if row is None:
+            return None
+        task = pb.Task.FromString(row[0])
+        task.attempts.extend(pb.Attempt.FromString(b) for b in row[1])
+        return task
+
+    async def list_tasks(self, tenant: str, query: TaskQuery) -> list[pb.Task]:
+        where = [sql.SQL("tenant = %s")]
+        args: list[Any] = [tenant]
+        if query.states:
+            where.append(sql.SQL("state = ANY(%s)"))
+            args.append([int(s) for s in query.states])
+        if query.node_id:
+            where.append(sql.SQL("node_id = %s"))
+            args.append(query.node_id)
+        if query.after_id:
+            where.append(sql.SQL("id < %s"))
+            args.append(query.after_id)
+        if query.labels:
+            where.append(sql.SQL("labels @> %s"))
+            args.append(Jsonb(dict(query.labels)))
+        args.append(max(1, min(query.limit, 1000)))
+        stmt = sql.SQL("SELECT body FROM tasks WHERE {} ORDER BY id DESC LIMIT %s").format(
+            sql.SQL(" AND ").join(where)
+        )
+        return [pb.Task.FromString(r[0]) for r in await self._fetchall(stmt, args)]
+
+    async def list_active_tasks_all_tenants(self) -> list[pb.Task]:
+        return [pb.Task.FromString(r[0]) for r in await self._fetchall(_SELECT_ACTIVE, ())]
+
+    async def get_attempt(self, tenant: str, task_id: str, attempt: int) -> pb.Attempt | None:
+        row = await self._fetchone(
+            "SELECT body FROM task_attempts WHERE tenant = %s AND task_id = %s"
+            " AND attempt = %s", (tenant, task_id, attempt),
+        )
+        return None if row is None else pb.Attempt.FromString(row[0])
+
+    async def read_events(
+        self, tenant: str, task_id: str, *, after_seq: int, limit: int
+    ) -> list[pb.TaskEvent]:
+        rows = await self._fetchall(
+            "SELECT body FROM task_events WHERE tenant = %s AND task_id = %s AND seq > %s"
+            " ORDER BY seq LIMIT %s", (tenant, task_id, after_seq, limit),
+        )
+        return [pb.TaskEvent.FromString(r[0]) for r in rows]
+
+
+def _event_arrays(events: Sequence[pb.TaskEvent]) -> dict[str, list[Any]]:
+    return {"seqs": [e.seq for e in events], "event_bodies": [e.SerializeToString()
+                                                              for e in events]}
+
+
+async def _fetch_count(conn: _Conn, query: str, args: Mapping[str, Any]) -> int:
+    cur = await conn.execute(query, args)
+    row = await cur.fetchone()
+    return 0 if row is None else int(row[0])
+
+
+_CONSTRAINT_HINTS = {
+    "task_events_pkey": "event sequence numbers already used",
+    "tasks_pkey": "a task with this id exists already",
+    "nodes_pkey": "a node with this id belongs to another tenant",
+}
+
+
+def _translate(exc: psycopg.Error, where: str) -> CortexError:
+    """psycopg's error as Cortex's; the caller chains the original (`raise … from exc`)."""
+    if isinstance(exc, psycopg.IntegrityError):
+        hint = _CONSTRAINT_HINTS.get(exc.diag.constraint_name or "", "")
+        return Conflict(f"the store refused a write that conflicts with existing data"
+                        f"{': ' + hint if hint else ''} ({_first_line(exc)})")
+    if isinstance(exc, psycopg.DataError):
+        return InvalidArgument(f"Postgres cannot store this value: {_first_line(exc)}")
+    if isinstance(exc, PoolTimeout):
+        return Unavailable(f"no connection to Postgres at {where} came free in time: the "
+                           f"server is slow or unreachable; retry later ({_first_line(exc)})")
+    if isinstance(exc, psycopg.OperationalError) and _connection_lost(exc.sqlstate):
+        return Unavailable(f"cannot reach Postgres at {where}: {_first_line(exc)}; check that "
+                           f"the server is running and the store URL is right, then retry")
+    return Unavailable(f"the Postgres store at {where} failed: {_first_line(exc)}"
+                       f"{f' (SQLSTATE {exc.sqlstate})' if exc.sqlstate else ''}")
+
+
+def _connection_lost(sqlstate: str | None) -> bool:
+    # None: libpq's own failure (refused, timed out, socket closed); 08: connection
+    # exception; 57P0x: the server is shutting down, crashed or still starting.
+    return sqlstate is None or sqlstate.startswith(("08", "57P0"))
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _describe(params: dict[str, Any]) -> str:
+    """host:port/dbname of a conninfo, never its password."""
+    host = params.get("host") or params.get("hostaddr") or "the local socket"
+    port = params.get("port") or "5432"
+    return f"{host}:{port}/{params.get('dbname') or params.get('user') or 'postgres'}"
