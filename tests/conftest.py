@@ -6,16 +6,18 @@ so no test can see another's tasks, nodes or tokens.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
+import pytest
 import pytest_asyncio
 
 from cortex.hub.server import Hub
 from cortex.node.agent import Agent
 from cortex.sdk import Client, ClientConfig
-from cortex.testing import running_hub, running_node
+from cortex.testing import postgres_schema_url, running_hub, running_node
 
 # Small bounds so that fault and timeout paths finish quickly.
 LOST_AFTER_S = 3.0
@@ -25,11 +27,26 @@ HUB_SERVER_NAME = "cortex-hub"
 RAW_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
+POSTGRES_URL = os.environ.get("CORTEX_TEST_POSTGRES",
+                              "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The hub's store: a SQLite file, or a fresh schema on the test Postgres server."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "hub" / "hub.db")
+        return
+    with postgres_schema_url(POSTGRES_URL) as url:
+        yield url
+
+
 @pytest_asyncio.fixture
-async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
-    """A hub on 127.0.0.1 (ports 0) with a short heartbeat and lost-node bound."""
+async def hub(tmp_path: Path, store_url: str) -> AsyncIterator[Hub]:
+    """A hub on 127.0.0.1 (ports 0) with a short heartbeat and lost-node bound, on each
+    store backend: every test using it runs against SQLite and against Postgres."""
     async with running_hub(tmp_path / "hub", lost_after_s=LOST_AFTER_S,
-                           heartbeat_interval_s=HEARTBEAT_INTERVAL_S) as h:
+                           heartbeat_interval_s=HEARTBEAT_INTERVAL_S, store=store_url) as h:
         yield h
 
 

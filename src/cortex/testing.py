@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,15 @@ from cortex.node.agent import Agent
 from cortex.node.config import NodeConfig
 from cortex.node.main import build_agent, ensure_identity
 
-__all__ = ["HubProcess", "NodeProcess", "cli_env", "join_token", "running_hub", "running_node"]
+__all__ = [
+    "HubProcess",
+    "NodeProcess",
+    "cli_env",
+    "join_token",
+    "postgres_schema_url",
+    "running_hub",
+    "running_node",
+]
 
 _READY = re.compile(r"cortex hub ready: clients (\S+), nodes (\S+)")
 
@@ -74,6 +82,28 @@ async def running_node(hub: Hub, data_dir: Path, **overrides: Any) -> AsyncItera
         agent.request_stop()  # tests do not wait for drains
         await task
         journal.close()
+
+
+@contextlib.contextmanager
+def postgres_schema_url(base_url: str) -> Iterator[str]:
+    """A store URL on a fresh, empty schema of the database at `base_url`, dropped after.
+
+    Each test of a Postgres-backed hub gets its own schema, so tests never see each other.
+    """
+    import secrets
+
+    import psycopg
+    from psycopg import sql
+
+    schema = f"cortex_test_{secrets.token_hex(6)}"
+    with psycopg.connect(base_url, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    try:
+        yield f"{base_url}{'&' if '?' in base_url else '?'}options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(base_url, autocommit=True, connect_timeout=5) as conn:
+            conn.execute("SET lock_timeout = '10s'")
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
 
 
 def cli_env(home: Path) -> dict[str, str]:
