@@ -34,6 +34,11 @@ def rss_mib(pid: int, *, children: bool = False) -> float:
     return round(total / (1024 * 1024), 1)
 
 
+def cpu_seconds(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
 def emit(name: str, result: dict[str, Any]) -> None:
     out = {"benchmark": name, **result}
     text = json.dumps(out, indent=2)

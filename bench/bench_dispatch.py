@@ -21,13 +21,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import emit, rss_mib, summary_ms
+from _common import cpu_seconds, emit, rss_mib, summary_ms
 
 from cortex.sdk import Client, ClientConfig, build_spec
-from cortex.testing import HubProcess, NodeProcess, cli_env
+from cortex.testing import HubProcess, NodeProcess, cli_env, postgres_schema_url
 
 
 async def wait_online(client: Client, within_s: float = 30.0) -> None:
@@ -128,51 +129,83 @@ def up_to_first_task(tmp: Path) -> float:
         up.wait(30)
 
 
-async def main(quick: bool) -> None:
+async def measure(tmp: Path, n_rt: int, n_tp: int, n_lines: int, *, store: str = ""
+                  ) -> dict[str, Any]:
+    """Every figure for one hub (+ one node) on the given store ("" = SQLite)."""
+    hub = HubProcess(tmp / "hub", extra=("--store", store) if store else ())
+    hub.start()
+    node = None
+    try:
+        cfg = ClientConfig(address=hub.address, token=hub.token,
+                           ca_pem=(tmp / "hub" / "ca" / "ca.pem").read_bytes())
+        async with Client(cfg) as client:
+            token = (await client.create_join_token(ttl=600)).token
+            node = NodeProcess(tmp / "node", hub.address, token)
+            node.start()
+            await wait_online(client)
+            await round_trips(client, 20)  # warm up channels, caches, page cache
+            await asyncio.sleep(1.0)
+            out: dict[str, Any] = {
+                "idle_rss": {"hub_rss_mib": rss_mib(hub.proc.pid),  # type: ignore[union-attr]
+                             "node_rss_mib": rss_mib(node.proc.pid)},  # type: ignore[union-attr]
+            }
+            local = await local_spawn(n_rt)
+            remote = await round_trips(client, n_rt)
+            out["local"], out["remote"] = summary_ms(local), summary_ms(remote)
+            cpu0 = cpu_seconds(hub.proc.pid)  # type: ignore[union-attr]
+            out["throughput"] = await throughput(client, n_tp)
+            cpu = cpu_seconds(hub.proc.pid) - cpu0  # type: ignore[union-attr]
+            out["throughput"]["hub_cpu_s_per_1000_tasks"] = round(cpu / n_tp * 1000, 3)
+            out["throughput_unary"] = await throughput_unary(client, n_tp // 5, concurrency=128)
+            out["logs"] = await log_lines(client, n_lines)
+            return out
+    finally:
+        if node is not None:
+            node.kill()
+        hub.kill()
+
+
+async def main(quick: bool, postgres: str) -> None:
     n_rt, n_tp, n_lines = (100, 1000, 50_000) if quick else (300, 5000, 200_000)
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
-        hub = HubProcess(tmp / "hub")
-        hub.start()
-        node = None
-        try:
-            cfg = ClientConfig(address=hub.address, token=hub.token,
-                               ca_pem=(tmp / "hub" / "ca" / "ca.pem").read_bytes())
-            async with Client(cfg) as client:
-                token = (await client.create_join_token(ttl=600)).token
-                node = NodeProcess(tmp / "node", hub.address, token)
-                node.start()
-                await wait_online(client)
-                await round_trips(client, 20)  # warm up channels, caches, page cache
-                await asyncio.sleep(1.0)
-                idle = {"hub_rss_mib": rss_mib(hub.proc.pid),  # type: ignore[union-attr]
-                        "node_rss_mib": rss_mib(node.proc.pid)}  # type: ignore[union-attr]
-                local = await local_spawn(n_rt)
-                remote = await round_trips(client, n_rt)
-                ls, rs = summary_ms(local), summary_ms(remote)
-                tp = await throughput(client, n_tp)
-                tp_unary = await throughput_unary(client, n_tp // 5, concurrency=128)
-                logs = await log_lines(client, n_lines)
-        finally:
-            if node is not None:
-                node.kill()
-            hub.kill()
+        lite = await measure(tmp / "sqlite", n_rt, n_tp, n_lines)
+        pg = None
+        if postgres:
+            with postgres_schema_url(postgres) as url:
+                pg = await measure(tmp / "pg", n_rt, n_tp, n_lines, store=url)
         up_s = up_to_first_task(tmp)
-    emit("dispatch", {
+    rs, ls = lite["remote"], lite["local"]
+    result: dict[str, Any] = {
         "round_trip_true": {"cortex": rs, "local_spawn": ls,
                             "p50_ratio": round(rs["p50_ms"] / ls["p50_ms"], 2),
                             "p99_ratio": round(rs["p99_ms"] / ls["p99_ms"], 2),
                             "must_p50_ratio_le": 3.0, "aim_p50_ratio_le": 2.0},
-        "durable_noop_throughput": {**tp, "must_ge": 1000, "aim_ge": 2000},
-        "durable_noop_throughput_one_rpc_per_task": tp_unary,
-        "watch_log_lines": {**logs, "must_ge": 15000},
-        "idle_rss": {**idle, "node_must_le_mib": 64},
+        "durable_noop_throughput": {**lite["throughput"], "must_ge": 1000, "aim_ge": 2000},
+        "durable_noop_throughput_one_rpc_per_task": lite["throughput_unary"],
+        "watch_log_lines": {**lite["logs"], "must_ge": 15000},
+        "idle_rss": {**lite["idle_rss"], "node_must_le_mib": 64},
         "up_to_first_task_s": up_s,
         "cpus": os.cpu_count(),
-    })
+    }
+    if pg is not None:
+        result["postgres_single_hub"] = {
+            "round_trip_p50_ms": pg["remote"]["p50_ms"],
+            "round_trip_p99_ms": pg["remote"]["p99_ms"],
+            "p50_ratio_to_sqlite": round(pg["remote"]["p50_ms"] / rs["p50_ms"], 2),
+            "throughput": pg["throughput"],
+            "throughput_ratio_to_sqlite": round(
+                pg["throughput"]["tasks_per_s"] / lite["throughput"]["tasks_per_s"], 2),
+            "must_throughput_ratio_ge": 0.5,
+        }
+    emit("dispatch", result)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="smaller counts")
-    asyncio.run(main(parser.parse_args().quick))
+    parser.add_argument("--postgres", default=os.environ.get(
+        "CORTEX_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"),
+        help="also measure a Postgres-backed hub ('' to skip)")
+    args = parser.parse_args()
+    asyncio.run(main(args.quick, args.postgres))
