@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cortex.cli import nodes, run, serve, tasks, tokens
+from cortex.cli import mcp, nodes, run, serve, tasks, tokens
 from cortex.cli._common import CortexGroup, Globals
 
 __all__ = ["app", "main"]
@@ -60,6 +60,7 @@ app.add_typer(tasks.app, name="tasks")
 app.add_typer(nodes.app, name="nodes")
 app.add_typer(tokens.app, name="token")
 serve.register(app)
+mcp.register(app)
 
 
 def main() -> None:
