@@ -67,13 +67,18 @@ def requirements(draw: st.DrawFn) -> TaskRequirements:
 
 
 def wanted(req: TaskRequirements) -> str:
-    # The session's node wins over a pin: the session's state lives there.
     return req.session_node or req.node_id
+
+
+def contradictory(req: TaskRequirements) -> bool:
+    # A pin naming another node than the one holding the task's session fits nowhere.
+    return bool(req.session_node and req.node_id and req.session_node != req.node_id)
 
 
 def feasible(req: TaskRequirements, n: NodeView) -> bool:
     return (
-        (not wanted(req) or n.id == wanted(req))
+        not contradictory(req)
+        and (not wanted(req) or n.id == wanted(req))
         and req.skill in n.skills
         and all(n.labels.get(k) == v for k, v in req.labels.items())
         and not n.draining

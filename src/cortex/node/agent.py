@@ -31,6 +31,7 @@ from cortex.node.identity import HUB_SERVER_NAME, Identity
 from cortex.node.journal import Journal
 from cortex.node.supervisor import Supervisor
 from cortex.skills.base import Outcome, TaskRun
+from cortex.skills.worker import WorkerPool
 
 __all__ = ["Agent"]
 
@@ -71,13 +72,15 @@ class _Held:
 class Agent:
     def __init__(self, config: NodeConfig, identity: Identity, supervisor: Supervisor,
                  skills: list[str], journal: Journal, *,
-                 cgroups: CgroupManager | None = None) -> None:
+                 cgroups: CgroupManager | None = None,
+                 workers: WorkerPool | None = None) -> None:
         self._config = config
         self._id = identity
         self._supervisor = supervisor
         self._skills = skills
         self._journal = journal
         self._cgroups = cgroups
+        self._workers = workers
         self._held: dict[tuple[str, int], _Held] = {}
         self._outbox: asyncio.Queue[node_pb2.NodeMessage] | None = None
         self._dirty = asyncio.Event()
@@ -117,6 +120,8 @@ class Agent:
                 conn.cancel()
                 flusher.cancel()
         self._journal.prune()
+        if self._workers is not None:
+            await self._workers.aclose()  # every task ended; sessions end with the agent
         if self._cgroups is not None:
             try:  # every task ended: leave no empty per-node cgroup folders behind
                 self._cgroups.destroy()
@@ -430,7 +435,7 @@ class Agent:
         else:
             try:
                 run = await self._supervisor.start(
-                    a.task_id, a.attempt, a.spec, timeout,
+                    a.task_id, a.attempt, _tenant_scoped(a.spec, a.tenant), timeout,
                     lambda stream, data: self._output(held, stream, data))
             except CortexError as exc:
                 outcome = Outcome(State.FAILED, None, str(exc))
@@ -531,6 +536,17 @@ def _take(events: list[node_pb2.NodeEvent], limit: int) -> list[node_pb2.NodeEve
     chunk = events[:n]
     del events[:n]
     return chunk
+
+
+def _tenant_scoped(spec: pb.TaskSpec, tenant: str) -> pb.TaskSpec:
+    """The spec with its session id qualified by the tenant, so two tenants' sessions of
+    the same name never share a worker on a shared node."""
+    if not spec.session_id:
+        return spec
+    scoped = pb.TaskSpec()
+    scoped.CopyFrom(spec)
+    scoped.session_id = f"{tenant or 'default'}/{spec.session_id}"
+    return scoped
 
 
 def _with_requested_timeout(outcome: Outcome, spec: pb.TaskSpec) -> Outcome:

@@ -18,6 +18,7 @@ from cortex.node.supervisor import Supervisor
 from cortex.skills.base import Skill
 from cortex.skills.noop import NoopSkill
 from cortex.skills.shell import ShellSkill
+from cortex.skills.worker import WorkerPool, WorkerSkill
 
 __all__ = ["build_agent", "ensure_identity", "run_node"]
 
@@ -47,12 +48,15 @@ def build_agent(config: NodeConfig, ident: Identity) -> tuple[Agent, Journal]:
     if cgroups is not None:
         cgroups.kill_stale(set())  # nothing survives an agent restart: the journal reports it
     log.info("process isolation: %s", cgroups.kind if cgroups else "process groups only")
+    workers = WorkerPool()  # long-lived worker processes of the stateful skills
     skills: dict[str, Skill] = {
         "shell": ShellSkill(cgroups=cgroups, kill_grace_s=config.kill_grace_s),
         "noop": NoopSkill(),
+        "pyeval": WorkerSkill("pyeval", workers),
     }
     journal = Journal(config.data_dir / "journal.db")
-    agent = Agent(config, ident, Supervisor(skills), sorted(skills), journal, cgroups=cgroups)
+    agent = Agent(config, ident, Supervisor(skills), sorted(skills), journal, cgroups=cgroups,
+                  workers=workers)
     return agent, journal
 
 
