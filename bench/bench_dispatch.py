@@ -110,7 +110,8 @@ def up_to_first_task(tmp: Path) -> float:
     env = cli_env(home)
     t0 = time.perf_counter()
     up = subprocess.Popen([sys.executable, "-m", "cortex", "up", "--port", "0",
-                           "--node-port", "0"], env=env, stdout=subprocess.DEVNULL,
+                           "--node-port", "0", "--http-port", "0"], env=env,
+                          stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60

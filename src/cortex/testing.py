@@ -41,7 +41,7 @@ __all__ = [
     "running_node",
 ]
 
-_READY = re.compile(r"cortex hub ready: clients (\S+), nodes (\S+)")
+_READY = re.compile(r"cortex hub ready: clients ([^\s,]+), nodes ([^\s,]+)(?:, http (\S+))?")
 
 
 async def join_token(hub: Hub, *, labels: dict[str, str] | None = None, ttl_s: float = 300
@@ -52,6 +52,7 @@ async def join_token(hub: Hub, *, labels: dict[str, str] | None = None, ttl_s: f
 @contextlib.asynccontextmanager
 async def running_hub(data_dir: Path, **overrides: Any) -> AsyncIterator[Hub]:
     """A hub on 127.0.0.1 with free ports; closed (and its store) on exit."""
+    overrides.setdefault("http_port", 0)
     cfg = HubConfig(data_dir=data_dir, port=0, node_port=0,
                     client_file=data_dir / "client.json", **overrides)
     hub = Hub(cfg)
@@ -121,6 +122,7 @@ class HubProcess:
     data_dir: Path
     port: int = 0
     node_port: int = 0
+    http_port: int = 0          # -1: HTTP off
     extra: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = None
 
@@ -130,14 +132,16 @@ class HubProcess:
 
     def start(self, timeout: float = 30.0) -> None:
         cmd = [sys.executable, "-m", "cortex", "hub", "--port", str(self.port),
-               "--node-port", str(self.node_port), "--data-dir", str(self.data_dir),
-               *self.extra]
+               "--node-port", str(self.node_port), "--http-port", str(self.http_port),
+               "--data-dir", str(self.data_dir), *self.extra]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      env=cli_env(self.data_dir.parent))
         line = _wait_for(self.proc, _READY, timeout)
         clients, nodes = line.group(1), line.group(2)
         self.port = int(clients.rpartition(":")[2])
         self.node_port = int(nodes.rpartition(":")[2])
+        if line.group(3):
+            self.http_port = int(line.group(3).rpartition(":")[2])
 
     @property
     def token(self) -> str:

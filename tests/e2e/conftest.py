@@ -150,7 +150,8 @@ def cortex(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cortex]:
     home, logs = root / "home", root / "up.log"
     with logs.open("wb") as log:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CORTEX_")}
-        proc = subprocess.Popen([str(CORTEX_BIN), "up", "--port", "0", "--node-port", "0"],
+        proc = subprocess.Popen([str(CORTEX_BIN), "up", "--port", "0", "--node-port", "0",
+                                 "--http-port", "0"],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
                                 text=True, env={**env, "CORTEX_HOME": str(home)})
     up = Cortex(home=home, proc=proc, logs=logs)

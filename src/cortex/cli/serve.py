@@ -48,6 +48,10 @@ def register(app: typer.Typer) -> None:
         host: str = typer.Option("127.0.0.1", help="Address both gRPC ports listen on."),
         port: int = typer.Option(7443, help="Client and enrollment port (TLS); 0 = any."),
         node_port: int = typer.Option(7444, help="Node port (mutual TLS); 0 = any."),
+        http_port: int = typer.Option(7445, help="HTTP port: /healthz, /readyz, /metrics, "
+                                      "MCP at /mcp; 0 = any, -1 = off."),
+        http_host: str = typer.Option("", help="Address the HTTP port listens on "
+                                      "(default: --host)."),
         data_dir: Path | None = typer.Option(None, help="Default: $CORTEX_HOME/hub."),
         store: str = typer.Option("", help="Store URL; default SQLite in the data dir."),
         advertise: list[str] = typer.Option([], help="Extra DNS names/IPs for the hub cert."),
@@ -63,7 +67,8 @@ def register(app: typer.Typer) -> None:
 
         _setup_logging(verbose)
         cfg = HubConfig(data_dir=data_dir or _home(None) / "hub", host=host, port=port,
-                        node_port=node_port, store=store, advertise=tuple(advertise),
+                        node_port=node_port, http_port=http_port, http_host=http_host,
+                        store=store, advertise=tuple(advertise),
                         lost_after_s=lost_after, heartbeat_interval_s=heartbeat_interval,
                         default_timeout_s=default_timeout, max_output_bytes=max_output)
         _run(run_hub(cfg))
@@ -96,15 +101,17 @@ def register(app: typer.Typer) -> None:
                                  "lets nodes on other machines join)."),
         port: int = typer.Option(7443, help="Client port; 0 picks a free one."),
         node_port: int = typer.Option(7444, help="Node port; 0 picks a free one."),
+        http_port: int = typer.Option(7445, help="HTTP port (health, metrics, MCP at /mcp); "
+                                      "0 picks a free one, -1 turns it off."),
         home: Path | None = typer.Option(None, help="Data dir (default $CORTEX_HOME)."),
         verbose: bool = typer.Option(False, "--verbose", "-v"),
     ) -> None:
         """Start the embedded default: a hub (SQLite) and one local node, over mTLS."""
         _setup_logging(verbose)
-        _run(_up(_home(home), host, port, node_port))
+        _run(_up(_home(home), host, port, node_port, http_port))
 
 
-async def _up(home: Path, host: str, port: int, node_port: int) -> None:
+async def _up(home: Path, host: str, port: int, node_port: int, http_port: int) -> None:
     from cortex.hub.config import HubConfig
     from cortex.hub.server import Hub
     from cortex.node.config import NodeConfig
@@ -112,7 +119,8 @@ async def _up(home: Path, host: str, port: int, node_port: int) -> None:
     from cortex.node.main import build_agent, enroll_in_child
 
     started = time.monotonic()
-    hub = Hub(HubConfig(data_dir=home / "hub", host=host, port=port, node_port=node_port))
+    hub = Hub(HubConfig(data_dir=home / "hub", host=host, port=port, node_port=node_port,
+                        http_port=http_port))
     await hub.start()
     local = f"127.0.0.1:{hub.port}" if host in ("0.0.0.0", "::") else hub.address  # noqa: S104
     node_cfg = NodeConfig(data_dir=home / "node", hub=local, name="local")
@@ -138,8 +146,10 @@ async def _up(home: Path, host: str, port: int, node_port: int) -> None:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(agent.run())
             await agent.connected.wait()
+            http = (f"\n  HTTP (health, /metrics, MCP at /mcp): http://{hub.http_address}"
+                    if hub.http_address else "")
             print(f"cortex is up in {time.monotonic() - started:.1f} s: hub {hub.address}, "
-                  f"node {ident.node_id} connected.\n"
+                  f"node {ident.node_id} connected.{http}\n"
                   f"  In another terminal: export PATH=\"{Path(sys.executable).parent}:$PATH\""
                   "; cortex run -- uname -a", flush=True)
             await stop.wait()

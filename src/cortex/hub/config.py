@@ -8,7 +8,10 @@ from pathlib import Path
 
 from cortex.errors import InvalidArgument
 
-__all__ = ["HubConfig", "default_home"]
+__all__ = ["HTTP_OFF", "HubConfig", "default_home"]
+
+HTTP_OFF = -1
+"""`HubConfig.http_port` value that turns the HTTP port off."""
 
 
 def default_home() -> Path:
@@ -23,6 +26,9 @@ class HubConfig:
     host: str = "127.0.0.1"                 # where both gRPC ports listen
     port: int = 7443                        # clients and enrollment (TLS, API tokens)
     node_port: int = 7444                   # nodes (mTLS); 0 = pick a free port
+    # Plain HTTP: /healthz, /readyz, /metrics and MCP at /mcp (bearer API tokens).
+    http_port: int = 7445                   # 0 = pick a free port; HTTP_OFF (-1) = no HTTP
+    http_host: str = ""                     # where the HTTP port listens; "" = `host`
     store: str = ""                         # default: <data_dir>/hub.db (SQLite)
     advertise: tuple[str, ...] = ()         # extra names/IPs for the serving certificate
     hub_id: str = "hub-1"
@@ -46,8 +52,15 @@ class HubConfig:
         for name in ("port", "node_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise InvalidArgument(f"hub config: {name} must be a TCP port (0-65535)")
+        if not HTTP_OFF <= self.http_port <= 65535:
+            raise InvalidArgument("hub config: http_port must be a TCP port (0-65535), "
+                                  f"or {HTTP_OFF} to turn the HTTP port off")
         if self.max_message_bytes < 1024 * 1024:
             raise InvalidArgument("hub config: max_message_bytes must be at least 1 MiB")
+
+    @property
+    def http_listen_host(self) -> str:
+        return self.http_host or self.host
 
     @property
     def store_url(self) -> str:

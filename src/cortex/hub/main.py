@@ -30,7 +30,8 @@ async def run_hub(config: HubConfig, *, ready: asyncio.Event | None = None,
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
-    print(f"cortex hub ready: clients {hub.address}, nodes {hub.node_address}", flush=True)
+    http = f", http {hub.http_address}" if hub.http_address else ""
+    print(f"cortex hub ready: clients {hub.address}, nodes {hub.node_address}{http}", flush=True)
     if ready is not None:
         ready.set()
     try:

@@ -1,7 +1,8 @@
-"""Hub wiring: store, CA, task manager, the two gRPC ports, and background loops.
+"""Hub wiring: store, CA, task manager, the two gRPC ports, the HTTP port, background loops.
 
 Port `port` serves clients (TLS; API tokens) and enrollment; port `node_port` serves nodes
-(mutual TLS: a node certificate from this hub's CA is required to even connect).
+(mutual TLS: a node certificate from this hub's CA is required to even connect);
+`http_port` serves health, readiness, metrics and MCP (see `cortex.hub.http`).
 Shutdown is two-phase: `close()` stops intake, `wait_closed()` drains within the grace.
 """
 
@@ -18,11 +19,13 @@ import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from cortex import __version__
 from cortex._proto.cortex.v1 import enroll_pb2_grpc, node_pb2_grpc, tasks_pb2_grpc
 from cortex.errors import Unavailable
 from cortex.hub._grpc_errors import StrictDecoding
 from cortex.hub.auth import Authenticator, issue_api_token, issue_join_token
-from cortex.hub.config import HubConfig
+from cortex.hub.config import HTTP_OFF, HubConfig
+from cortex.hub.http import HttpServer, HubSource, McpSettings, open_http
 from cortex.hub.nodes import NodeSessions
 from cortex.hub.pki import CertificateAuthority, write_private
 from cortex.hub.registry import Registry
@@ -45,6 +48,7 @@ class Hub:
         self.tasks = TaskManager(self.store, self.registry, config, time.time, time.monotonic)
         self.port = 0
         self.node_port = 0
+        self.http_port: int | None = None   # None: HTTP is off (config http_port -1)
         self.admin_token = ""
         self.ca: CertificateAuthority | None = None
         self._servers: list[aio.Server] = []
@@ -52,6 +56,8 @@ class Hub:
         # grpc_health exposes its asyncio servicer as `health.aio`; its stubs do not.
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._serving_pair: tuple[bytes, bytes] = (b"", b"")
+        self._http: HttpServer | None = None
+        self._ready = False   # what /readyz reports: gRPC serving, not shutting down
 
     async def start(self) -> None:
         cfg = self.config
@@ -66,13 +72,58 @@ class Hub:
         await self.tasks.recover()
         try:
             await self._serve()
+            self._http = self._open_http()
+            if self._http is not None:
+                await self._http.start()
         except BaseException:
-            await self.store.close()
+            await self._abort()
             raise
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        self._ready = True
         self._write_client_file()
-        log.info("hub %s serving clients on %s:%d and nodes on %s:%d", cfg.hub_id, cfg.host,
-                 self.port, cfg.host, self.node_port)
+        log.info("hub %s serving clients on %s:%d and nodes on %s:%d%s", cfg.hub_id, cfg.host,
+                 self.port, cfg.host, self.node_port,
+                 f", HTTP on {self.http_address}" if self.http_address else "")
+
+    def _open_http(self) -> HttpServer | None:
+        """The HTTP port, bound but not serving (None when the config turns it off)."""
+        cfg = self.config
+        if cfg.http_port == HTTP_OFF:
+            return None
+        if self.ca is None:
+            raise RuntimeError("the CA loads before the HTTP port opens")
+        auth = Authenticator(self.store)
+
+        async def authenticate(token: str) -> str:
+            principal = await auth.authenticate((("authorization", f"Bearer {token}"),),
+                                                now=time.time(), mono=time.monotonic())
+            return principal.token_id
+
+        source = HubSource(hub_id=cfg.hub_id, version=__version__, nodes=self.registry.all,
+                           active_tasks=self.tasks.active_tasks, clock=time.time,
+                           stats=lambda: self.tasks.stats)
+        mcp = McpSettings(hub_address=self._dial_address, ca_pem=self.ca.cert_pem,
+                          authenticate=authenticate)
+        http = open_http(host=cfg.http_listen_host, port=cfg.http_port,
+                         ready=lambda: self._ready, source=source, mcp=mcp)
+        self.http_port = http.port
+        return http
+
+    def _dial_address(self) -> str:
+        """The client port as this process dials it (a wildcard host means loopback)."""
+        if self.config.host in ("0.0.0.0", "::"):  # noqa: S104 - comparing, not binding
+            return f"127.0.0.1:{self.port}"
+        return self.address
+
+    async def _abort(self) -> None:
+        """Undo a start that failed part way: whatever began serving stops, at once."""
+        if self._http is not None:
+            await self._http.close(0)
+        await asyncio.gather(*(srv.stop(0) for srv in self._servers))
+        for loop in self._loops:
+            loop.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        await self.store.close()
 
     async def _serve(self) -> None:
         """Build both servers, bind their ports and start them and the loops."""
@@ -127,6 +178,13 @@ class Hub:
     def node_address(self) -> str:
         return f"{self.config.host}:{self.node_port}"
 
+    @property
+    def http_address(self) -> str | None:
+        """``HOST:PORT`` of the HTTP port, or None when it is off."""
+        if self.http_port is None:
+            return None
+        return f"{self.config.http_listen_host}:{self.http_port}"
+
     async def join_token(self, *, tenant: str = DEFAULT_TENANT,
                          labels: dict[str, str] | None = None, ttl_s: float = 300.0) -> str:
         """A single-use join token for a node of `tenant` (what `cortex up` uses locally)."""
@@ -168,12 +226,19 @@ class Hub:
                 log.exception("reaper pass failed")
 
     async def close(self, grace: float | None = None) -> None:
-        """Stop taking requests, let in-flight ones finish within the grace, stop loops."""
+        """Stop taking requests, let in-flight ones finish within the grace, stop loops.
+
+        The HTTP port stays up (``/readyz`` answering 503) while the gRPC ports drain, then
+        stops with the same grace.
+        """
+        self._ready = False
         await self._health.enter_graceful_shutdown()
         grace = self.config.shutdown_grace_s if grace is None else grace
         for conn in self.registry.all():
             conn.close()
         await asyncio.gather(*(srv.stop(grace) for srv in self._servers))
+        if self._http is not None:
+            await self._http.close(grace)
         for loop in self._loops:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)

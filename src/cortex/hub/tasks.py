@@ -41,6 +41,32 @@ _STDIN_WINDOW = 1024 * 1024   # unacknowledged stdin bytes in flight per task
 _FINISH_STATES = frozenset(int(s) for s in states.FINISH_EVENT)
 
 
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                     10.0, 30.0, 60.0)
+
+
+@dataclass
+class TaskStats:
+    """Counters since the hub started, for /metrics (values only; no I/O)."""
+
+    finished: dict[tuple[str, str], int] = field(default_factory=dict)  # (tenant, state)
+    # Dispatch latency: queued -> assigned, per assignment (retries included).
+    latency_buckets: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS_S))
+    latency_sum_s: float = 0.0
+    latency_count: int = 0
+
+    def on_finish(self, tenant: str, state: str) -> None:
+        self.finished[(tenant, state)] = self.finished.get((tenant, state), 0) + 1
+
+    def on_assign(self, queued_s: float) -> None:
+        queued_s = max(0.0, queued_s)
+        for i, bound in enumerate(LATENCY_BUCKETS_S):
+            if queued_s <= bound:
+                self.latency_buckets[i] += 1
+        self.latency_sum_s += queued_s
+        self.latency_count += 1
+
+
 @dataclass(eq=False)
 class _Entry:
     tenant: str
@@ -50,6 +76,7 @@ class _Entry:
     # Replaced (and the old one set) on every change, so a waiter can never miss one.
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     kill_deadline: float = 0.0          # deadline + grace, once the node was told to stop
+    queued_at: float = 0.0              # when it (re)entered the queue, for dispatch latency
     stdin_sent: int = 0                 # stdin bytes forwarded to the node (this attempt)
     stdin_acked: int = 0                # of which the node handed the process this many
     stdin_room: asyncio.Event = field(default_factory=asyncio.Event)
@@ -89,6 +116,7 @@ class TaskManager:
         self._arrivals = 0
         self._deadlines: list[tuple[float, str]] = []
         self._wake = asyncio.Event()
+        self.stats = TaskStats()
         self._done_waiters: dict[str, list[asyncio.Queue[pb.Task]]] = {}
         # (tenant, session id) -> node id; a cache of the store's sessions table.
         self._sessions: dict[tuple[str, str], str] = {}
@@ -116,6 +144,8 @@ class TaskManager:
             heapq.heappush(self._deadlines, (entry.task.deadline, entry.task.id))
 
     def _enqueue(self, entry: _Entry, *, wake: bool = True) -> None:
+        if entry.task.id not in self._queued:
+            entry.queued_at = self._clock()
         self._queued[entry.task.id] = entry
         self._arrivals += 1
         heapq.heappush(self._heap, (-entry.task.spec.priority, self._arrivals, entry.task.id))
@@ -666,6 +696,7 @@ class TaskManager:
         if event is Event.ASSIGN:
             new.node_id = node_id
             new.assigned_at = now
+            self.stats.on_assign(now - entry.queued_at)
         self._transition(new, event, events, time=now, reason=reason)
         ended = None
         if states.is_terminal(State(new.state)):
@@ -691,6 +722,7 @@ class TaskManager:
     def _finish(self, entry: _Entry) -> None:
         task = entry.task
         if states.is_terminal(State(task.state)):
+            self.stats.on_finish(entry.tenant, State(task.state).label)
             self._active.pop(task.id, None)
             self._queued.pop(task.id, None)
             for queue in self._done_waiters.pop(task.id, ()):
@@ -703,6 +735,10 @@ class TaskManager:
             conn.send(node_pb2.HubMessage(cancel=node_pb2.CancelTask(
                 task_id=entry.task.id, attempt=entry.task.attempt, reason=reason,
                 state=state)))  # type: ignore[arg-type]
+
+    def active_tasks(self) -> list[pb.Task]:
+        """The unfinished tasks this hub holds (latest committed copies)."""
+        return [entry.task for entry in self._active.values()]
 
     def statistics(self) -> dict[str, int]:
         return {"active": len(self._active), "queued": len(self._queued)}

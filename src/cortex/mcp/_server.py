@@ -1,4 +1,5 @@
-"""The MCP server: Cortex's tools on an `MCPServer`, served over stdio."""
+"""The MCP server: Cortex's tools on an `MCPServer`, served over stdio (here) or over
+streamable HTTP by the hub (`cortex.mcp._http`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import inspect
 from mcp.server.mcpserver import MCPServer
 from mcp.types import ToolAnnotations
 
+from cortex.mcp._binding import Binding
+from cortex.mcp._errors import STDIO_CREDENTIALS
 from cortex.mcp._stdin import StdinPipes
 from cortex.mcp._tools import TOOL_NAMES, CortexTools
 from cortex.sdk import Client, ClientConfig
@@ -60,7 +63,8 @@ async def serve_stdio(config: ClientConfig) -> None:
     """Serve MCP on stdin/stdout until the client closes stdin; every call uses `config`."""
     async with Client(config) as client:
         pipes = StdinPipes(client)
+        binding = Binding(client, pipes, STDIO_CREDENTIALS)
         try:
-            await build_server(CortexTools(client, pipes)).run_stdio_async()
+            await build_server(CortexTools(lambda: binding)).run_stdio_async()
         finally:
             await pipes.aclose()

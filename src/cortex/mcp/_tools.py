@@ -1,4 +1,5 @@
-"""The tools a model calls, over one SDK `Client` (the token's tenant and role bound them).
+"""The tools a model calls, each over the SDK `Client` of its caller (see `Binding`): the
+token's tenant and role bound them.
 
 Each public coroutine of `CortexTools` is one MCP tool: its docstring is the description
 the model reads, its annotated parameters the input schema, and the model named beside
@@ -18,6 +19,7 @@ from mcp.types import CallToolResult
 from pydantic import Field
 
 from cortex.errors import Conflict, CortexError
+from cortex.mcp._binding import Resolve
 from cortex.mcp._errors import ToolError, tool_errors
 from cortex.mcp._models import (
     Cancelled,
@@ -36,7 +38,6 @@ from cortex.mcp._models import (
     task_status,
 )
 from cortex.mcp._output import Clip, Page, decode
-from cortex.mcp._stdin import StdinPipes
 from cortex.sdk import (
     TERMINAL_STATES,
     Client,
@@ -89,11 +90,10 @@ Interactive = Annotated[bool, Field(description=(
 
 
 class CortexTools:
-    """The MCP tools over one Cortex `Client`; `pipes` holds interactive tasks' stdin."""
+    """The MCP tools; `resolve` names the client (and stdin pipes) serving each call."""
 
-    def __init__(self, client: Client, pipes: StdinPipes) -> None:
-        self._client = client
-        self._pipes = pipes
+    def __init__(self, resolve: Resolve) -> None:
+        self._resolve = resolve
 
     async def list_nodes(
         self,
@@ -107,8 +107,9 @@ class CortexTools:
         draining, revoked), labels, skills, running tasks, slots (tasks it runs at once)
         and load. Use a node's labels or id to choose where run_command or start_task runs.
         """
-        with tool_errors():
-            nodes = await self._client.list_nodes(labels=labels, skill=skill)
+        b = self._resolve()
+        with tool_errors(credentials=b.credentials):
+            nodes = await b.client.list_nodes(labels=labels, skill=skill)
         hint = None
         if not nodes:
             hint = ("no node matches these filters; call list_nodes without filters"
@@ -144,13 +145,14 @@ class CortexTools:
         """
         options = _options(command, argv, labels, node_id, cwd, env, stdin, timeout_s,
                            interactive)
-        with tool_errors():
-            task = await self._client.submit(**options)
+        b = self._resolve()
+        with tool_errors(credentials=b.credentials):
+            task = await b.client.submit(**options)
         try:
-            with tool_errors(task.id):
-                return result(await self._wait_for(task, wait_s))
+            with tool_errors(task.id, credentials=b.credentials):
+                return result(await _wait_for(b.client, task, wait_s))
         except asyncio.CancelledError:
-            await self._cancel_abandoned(task.id)
+            await _cancel_abandoned(b.client, task.id)
             raise
 
     async def start_task(
@@ -174,8 +176,9 @@ class CortexTools:
         """
         options = _options(command, argv, labels, node_id, cwd, env, stdin, timeout_s,
                            interactive)
-        with tool_errors():
-            task = await self._client.submit(**options)
+        b = self._resolve()
+        with tool_errors(credentials=b.credentials):
+            task = await b.client.submit(**options)
         hint = (f"started: read its output with task_output(task_id={task.id!r}, "
                 "after_seq=0, wait_s=30)")
         if interactive:
@@ -190,8 +193,9 @@ class CortexTools:
         (why it waits, why it failed), node, attempt, timings, and its output size
         (last_seq: the sequence number of its newest event).
         """
-        with tool_errors(task_id):
-            task = await self._client.get(task_id)
+        b = self._resolve()
+        with tool_errors(task_id, credentials=b.credentials):
+            task = await b.client.get(task_id)
         return result(task_status(task, now=time.time()))
 
     async def task_output(
@@ -217,12 +221,13 @@ class CortexTools:
         follow a running task without polling, set wait_s (e.g. 30): the call returns as
         soon as new output arrives or the task ends.
         """
-        with tool_errors(task_id):
-            task, page = await self._page(task_id, after_seq, skip_bytes, max_bytes)
+        b = self._resolve()
+        with tool_errors(task_id, credentials=b.credentials):
+            task, page = await _page(b.client, task_id, after_seq, skip_bytes, max_bytes)
             done = finished(task) and not page.full
             if wait_s > 0 and not page.taken and not done:
-                await self._await_news(task_id, page.next_seq, wait_s)
-                task, page = await self._page(task_id, after_seq, skip_bytes, max_bytes)
+                await _await_news(b.client, task_id, page.next_seq, wait_s)
+                task, page = await _page(b.client, task_id, after_seq, skip_bytes, max_bytes)
                 done = finished(task) and not page.full
         return result(TaskOutput(
             task_id=task_id, state=state_name(task.state), finished=done, more=page.full,
@@ -242,17 +247,18 @@ class CortexTools:
         node to confirm and returns the resulting state. A task that has already finished
         is left as it is.
         """
-        with tool_errors(task_id):
+        b = self._resolve()
+        with tool_errors(task_id, credentials=b.credentials):
             try:
-                task = await self._client.cancel(task_id, reason=reason or "cancelled via MCP")
+                task = await b.client.cancel(task_id, reason=reason or "cancelled via MCP")
             except Conflict:
-                task = await self._client.get(task_id)
+                task = await b.client.get(task_id)
                 if not finished(task):
                     raise
                 return result(_cancelled(task, f"it had already ended ({state_name(task.state)})"
                                                " before the cancel"))
             if not finished(task):
-                task = await self._wait_finished(task, CANCEL_WAIT_S)
+                task = await _wait_finished(b.client, task, CANCEL_WAIT_S)
         hint = None if finished(task) else (
             f"the node has not confirmed yet; task_status(task_id={task_id!r}) shows when it has")
         return result(_cancelled(task, hint))
@@ -274,8 +280,9 @@ class CortexTools:
         raw = data.encode("utf-8")
         if not raw and not eof:
             raise ToolError("nothing to write: give data, or eof=true to close stdin")
-        with tool_errors(task_id):
-            task = await self._client.get(task_id)
+        b = self._resolve()
+        with tool_errors(task_id, credentials=b.credentials):
+            task = await b.client.get(task_id)
             if not task.spec.shell.interactive:
                 raise ToolError(
                     f"task {task_id} was not started with interactive=true, so its stdin is "
@@ -284,7 +291,7 @@ class CortexTools:
             if finished(task):
                 raise ToolError(f"task {task_id} has already ended ({state_name(task.state)}); "
                                 "it reads no more input")
-            await self._pipes.write(task_id, raw, eof=eof, after_seq=task.last_seq)
+            await b.pipes.write(task_id, raw, eof=eof, after_seq=task.last_seq)
         return result(StdinWritten(task_id=task_id, bytes_written=len(raw), eof=eof,
                                    state=state_name(task.state)))
 
@@ -299,105 +306,113 @@ class CortexTools:
         """List recent tasks, newest first: id, state, command, node, exit code, creation
         time and the reason for their state.
         """
-        with tool_errors():
+        b = self._resolve()
+        with tool_errors(credentials=b.credentials):
             states = _ACTIVE if state == "active" else (
                 () if state is None else (parse_task_state(state),))
-            tasks = await self._client.list_tasks(states=states, node_id=node_id,
-                                                  limit=limit + 1)
+            tasks = await b.client.list_tasks(states=states, node_id=node_id,
+                                              limit=limit + 1)
         more = len(tasks) > limit
         hint = "more tasks match: raise limit or filter by state/node_id" if more else None
         return result(TaskList(tasks=[task_row(t) for t in tasks[:limit]], more=more,
                                hint=hint))
 
-    # --- plumbing ------------------------------------------------------------------------
 
-    async def _wait_for(self, task: Task, wait_s: float) -> TaskRun:
-        """Follow the task for up to `wait_s` s: its result, or where it is and what next."""
-        out, err = Clip(OUTPUT_LIMIT), Clip(OUTPUT_LIMIT)
-        last_seq = await self._collect(task.id, 0, out, err, wait_s=wait_s)
-        task = await self._client.get(task.id)
-        if finished(task):  # it may have ended just as the wait did: read what is left
-            last_seq = await self._collect(task.id, last_seq, out, err, wait_s=None)
-        run = TaskRun(task_id=task.id, state=state_name(task.state),
-                      exit_code=exit_code(task), reason=task.reason or None,
-                      node_id=task.node_id or None, stdout=out.text(task.id),
-                      stderr=err.text(task.id))
-        if finished(task):
-            if task.started_at and task.finished_at:
-                run.duration_s = round(task.finished_at - task.started_at, 2)
-            return run
-        run.next_seq = last_seq
-        run.hint = (f"still {run.state} after {wait_s:g} s: follow it with task_output("
-                    f"task_id={task.id!r}, after_seq={last_seq}, wait_s=30); task_status "
-                    "shows its state, cancel_task stops it")
+# --- plumbing ------------------------------------------------------------------------------
+
+
+async def _wait_for(client: Client, task: Task, wait_s: float) -> TaskRun:
+    """Follow the task for up to `wait_s` s: its result, or where it is and what next."""
+    out, err = Clip(OUTPUT_LIMIT), Clip(OUTPUT_LIMIT)
+    last_seq = await _collect(client, task.id, 0, out, err, wait_s=wait_s)
+    task = await client.get(task.id)
+    if finished(task):  # it may have ended just as the wait did: read what is left
+        last_seq = await _collect(client, task.id, last_seq, out, err, wait_s=None)
+    run = TaskRun(task_id=task.id, state=state_name(task.state),
+                  exit_code=exit_code(task), reason=task.reason or None,
+                  node_id=task.node_id or None, stdout=out.text(task.id),
+                  stderr=err.text(task.id))
+    if finished(task):
+        if task.started_at and task.finished_at:
+            run.duration_s = round(task.finished_at - task.started_at, 2)
         return run
+    run.next_seq = last_seq
+    run.hint = (f"still {run.state} after {wait_s:g} s: follow it with task_output("
+                f"task_id={task.id!r}, after_seq={last_seq}, wait_s=30); task_status "
+                "shows its state, cancel_task stops it")
+    return run
 
-    async def _collect(self, task_id: str, after_seq: int, out: Clip, err: Clip, *,
-                       wait_s: float | None) -> int:
-        """Output events after `after_seq` into the clips: live for up to `wait_s` seconds,
-        or (None) those already stored. Returns the last sequence number seen."""
-        last_seq = after_seq
-        events = self._client.watch(task_id, after_seq=after_seq, follow=wait_s is not None)
-        async with contextlib.aclosing(events):
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait_s):
-                    async for event in events:
-                        last_seq = event.seq
-                        if event.HasField("output"):
-                            clip = out if event.output.stream in _TO_STDOUT else err
-                            clip.add(event.seq, event.output.data)
-        return last_seq
 
-    async def _page(self, task_id: str, after_seq: int, skip_bytes: int, max_bytes: int
-                    ) -> tuple[Task, Page]:
-        """The task, then its output from ``(after_seq, skip_bytes)`` up to `max_bytes`.
+async def _collect(client: Client, task_id: str, after_seq: int, out: Clip, err: Clip, *,
+                   wait_s: float | None) -> int:
+    """Output events after `after_seq` into the clips: live for up to `wait_s` seconds,
+    or (None) those already stored. Returns the last sequence number seen."""
+    last_seq = after_seq
+    events = client.watch(task_id, after_seq=after_seq, follow=wait_s is not None)
+    async with contextlib.aclosing(events):
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait_s):
+                async for event in events:
+                    last_seq = event.seq
+                    if event.HasField("output"):
+                        clip = out if event.output.stream in _TO_STDOUT else err
+                        clip.add(event.seq, event.output.data)
+    return last_seq
 
-        The task is read first: if it had ended, every event is stored, so a page that
-        is not full reaches its end. A state change newer than the read is reread.
-        """
-        task = await self._client.get(task_id)
-        page = Page(after_seq=after_seq, skip_bytes=skip_bytes, max_bytes=max_bytes)
-        newer_state = False
-        events = self._client.watch(task_id, after_seq=after_seq, follow=False)
-        async with contextlib.aclosing(events):
-            async for event in events:
-                if event.HasField("output"):
-                    if not page.add_output(event.seq, event.output.data,
-                                           to_stdout=event.output.stream in _TO_STDOUT):
-                        break
-                else:
-                    page.add_other(event.seq)
-                    newer_state = newer_state or event.seq > task.last_seq
-        if newer_state:
-            task = await self._client.get(task_id)
-        return task, page
 
-    async def _await_news(self, task_id: str, after_seq: int, wait_s: float) -> None:
-        """Return when the task has output after `after_seq`, or ends, or `wait_s` passed."""
-        events = self._client.watch(task_id, after_seq=after_seq)
-        async with contextlib.aclosing(events):
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait_s):
-                    async for event in events:
-                        if event.HasField("output") or event.state.state in TERMINAL_STATES:
-                            return
+async def _page(client: Client, task_id: str, after_seq: int, skip_bytes: int, max_bytes: int
+                ) -> tuple[Task, Page]:
+    """The task, then its output from ``(after_seq, skip_bytes)`` up to `max_bytes`.
 
-    async def _wait_finished(self, task: Task, wait_s: float) -> Task:
-        """The task once it has ended, or as it is after `wait_s` seconds."""
-        events = self._client.watch(task.id, after_seq=task.last_seq)
-        async with contextlib.aclosing(events):
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait_s):
-                    async for _ in events:
-                        pass
-        return await self._client.get(task.id)
+    The task is read first: if it had ended, every event is stored, so a page that
+    is not full reaches its end. A state change newer than the read is reread.
+    """
+    task = await client.get(task_id)
+    page = Page(after_seq=after_seq, skip_bytes=skip_bytes, max_bytes=max_bytes)
+    newer_state = False
+    events = client.watch(task_id, after_seq=after_seq, follow=False)
+    async with contextlib.aclosing(events):
+        async for event in events:
+            if event.HasField("output"):
+                if not page.add_output(event.seq, event.output.data,
+                                       to_stdout=event.output.stream in _TO_STDOUT):
+                    break
+            else:
+                page.add_other(event.seq)
+                newer_state = newer_state or event.seq > task.last_seq
+    if newer_state:
+        task = await client.get(task_id)
+    return task, page
 
-    async def _cancel_abandoned(self, task_id: str) -> None:
-        # The MCP client gave up on run_command (the user stopped it): stop the command too,
-        # as Ctrl-C would. The request's cancel scope is cancelled, hence the shield.
-        with anyio.CancelScope(shield=True), anyio.move_on_after(CANCEL_WAIT_S), \
-                contextlib.suppress(CortexError):
-            await self._client.cancel(task_id, reason="the MCP client cancelled run_command")
+
+async def _await_news(client: Client, task_id: str, after_seq: int, wait_s: float) -> None:
+    """Return when the task has output after `after_seq`, or ends, or `wait_s` passed."""
+    events = client.watch(task_id, after_seq=after_seq)
+    async with contextlib.aclosing(events):
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait_s):
+                async for event in events:
+                    if event.HasField("output") or event.state.state in TERMINAL_STATES:
+                        return
+
+
+async def _wait_finished(client: Client, task: Task, wait_s: float) -> Task:
+    """The task once it has ended, or as it is after `wait_s` seconds."""
+    events = client.watch(task.id, after_seq=task.last_seq)
+    async with contextlib.aclosing(events):
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait_s):
+                async for _ in events:
+                    pass
+    return await client.get(task.id)
+
+
+async def _cancel_abandoned(client: Client, task_id: str) -> None:
+    # The MCP client gave up on run_command (the user stopped it): stop the command too,
+    # as Ctrl-C would. The request's cancel scope is cancelled, hence the shield.
+    with anyio.CancelScope(shield=True), anyio.move_on_after(CANCEL_WAIT_S), \
+            contextlib.suppress(CortexError):
+        await client.cancel(task_id, reason="the MCP client cancelled run_command")
 
 
 def _options(command: str | None, argv: list[str] | None, labels: list[str] | None,
