@@ -94,8 +94,12 @@ async def throughput_unary(client: Client, n: int, concurrency: int) -> dict[str
 
 
 async def log_lines(client: Client, lines: int) -> dict[str, float]:
-    task = await client.submit(argv=["seq", "1", str(lines)])
+    # From submission to the last line at the watcher: the task runs while we watch, and
+    # writes (and flushes) every line on its own, the worst case for chunking.
+    program = ("import sys\nw = sys.stdout.write\nf = sys.stdout.flush\n"
+               f"for i in range({lines}):\n    w(str(i) + '\\n'); f()\n")
     t0 = time.perf_counter()
+    task = await client.submit(argv=[sys.executable, "-c", program])
     seen = 0
     async for ev in client.watch(task.id):
         if ev.WhichOneof("kind") == "output":

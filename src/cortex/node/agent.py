@@ -317,8 +317,9 @@ class Agent:
     def _on_message(self, msg: node_pb2.HubMessage) -> None:
         kind = msg.WhichOneof("kind")
         if kind == "batch":
-            for inner in msg.batch.messages:
-                self._on_message(inner)
+            with self._journal.batch():  # one journal commit for the whole frame
+                for inner in msg.batch.messages:
+                    self._on_message(inner)
         elif kind == "assign":
             self._on_assign(msg.assign)
         elif kind == "cancel":

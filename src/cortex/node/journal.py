@@ -8,8 +8,9 @@ arrive, exactly once (the hub stores each (task, attempt, seq) once).
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +66,20 @@ class Journal:
     def close(self) -> None:
         self._db.close()
 
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """One transaction for every journal write inside (a frame of hub messages)."""
+        if self._db.in_transaction:
+            yield
+            return
+        self._db.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
     def record_assign(self, assign: node_pb2.Assign, *, now: float) -> None:
         self._db.execute(
             "INSERT OR IGNORE INTO task_history(task_id, attempt, tenant, assign, received_at)"
@@ -80,8 +95,7 @@ class Journal:
                ) -> None:
         """Journal events: (task, attempt, first seq, events, finished) in one transaction."""
         db = self._db
-        db.execute("BEGIN")
-        try:
+        with self.batch():
             for task_id, attempt, first, events, finished in batches:
                 db.executemany(
                     "INSERT INTO task_events VALUES (?,?,?,?)",
@@ -93,29 +107,22 @@ class Journal:
                     " WHERE task_id = ? AND attempt = ?",
                     (first + len(events), int(finished), task_id, attempt),
                 )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     def ack(self, task_id: str, attempt: int, upto: int) -> None:
-        db = self._db
-        db.execute("BEGIN")
-        db.execute("DELETE FROM task_events WHERE task_id = ? AND attempt = ? AND seq <= ?",
-                   (task_id, attempt, upto))
-        db.execute("UPDATE task_history SET acked_seq = max(acked_seq, ?)"
-                   " WHERE task_id = ? AND attempt = ?", (upto, task_id, attempt))
-        db.execute("COMMIT")
+        with self.batch():
+            self._db.execute(
+                "DELETE FROM task_events WHERE task_id = ? AND attempt = ? AND seq <= ?",
+                (task_id, attempt, upto))
+            self._db.execute("UPDATE task_history SET acked_seq = max(acked_seq, ?)"
+                             " WHERE task_id = ? AND attempt = ?", (upto, task_id, attempt))
 
     def drop(self, task_id: str, attempt: int) -> None:
         """The hub no longer wants this attempt: forget its unsent events."""
-        db = self._db
-        db.execute("BEGIN")
-        db.execute("DELETE FROM task_events WHERE task_id = ? AND attempt = ?",
-                   (task_id, attempt))
-        db.execute("UPDATE task_history SET dropped = 1, finished = 1"
-                   " WHERE task_id = ? AND attempt = ?", (task_id, attempt))
-        db.execute("COMMIT")
+        with self.batch():
+            self._db.execute("DELETE FROM task_events WHERE task_id = ? AND attempt = ?",
+                             (task_id, attempt))
+            self._db.execute("UPDATE task_history SET dropped = 1, finished = 1"
+                             " WHERE task_id = ? AND attempt = ?", (task_id, attempt))
 
     def held(self) -> list[HeldRow]:
         """Attempts not yet finished, or finished with events the hub has not acked."""
