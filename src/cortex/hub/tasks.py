@@ -10,16 +10,23 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
 
 from cortex._proto.cortex.v1 import common_pb2 as pb
 from cortex._proto.cortex.v1 import node_pb2
 from cortex.core import placement, states
 from cortex.core.states import Event, State
-from cortex.core.validation import check_shell, check_task
-from cortex.errors import Conflict, CortexError, InvalidArgument, NotFound, Unavailable
+from cortex.errors import Conflict, CortexError, InvalidArgument, NotFound
+from cortex.hub._entry import (
+    Entry,
+    TaskStats,
+    attempt_row,
+    copy_task,
+    normalise,
+    stale_reason,
+    validate,
+)
+from cortex.hub._follow import Following
 from cortex.hub.config import HubConfig
 from cortex.hub.ids import new_id
 from cortex.hub.registry import NodeConn, Registry
@@ -31,74 +38,13 @@ log = logging.getLogger("cortex.hub.tasks")
 _TRUNCATED = (
     "\n[cortex: output truncated after {} bytes (max_output_bytes); the rest was dropped]\n"
 )
-_EVENT_PAGE = 2000
-_TAIL_BYTES = 1024 * 1024
 _GAP = ("\n[cortex: {} events of attempt {} were lost: the hub's store lost writes it had "
         "acknowledged (restored from a backup?)]\n")
 _MAX_BATCH = 1000
-_MAX_WAIT = 10_000
-_STDIN_WINDOW = 1024 * 1024   # unacknowledged stdin bytes in flight per task
 _FINISH_STATES = frozenset(int(s) for s in states.FINISH_EVENT)
 
 
-LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                     10.0, 30.0, 60.0)
-
-
-@dataclass
-class TaskStats:
-    """Counters since the hub started, for /metrics (values only; no I/O)."""
-
-    finished: dict[tuple[str, str], int] = field(default_factory=dict)  # (tenant, state)
-    # Dispatch latency: queued -> assigned, per assignment (retries included).
-    latency_buckets: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS_S))
-    latency_sum_s: float = 0.0
-    latency_count: int = 0
-
-    def on_finish(self, tenant: str, state: str) -> None:
-        self.finished[(tenant, state)] = self.finished.get((tenant, state), 0) + 1
-
-    def on_assign(self, queued_s: float) -> None:
-        queued_s = max(0.0, queued_s)
-        for i, bound in enumerate(LATENCY_BUCKETS_S):
-            if queued_s <= bound:
-                self.latency_buckets[i] += 1
-        self.latency_sum_s += queued_s
-        self.latency_count += 1
-
-
-@dataclass(eq=False)
-class _Entry:
-    tenant: str
-    task: pb.Task
-    acked_seq: int = 0                  # newest node event seq stored for the current attempt
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    # Replaced (and the old one set) on every change, so a waiter can never miss one.
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-    kill_deadline: float = 0.0          # deadline + grace, once the node was told to stop
-    queued_at: float = 0.0              # when it (re)entered the queue, for dispatch latency
-    stdin_sent: int = 0                 # stdin bytes forwarded to the node (this attempt)
-    stdin_acked: int = 0                # of which the node handed the process this many
-    stdin_room: asyncio.Event = field(default_factory=asyncio.Event)
-    # The newest committed events, so live watchers need no store read. Bounded by bytes.
-    tail: list[pb.TaskEvent] = field(default_factory=list)
-    tail_bytes: int = 0
-
-    def remember(self, events: list[pb.TaskEvent]) -> None:
-        self.tail.extend(events)
-        self.tail_bytes += sum(e.ByteSize() for e in events)
-        while self.tail_bytes > _TAIL_BYTES and len(self.tail) > 1:
-            self.tail_bytes -= self.tail.pop(0).ByteSize()
-
-    def events_after(self, seq: int) -> list[pb.TaskEvent] | None:
-        """Events after `seq` from memory, or None if the tail no longer reaches back."""
-        if not self.tail or self.tail[0].seq > seq + 1:
-            return None if self.task.last_seq > seq else []
-        start = seq + 1 - self.tail[0].seq
-        return self.tail[max(0, start):]
-
-
-class TaskManager:
+class TaskManager(Following):
     def __init__(
         self, store: Store, registry: Registry, config: HubConfig,
         clock: Callable[[], float], monotonic: Callable[[], float],
@@ -108,8 +54,8 @@ class TaskManager:
         self._config = config
         self._clock = clock
         self._monotonic = monotonic
-        self._active: dict[str, _Entry] = {}
-        self._queued: dict[str, _Entry] = {}
+        self._active: dict[str, Entry] = {}
+        self._queued: dict[str, Entry] = {}
         # (-priority, arrival, task id): highest priority first, then first come. Items of
         # tasks no longer queued are skipped when popped.
         self._heap: list[tuple[int, int, str]] = []
@@ -125,7 +71,7 @@ class TaskManager:
     async def recover(self) -> None:
         """Load every unfinished task after a (re)start; their nodes will reconnect."""
         for task in await self._store.list_active_tasks_all_tenants():
-            entry = _Entry(task.tenant, task)
+            entry = Entry(task.tenant, task)
             sid = task.spec.session_id
             if sid and (node := await self._store.session_node(task.tenant, sid)):
                 self._sessions[(task.tenant, sid)] = node
@@ -136,14 +82,14 @@ class TaskManager:
             self._track(entry)
         log.info("recovered %d unfinished tasks", len(self._active))
 
-    def _track(self, entry: _Entry) -> None:
+    def _track(self, entry: Entry) -> None:
         self._active[entry.task.id] = entry
         if entry.task.state == pb.QUEUED:
             self._enqueue(entry)
         if entry.task.deadline:
             heapq.heappush(self._deadlines, (entry.task.deadline, entry.task.id))
 
-    def _enqueue(self, entry: _Entry, *, wake: bool = True) -> None:
+    def _enqueue(self, entry: Entry, *, wake: bool = True) -> None:
         if entry.task.id not in self._queued:
             entry.queued_at = self._clock()
         self._queued[entry.task.id] = entry
@@ -154,59 +100,22 @@ class TaskManager:
 
     # -- client operations -----------------------------------------------------------
     async def submit(self, tenant: str, spec: pb.TaskSpec) -> tuple[pb.Task, bool]:
-        spec = _normalise(spec)
-        _validate(spec)
+        spec = normalise(spec)
+        validate(spec)
         return await self._submit_valid(tenant, spec)
 
     async def submit_many(self, tenant: str, specs: list[pb.TaskSpec]
                           ) -> list[tuple[pb.Task, bool]]:
         if not 1 <= len(specs) <= _MAX_BATCH:
             raise InvalidArgument(f"specs: give between 1 and {_MAX_BATCH} task specs")
-        normal = [_normalise(s) for s in specs]
+        normal = [normalise(s) for s in specs]
         for i, spec in enumerate(normal):
             try:
-                _validate(spec)
+                validate(spec)
             except InvalidArgument as exc:
                 raise InvalidArgument(f"specs[{i}]: {exc}") from exc
         # Concurrent inserts land in the store's same group commit.
         return list(await asyncio.gather(*(self._submit_valid(tenant, s) for s in normal)))
-
-    async def wait_tasks(self, tenant: str, task_ids: list[str]
-                         ) -> AsyncIterator[list[pb.Task]]:
-        """Batches of the given tasks as they finish; every id exactly once."""
-        if not 1 <= len(task_ids) <= _MAX_WAIT:
-            raise InvalidArgument(f"task_ids: give between 1 and {_MAX_WAIT} ids")
-        pending = set(task_ids)
-        for task_id in pending:
-            entry = self._active.get(task_id)
-            if entry is None or entry.tenant != tenant:
-                await self.get(tenant, task_id)  # NotFound for unknown ids / other tenants
-        done: asyncio.Queue[pb.Task] = asyncio.Queue()
-        for task_id in pending:
-            self._done_waiters.setdefault(task_id, []).append(done)
-        try:
-            ready = []
-            for task_id in list(pending):
-                if task_id not in self._active:
-                    ready.append(await self.get(tenant, task_id))
-            while True:
-                for task in ready:
-                    pending.discard(task.id)
-                if ready:
-                    yield ready
-                if not pending:
-                    return
-                ready = [await done.get()]
-                while not done.empty():
-                    ready.append(done.get_nowait())
-                ready = [t for t in ready if t.id in pending and t.tenant == tenant]
-        finally:
-            for task_id in task_ids:
-                queues = self._done_waiters.get(task_id)
-                if queues is not None and done in queues:
-                    queues.remove(done)
-                    if not queues:
-                        del self._done_waiters[task_id]
 
     async def _submit_valid(self, tenant: str, spec: pb.TaskSpec) -> tuple[pb.Task, bool]:
         now = self._clock()
@@ -219,7 +128,7 @@ class TaskManager:
                              state=pb.StateChange(state=pb.QUEUED))
         stored, created = await self._store.insert_task(tenant, task, [event])
         if created:
-            entry = _Entry(tenant, stored)
+            entry = Entry(tenant, stored)
             entry.remember([event])
             self._track(entry)
         return stored, created
@@ -233,7 +142,7 @@ class TaskManager:
             task.reason = self._why_queued(entry)  # transient reasons are not stored
         return task
 
-    def _why_queued(self, entry: _Entry) -> str:
+    def _why_queued(self, entry: Entry) -> str:
         """Why a queued task is not placed right now (computed, not stored)."""
         decision = placement.place(self._requirements(entry),
                                    [c.view() for c in self._registry.for_tenant(entry.tenant)])
@@ -255,84 +164,12 @@ class TaskManager:
             if task.state == pb.QUEUED:
                 await self._move(entry, Event.CANCEL, reason=reason)
             elif task.state in (pb.ASSIGNED, pb.RUNNING) and not task.cancel_requested:
-                new = _copy(task)
+                new = copy_task(task)
                 new.cancel_requested = True
                 new.reason = f"cancel requested: {reason}"
                 await self._save(entry, new, [])
                 self._send_cancel(entry, reason, pb.CANCELLED)
             return entry.task
-
-    async def watch(
-        self, tenant: str, task_id: str, *, after_seq: int, follow: bool
-    ) -> AsyncIterator[pb.TaskEvent]:
-        """History after `after_seq`, then live events until the task is finished.
-
-        A task active on this hub is followed through its entry (which outlives the task's
-        end, so the last events and the end are seen without a store read); a finished one
-        is read from the store.
-        """
-        entry = self._active.get(task_id)
-        if entry is None or entry.tenant != tenant:
-            await self.get(tenant, task_id)  # NotFound for unknown ids and other tenants
-            entry = None
-        while True:
-            changed = entry.changed if entry is not None else None
-            events = entry.events_after(after_seq) if entry is not None else None
-            if events is None:
-                events = await self._store.read_events(
-                    tenant, task_id, after_seq=after_seq, limit=_EVENT_PAGE)
-            for ev in events:
-                yield ev
-            if events:
-                after_seq = events[-1].seq
-                if len(events) >= _EVENT_PAGE:
-                    continue
-            if not follow:
-                return
-            if entry is None:
-                task = await self.get(tenant, task_id)
-                if states.is_terminal(State(task.state)) and task.last_seq <= after_seq:
-                    return
-                entry = self._active.get(task_id)  # e.g. still queued after a hub restart
-                if entry is None:
-                    raise Unavailable(f"task {task_id} is not followed by this hub; retry")
-            elif entry.task.last_seq <= after_seq:
-                if states.is_terminal(State(entry.task.state)):
-                    return
-                if changed is not None:  # always, with an entry: captured before the read
-                    await changed.wait()
-
-    async def stdin(self, tenant: str, task_id: str, msg: node_pb2.HubMessage) -> None:
-        """Forward stdin/resize to the node running the task, once it has one, keeping at
-        most a window of unacknowledged stdin in flight (backpressure to the client)."""
-        while True:
-            entry = self._active.get(task_id)
-            if entry is None or entry.tenant != tenant:
-                raise Conflict(f"task {task_id} is not running; stdin cannot be delivered")
-            conn = self._registry.get(entry.task.node_id)
-            if entry.task.state in (pb.ASSIGNED, pb.RUNNING) and conn is not None:
-                size = len(msg.stdin.data) if msg.WhichOneof("kind") == "stdin" else 0
-                if entry.stdin_sent - entry.stdin_acked + size <= _STDIN_WINDOW or (
-                        entry.stdin_sent == entry.stdin_acked):
-                    which = msg.WhichOneof("kind")
-                    getattr(msg, str(which)).task_id = task_id
-                    getattr(msg, str(which)).attempt = entry.task.attempt
-                    entry.stdin_sent += size
-                    conn.send(msg)
-                    return
-                entry.stdin_room.clear()
-                room = entry.stdin_room.wait()
-                changed = entry.changed.wait()
-                await _first_of(room, changed)
-                continue
-            await entry.changed.wait()
-
-    def on_stdin_ack(self, conn: NodeConn, ack: node_pb2.StdinAck) -> None:
-        entry = self._active.get(ack.task_id)
-        if (entry is not None and entry.task.node_id == conn.node_id
-                and entry.task.attempt == ack.attempt and ack.bytes > entry.stdin_acked):
-            entry.stdin_acked = ack.bytes
-            entry.stdin_room.set()
 
     # -- dispatch ----------------------------------------------------------------------
     def wake(self) -> None:
@@ -378,13 +215,13 @@ class TaskManager:
         if assigned:
             await asyncio.gather(*assigned)
 
-    def _requirements(self, entry: _Entry) -> placement.TaskRequirements:
+    def _requirements(self, entry: Entry) -> placement.TaskRequirements:
         return placement.TaskRequirements(
             skill=entry.task.spec.skill, labels=dict(entry.task.spec.labels),
             node_id=entry.task.spec.node_id, session_node=self._session_node(entry),
         )
 
-    async def _place(self, entry: _Entry, conns: list[NodeConn]) -> NodeConn | None:
+    async def _place(self, entry: Entry, conns: list[NodeConn]) -> NodeConn | None:
         sid = entry.task.spec.session_id
         if sid and (entry.tenant, sid) not in self._sessions:
             pinned = await self._store.session_node(entry.tenant, sid)
@@ -397,12 +234,12 @@ class TaskManager:
             return None
         return self._registry.get(decision.node_id)
 
-    def _session_node(self, entry: _Entry) -> str:
+    def _session_node(self, entry: Entry) -> str:
         """The node a task's session is pinned to ("" if it has none, or none yet)."""
         sid = entry.task.spec.session_id
         return self._sessions.get((entry.tenant, sid), "") if sid else ""
 
-    async def _pin_session(self, entry: _Entry, node_id: str) -> str:
+    async def _pin_session(self, entry: Entry, node_id: str) -> str:
         """Pin the task's session to `node_id` on its first placement; the pinned node."""
         sid = entry.task.spec.session_id
         if not sid:
@@ -413,7 +250,7 @@ class TaskManager:
                 entry.tenant, sid, node_id, now=self._clock())
         return self._sessions[key]
 
-    async def _assign(self, entry: _Entry, conn: NodeConn) -> None:
+    async def _assign(self, entry: Entry, conn: NodeConn) -> None:
         async with entry.lock:
             if entry.task.state != pb.QUEUED:
                 conn.running.discard((entry.task.id, entry.task.attempt))
@@ -433,7 +270,7 @@ class TaskManager:
             entry.stdin_sent = entry.stdin_acked = 0
             conn.send(self._assign_msg(entry))
 
-    def _assign_msg(self, entry: _Entry) -> node_pb2.HubMessage:
+    def _assign_msg(self, entry: Entry) -> node_pb2.HubMessage:
         task = entry.task
         remaining = max(0.0, task.deadline - self._clock()) if task.deadline else 0.0
         return node_pb2.HubMessage(assign=node_pb2.Assign(
@@ -441,11 +278,11 @@ class TaskManager:
             tenant=entry.tenant, remaining_s=remaining,
         ))
 
-    async def _set_reason(self, entry: _Entry, reason: str) -> None:
+    async def _set_reason(self, entry: Entry, reason: str) -> None:
         async with entry.lock:
             if entry.task.state != pb.QUEUED:
                 return
-            new = _copy(entry.task)
+            new = copy_task(entry.task)
             new.reason = reason
             await self._save(entry, new, [])
 
@@ -466,7 +303,7 @@ class TaskManager:
             else:
                 out.append(node_pb2.HeldTaskStatus(
                     task_id=h.task_id, attempt=h.attempt, keep=False,
-                    reason=_stale_reason(entry, h.attempt)))
+                    reason=stale_reason(entry, h.attempt)))
         return out
 
     async def after_welcome(self, conn: NodeConn, held: list[node_pb2.HeldTask]) -> None:
@@ -500,12 +337,12 @@ class TaskManager:
                 or entry.task.state not in (pb.ASSIGNED, pb.RUNNING)):
             conn.send(node_pb2.HubMessage(reject=node_pb2.Reject(
                 task_id=report.task_id, attempt=report.attempt,
-                reason=_stale_reason(entry, report.attempt))))
+                reason=stale_reason(entry, report.attempt))))
             return
         async with entry.lock:
             await self._apply_report(entry, conn, report)
 
-    async def _apply_report(self, entry: _Entry, conn: NodeConn,
+    async def _apply_report(self, entry: Entry, conn: NodeConn,
                             report: node_pb2.TaskReport) -> None:
         skip = max(0, entry.acked_seq - report.first_seq + 1)
         node_events = list(report.events)[skip:]
@@ -513,7 +350,7 @@ class TaskManager:
             self._ack(conn, report)
             return
         first = report.first_seq + skip
-        new = _copy(entry.task)
+        new = copy_task(entry.task)
         events: list[pb.TaskEvent] = []
         if first > entry.acked_seq + 1:
             # The node already had acks for events the store no longer holds (the hub's store
@@ -530,7 +367,7 @@ class TaskManager:
             if new.attempt != report.attempt:
                 break  # a finish started the next attempt; nothing after it belongs there
             ended = self._apply_node_event(new, ne, events, acked) or ended
-        attempt = ended or _attempt_row(new, acked)
+        attempt = ended or attempt_row(new, acked)
         await self._save(entry, new, events, attempt=attempt)
         entry.acked_seq = acked if new.attempt == report.attempt else 0
         self._ack(conn, report)
@@ -608,7 +445,7 @@ class TaskManager:
                                    max_attempts=policy.max_attempts,
                                    retry_on_failure=policy.retry_on_failure):
             return None
-        ended = _attempt_row(task, acked)
+        ended = attempt_row(task, acked)
         previous = f"attempt {task.attempt} {State(task.state).label}: {task.reason}"
         now = self._clock()
         self._transition(task, Event.RETRY, out, time=now, reason=previous)
@@ -677,7 +514,7 @@ class TaskManager:
                     await self._move(entry, Event.TIME_OUT,
                                      reason="deadline passed and the node did not confirm the kill")
 
-    async def _lose(self, entry: _Entry, reason: str) -> None:
+    async def _lose(self, entry: Entry, reason: str) -> None:
         conn = self._registry.get(entry.task.node_id)
         if conn is not None:
             conn.running.discard((entry.task.id, entry.task.attempt))
@@ -687,10 +524,10 @@ class TaskManager:
             await self._move(entry, Event.LOSE, reason=reason)
 
     # -- shared plumbing ------------------------------------------------------------------
-    async def _move(self, entry: _Entry, event: Event, *, reason: str = "",
+    async def _move(self, entry: Entry, event: Event, *, reason: str = "",
                     node_id: str = "") -> None:
         """Apply one state machine event to an entry (caller holds its lock) and persist."""
-        new = _copy(entry.task)
+        new = copy_task(entry.task)
         now = self._clock()
         events: list[pb.TaskEvent] = []
         if event is Event.ASSIGN:
@@ -702,14 +539,14 @@ class TaskManager:
         if states.is_terminal(State(new.state)):
             new.finished_at = new.finished_at or now
             ended = self._maybe_retry(new, events, entry.acked_seq)
-        attempt = ended or _attempt_row(new, entry.acked_seq)
+        attempt = ended or attempt_row(new, entry.acked_seq)
         await self._save(entry, new, events, attempt=attempt)
         if new.state == pb.QUEUED and event is not Event.ASSIGN:
             self._enqueue(entry)
         elif states.is_terminal(State(new.state)):
             self._finish(entry)
 
-    async def _save(self, entry: _Entry, new: pb.Task, events: list[pb.TaskEvent], *,
+    async def _save(self, entry: Entry, new: pb.Task, events: list[pb.TaskEvent], *,
                     attempt: pb.Attempt | None = None) -> None:
         new.version = entry.task.version + 1
         await self._store.save_task(entry.tenant, new, expected_version=entry.task.version,
@@ -719,7 +556,7 @@ class TaskManager:
         changed, entry.changed = entry.changed, asyncio.Event()
         changed.set()
 
-    def _finish(self, entry: _Entry) -> None:
+    def _finish(self, entry: Entry) -> None:
         task = entry.task
         if states.is_terminal(State(task.state)):
             self.stats.on_finish(entry.tenant, State(task.state).label)
@@ -729,7 +566,7 @@ class TaskManager:
                 queue.put_nowait(task)
         self._wake.set()
 
-    def _send_cancel(self, entry: _Entry, reason: str, state: int) -> None:
+    def _send_cancel(self, entry: Entry, reason: str, state: int) -> None:
         conn = self._registry.get(entry.task.node_id)
         if conn is not None:
             conn.send(node_pb2.HubMessage(cancel=node_pb2.CancelTask(
@@ -742,67 +579,3 @@ class TaskManager:
 
     def statistics(self) -> dict[str, int]:
         return {"active": len(self._active), "queued": len(self._queued)}
-
-
-async def _first_of(*waits: Coroutine[Any, Any, Any]) -> None:
-    """Return when the first of `waits` completes; the others are cancelled."""
-    tasks = [asyncio.ensure_future(w) for w in waits]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for t in tasks:
-            t.cancel()
-
-
-def _copy(task: pb.Task) -> pb.Task:
-    new = pb.Task()
-    new.CopyFrom(task)
-    return new
-
-
-def _attempt_row(src: pb.Task, acked: int) -> pb.Attempt:
-    """The stored row of `src`'s current attempt."""
-    row = pb.Attempt(attempt=src.attempt, node_id=src.node_id, state=src.state,
-                     reason=src.reason, started_at=src.started_at,
-                     finished_at=src.finished_at, acked_seq=acked)
-    if src.has_exit_code:
-        row.exit_code = src.exit_code
-        row.has_exit_code = True
-    return row
-
-
-def _stale_reason(entry: _Entry | None, attempt: int) -> str:
-    if entry is None:
-        return "the task is finished or unknown to the hub"
-    if entry.task.attempt != attempt:
-        return f"attempt {attempt} is stale; the task is on attempt {entry.task.attempt}"
-    return f"the task is {State(entry.task.state).label} and not assigned to this node"
-
-
-def _normalise(spec: pb.TaskSpec) -> pb.TaskSpec:
-    spec = _copy_spec(spec)
-    if not spec.skill:
-        spec.skill = "shell"
-    if spec.retry.max_attempts == 0:
-        spec.retry.max_attempts = 1
-    return spec
-
-
-def _copy_spec(spec: pb.TaskSpec) -> pb.TaskSpec:
-    new = pb.TaskSpec()
-    new.CopyFrom(spec)
-    return new
-
-
-def _validate(spec: pb.TaskSpec) -> None:
-    problems = check_task(
-        skill=spec.skill, labels=spec.labels, timeout_s=spec.timeout_s,
-        max_output_bytes=spec.max_output_bytes, priority=spec.priority,
-        idempotency_key=spec.idempotency_key, session_id=spec.session_id,
-        node_id=spec.node_id, max_attempts=spec.retry.max_attempts,
-    )
-    if spec.skill == "shell":
-        sh = spec.shell
-        problems += check_shell(sh.argv, sh.command, sh.env, sh.stdin)
-    if problems:
-        raise InvalidArgument("; ".join(problems))

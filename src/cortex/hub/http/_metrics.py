@@ -16,9 +16,9 @@ from pathlib import Path
 
 from cortex._proto.cortex.v1 import common_pb2 as pb
 from cortex.core.states import State
+from cortex.hub._entry import LATENCY_BUCKETS_S, TaskStats
 from cortex.hub.http._exposition import Family
 from cortex.hub.registry import NodeConn
-from cortex.hub.tasks import LATENCY_BUCKETS_S, TaskStats
 
 __all__ = ["HubSource", "collect"]
 

@@ -1,0 +1,147 @@
+"""Following tasks: watch their events, wait for them to finish, feed them stdin.
+
+A mixin of `TaskManager` (the moves live there); split out to keep each module readable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from cortex._proto.cortex.v1 import common_pb2 as pb
+from cortex._proto.cortex.v1 import node_pb2
+from cortex.core import states
+from cortex.core.states import State
+from cortex.errors import Conflict, InvalidArgument, Unavailable
+from cortex.hub._entry import Entry, first_of
+from cortex.hub.registry import NodeConn, Registry
+from cortex.store.base import Store
+
+__all__ = ["Following"]
+
+_EVENT_PAGE = 2000
+_MAX_WAIT = 10_000
+_STDIN_WINDOW = 1024 * 1024   # unacknowledged stdin bytes in flight per task
+
+
+class Following:
+    """Reads of the task manager's state for watchers, waiters and attached clients."""
+
+    _active: dict[str, Entry]
+    _registry: Registry
+    _store: Store
+    _done_waiters: dict[str, list[asyncio.Queue[pb.Task]]]
+
+    if TYPE_CHECKING:
+        async def get(self, tenant: str, task_id: str, *,
+                      with_attempts: bool = False) -> pb.Task: ...
+
+    async def wait_tasks(self, tenant: str, task_ids: list[str]
+                         ) -> AsyncIterator[list[pb.Task]]:
+        """Batches of the given tasks as they finish; every id exactly once."""
+        if not 1 <= len(task_ids) <= _MAX_WAIT:
+            raise InvalidArgument(f"task_ids: give between 1 and {_MAX_WAIT} ids")
+        pending = set(task_ids)
+        for task_id in pending:
+            entry = self._active.get(task_id)
+            if entry is None or entry.tenant != tenant:
+                await self.get(tenant, task_id)  # NotFound for unknown ids / other tenants
+        done: asyncio.Queue[pb.Task] = asyncio.Queue()
+        for task_id in pending:
+            self._done_waiters.setdefault(task_id, []).append(done)
+        try:
+            ready = []
+            for task_id in list(pending):
+                if task_id not in self._active:
+                    ready.append(await self.get(tenant, task_id))
+            while True:
+                for task in ready:
+                    pending.discard(task.id)
+                if ready:
+                    yield ready
+                if not pending:
+                    return
+                ready = [await done.get()]
+                while not done.empty():
+                    ready.append(done.get_nowait())
+                ready = [t for t in ready if t.id in pending and t.tenant == tenant]
+        finally:
+            for task_id in task_ids:
+                queues = self._done_waiters.get(task_id)
+                if queues is not None and done in queues:
+                    queues.remove(done)
+                    if not queues:
+                        del self._done_waiters[task_id]
+
+    async def watch(
+        self, tenant: str, task_id: str, *, after_seq: int, follow: bool
+    ) -> AsyncIterator[pb.TaskEvent]:
+        """History after `after_seq`, then live events until the task is finished.
+
+        A task active on this hub is followed through its entry (which outlives the task's
+        end, so the last events and the end are seen without a store read); a finished one
+        is read from the store.
+        """
+        entry = self._active.get(task_id)
+        if entry is None or entry.tenant != tenant:
+            await self.get(tenant, task_id)  # NotFound for unknown ids and other tenants
+            entry = None
+        while True:
+            changed = entry.changed if entry is not None else None
+            events = entry.events_after(after_seq) if entry is not None else None
+            if events is None:
+                events = await self._store.read_events(
+                    tenant, task_id, after_seq=after_seq, limit=_EVENT_PAGE)
+            for ev in events:
+                yield ev
+            if events:
+                after_seq = events[-1].seq
+                if len(events) >= _EVENT_PAGE:
+                    continue
+            if not follow:
+                return
+            if entry is None:
+                task = await self.get(tenant, task_id)
+                if states.is_terminal(State(task.state)) and task.last_seq <= after_seq:
+                    return
+                entry = self._active.get(task_id)  # e.g. still queued after a hub restart
+                if entry is None:
+                    raise Unavailable(f"task {task_id} is not followed by this hub; retry")
+            elif entry.task.last_seq <= after_seq:
+                if states.is_terminal(State(entry.task.state)):
+                    return
+                if changed is not None:  # always, with an entry: captured before the read
+                    await changed.wait()
+
+    async def stdin(self, tenant: str, task_id: str, msg: node_pb2.HubMessage) -> None:
+        """Forward stdin/resize to the node running the task, once it has one, keeping at
+        most a window of unacknowledged stdin in flight (backpressure to the client)."""
+        while True:
+            entry = self._active.get(task_id)
+            if entry is None or entry.tenant != tenant:
+                raise Conflict(f"task {task_id} is not running; stdin cannot be delivered")
+            conn = self._registry.get(entry.task.node_id)
+            if entry.task.state in (pb.ASSIGNED, pb.RUNNING) and conn is not None:
+                size = len(msg.stdin.data) if msg.WhichOneof("kind") == "stdin" else 0
+                if entry.stdin_sent - entry.stdin_acked + size <= _STDIN_WINDOW or (
+                        entry.stdin_sent == entry.stdin_acked):
+                    which = msg.WhichOneof("kind")
+                    getattr(msg, str(which)).task_id = task_id
+                    getattr(msg, str(which)).attempt = entry.task.attempt
+                    entry.stdin_sent += size
+                    conn.send(msg)
+                    return
+                entry.stdin_room.clear()
+                room = entry.stdin_room.wait()
+                changed = entry.changed.wait()
+                await first_of(room, changed)
+                continue
+            await entry.changed.wait()
+
+    def on_stdin_ack(self, conn: NodeConn, ack: node_pb2.StdinAck) -> None:
+        entry = self._active.get(ack.task_id)
+        if (entry is not None and entry.task.node_id == conn.node_id
+                and entry.task.attempt == ack.attempt and ack.bytes > entry.stdin_acked):
+            entry.stdin_acked = ack.bytes
+            entry.stdin_room.set()
