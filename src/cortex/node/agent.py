@@ -507,7 +507,6 @@ class Agent:
                 held.unsent.extend(events)
         if batches:
             self._journal.append(batches)
-        self._dirty.set() if any(h.buffer for h in self._held.values()) else None
 
     async def _send_pending(self) -> None:
         outbox = self._outbox
