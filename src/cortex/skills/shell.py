@@ -29,24 +29,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import fcntl
 import logging
 import math
 import os
 import select
 import shutil
 import signal
-import struct
 import subprocess
-import termios
-from collections import defaultdict
-from collections.abc import Iterable
-from dataclasses import dataclass
 
 from cortex._proto.cortex.v1 import common_pb2
 from cortex.core.states import State
-from cortex.errors import Conflict, CortexError, InvalidArgument, NotFound, Unavailable
+from cortex.errors import Conflict, CortexError, InvalidArgument, NotFound
+from cortex.skills._shellproc import (
+    Launch,
+    Pid,
+    check_executable,
+    is_alive,
+    is_eio,
+    launch_of,
+    leave_cgroup,
+    process_tree,
+    require_pidfd,
+    set_winsize,
+    signal_each,
+    signal_group,
+    spawn_failure,
+    stop_and_kill,
+)
 from cortex.skills.base import (
     MAX_PENDING_STDIN,
     CgroupFactory,
@@ -74,19 +83,6 @@ _DRAIN_BOUND_S = 2.0
 _STOP_ROUNDS = 64
 _STOP_STATES = (State.CANCELLED, State.TIMED_OUT, State.FAILED)
 
-Pid = tuple[int, int]  # (pid, start time in clock ticks): immune to pid reuse
-
-
-@dataclass(frozen=True, slots=True)
-class _Launch:
-    argv: list[str]
-    env: dict[str, str]
-    cwd: str | None
-    stdin: bytes
-    interactive: bool
-    pty: bool
-    rows: int
-    cols: int
 
 
 class ShellSkill:
@@ -105,7 +101,7 @@ class ShellSkill:
             raise InvalidArgument(f"kill_grace_s must be >= 0 seconds, got {kill_grace_s}")
         if read_chunk < 1:
             raise InvalidArgument(f"read_chunk must be >= 1 byte, got {read_chunk}")
-        _require_pidfd()
+        require_pidfd()
         self._cgroups = cgroups
         self._kill_grace_s = kill_grace_s
         self._read_chunk = read_chunk
@@ -126,7 +122,7 @@ class ShellSkill:
         sink: OutputSink,
     ) -> TaskRun:
         """Spawn the task; InvalidArgument for a malformed spec, a FAILED run if it cannot exec."""
-        launch = _launch_of(spec.shell)
+        launch = launch_of(spec.shell)
         if timeout_s is not None and not (math.isfinite(timeout_s) and timeout_s > 0):
             raise InvalidArgument(f"timeout_s must be > 0 seconds or None, got {timeout_s}")
         run = _ShellRun(
@@ -142,7 +138,7 @@ class ShellSkill:
             run.spawn()
         except OSError as exc:
             run.discard()
-            return FinishedRun(Outcome(State.FAILED, None, _spawn_failure(exc, launch)))
+            return FinishedRun(Outcome(State.FAILED, None, spawn_failure(exc, launch)))
         await run.connect()
         return run
 
@@ -164,7 +160,7 @@ class _ShellRun:
     def __init__(
         self,
         *,
-        launch: _Launch,
+        launch: Launch,
         sink: OutputSink,
         cgroup: TaskCgroup | None,
         kill_grace_s: float,
@@ -229,7 +225,7 @@ class _ShellRun:
         if self._master >= 0:
             # The kernel sends SIGWINCH to the terminal's foreground process group itself
             # (which, under a job-control shell, is the running job, not our leader).
-            _set_winsize(self._master, rows, cols)
+            set_winsize(self._master, rows, cols)
 
     def cancel(self, state: State = State.CANCELLED, reason: str = "") -> None:
         if state not in _STOP_STATES:
@@ -258,7 +254,7 @@ class _ShellRun:
             self._proc = self._spawn_pty() if self._launch.pty else self._spawn_pipes()
         finally:
             if inside is not None:
-                _leave_cgroup(inside)
+                leave_cgroup(inside)
         self.pid = self._proc.pid
         self._contained = inside is not None
         if self._cgroup is not None and inside is None:
@@ -291,11 +287,11 @@ class _ShellRun:
             # preexec_fn: that forces fork(), which runs gRPC's fork handlers in the child,
             # and those abort it (SIGABRT in 12 of 30 PTY tasks under the node agent).
             # setsid(1) does both and execs the command: same pid, one extra exec.
-            _check_executable(launch)  # setsid(1) would only exit 127 or 126
+            check_executable(launch)  # setsid(1) would only exit 127 or 126
             argv = [self._setsid, "--ctty", "--", *argv]
         master, slave = os.openpty()
         try:
-            _set_winsize(master, launch.rows, launch.cols)
+            set_winsize(master, launch.rows, launch.cols)
             proc = subprocess.Popen(  # noqa: S603 - running the user's command is the point
                 argv,
                 stdin=slave,
@@ -401,7 +397,7 @@ class _ShellRun:
             self.cancel(State.FAILED, self._sink_error)
 
     def _stream_closed(self, stream: int, exc: Exception | None) -> None:
-        if exc is not None and not (stream == common_pb2.PTY and _is_eio(exc)):
+        if exc is not None and not (stream == common_pb2.PTY and is_eio(exc)):
             log.warning("output stream %s of pid %s broke: %r", stream, self.pid, exc)
         if stream == common_pb2.PTY and self._stdin is not None and not self._stdin.is_closing():
             self._stdin.abort()  # the terminal is gone; writes would now fail with EIO
@@ -447,8 +443,8 @@ class _ShellRun:
         if not self._contained:
             # Snapshot first: once the leader dies its children are reparented and the /proc
             # walk can no longer find them from it.
-            self._known = await asyncio.to_thread(_tree, leader, ())
-        _signal_group(leader, signal.SIGTERM)
+            self._known = await asyncio.to_thread(process_tree, leader, ())
+        signal_group(leader, signal.SIGTERM)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._kill_grace_s):
                 await self._exited.wait()
@@ -464,13 +460,13 @@ class _ShellRun:
         if self._contained:
             pass
         elif self._stop is not None or self._launch.pty:
-            self._killed = await asyncio.to_thread(_stop_and_kill, leader, self._known)
+            self._killed = await asyncio.to_thread(stop_and_kill, leader, self._known)
         else:
             # With the leader reaped, killpg fails (ESRCH) exactly when nobody else is left
             # in its group; members left keep the group id taken, so it cannot be reused.
             self._reap()
-            if _signal_group(leader, signal.SIGKILL):
-                self._killed = await asyncio.to_thread(_stop_and_kill, leader, set())
+            if signal_group(leader, signal.SIGKILL):
+                self._killed = await asyncio.to_thread(stop_and_kill, leader, set())
         self._kill_now()
 
     def _leader(self) -> int:
@@ -486,8 +482,8 @@ class _ShellRun:
             with contextlib.suppress(CortexError):
                 self._cgroup.kill()
         if not self._reaped:  # the unreaped leader keeps its group id from being reused
-            _signal_group(self.pid, signal.SIGKILL)
-        _signal_each(self._killed | self._known, signal.SIGKILL)
+            signal_group(self.pid, signal.SIGKILL)
+        signal_each(self._killed | self._known, signal.SIGKILL)
 
     async def _wait_gone(self) -> str:
         deadline = self._loop.time() + _GONE_BOUND_S
@@ -508,10 +504,10 @@ class _ShellRun:
             return False
         if self._cgroup is not None and not self._cgroup.is_empty():
             return False
-        return not any(_alive(p) for p in self._killed | self._known)
+        return not any(is_alive(p) for p in self._killed | self._known)
 
     def _survivors(self) -> list[int]:
-        alive = {pid for pid, start in self._killed | self._known if _alive((pid, start))}
+        alive = {pid for pid, start in self._killed | self._known if is_alive((pid, start))}
         if self._cgroup is not None:
             alive.update(self._cgroup.pids())
         if not self._exited.is_set() and self.pid is not None:
@@ -601,183 +597,3 @@ class _Reader(asyncio.Protocol):
 
 
 # --- spec -------------------------------------------------------------------------------
-
-
-def _launch_of(shell: common_pb2.ShellSpec) -> _Launch:
-    """Validate a ShellSpec into what spawn needs; InvalidArgument names the bad field."""
-    if bool(shell.argv) == bool(shell.command):
-        raise InvalidArgument("a shell spec needs exactly one of argv (exec'd) or command (sh -c)")
-    argv = list(shell.argv) if shell.argv else [_SHELL, "-c", shell.command]
-    if any("\0" in arg for arg in argv) or "\0" in shell.cwd:
-        raise InvalidArgument("shell argv, command and cwd must not contain NUL bytes")
-    for key, value in shell.env.items():
-        if not key or "=" in key or "\0" in key or "\0" in value:
-            raise InvalidArgument(f"bad environment variable {key!r}: no '=' or NUL allowed")
-    if shell.rows > 65535 or shell.cols > 65535:
-        raise InvalidArgument(f"terminal size {shell.rows}x{shell.cols} is over 65535")
-    env = {**os.environ, **shell.env}
-    if shell.pty:
-        env.setdefault("TERM", "xterm-256color")  # a daemon's env often has none; TUIs need one
-    return _Launch(
-        argv=argv,
-        env=env,
-        cwd=shell.cwd or None,
-        stdin=shell.stdin,
-        interactive=shell.interactive,
-        pty=shell.pty,
-        rows=shell.rows or _DEFAULT_ROWS,
-        cols=shell.cols or _DEFAULT_COLS,
-    )
-
-
-def _spawn_failure(exc: OSError, launch: _Launch) -> str:
-    """The reason a spawn failed, naming the file at fault."""
-    if launch.cwd is not None and exc.filename == launch.cwd:
-        what = {
-            errno.ENOENT: "working directory not found",
-            errno.ENOTDIR: "working directory is not a directory",
-            errno.EACCES: "permission denied on working directory",
-        }.get(exc.errno or 0, f"cannot enter working directory ({exc.strerror})")
-        return f"{what}: {launch.cwd}"
-    exe = launch.argv[0]
-    if exc.errno == errno.ENOENT:
-        return f"executable not found: {exe}"
-    if exc.errno == errno.EACCES:
-        return f"permission denied: {exe}"
-    return f"cannot execute {exe}: {exc.strerror or exc}"
-
-
-def _check_executable(launch: _Launch) -> None:
-    """Raise the OSError execvp would, for a spawn that goes through a wrapper."""
-    exe = launch.argv[0]
-    if launch.cwd is not None and not os.path.isdir(launch.cwd):
-        return  # Popen's chdir reports this one, precisely
-    if "/" not in exe:
-        if shutil.which(exe, path=launch.env.get("PATH", os.defpath)) is None:
-            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), exe)
-        return
-    path = os.path.join(launch.cwd or os.getcwd(), exe)
-    if not os.path.exists(path):
-        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), exe)
-    if os.path.isdir(path) or not os.access(path, os.X_OK):
-        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), exe)
-
-
-def _require_pidfd() -> None:
-    try:
-        os.close(os.pidfd_open(os.getpid()))
-    except (AttributeError, OSError) as exc:
-        raise Unavailable("the shell skill needs pidfd_open (Linux 5.3 or later)") from exc
-
-
-# --- process tree -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Proc:
-    pid: int
-    ppid: int
-    pgrp: int
-    session: int
-    start: int
-    dead: bool  # zombie: exited, only its parent's waitpid is missing
-
-
-def _read_stat(pid: int) -> _Proc | None:
-    try:
-        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)  # raw: half the cost of open()
-        try:
-            data = os.read(fd, 4096)
-        finally:
-            os.close(fd)
-    except OSError:
-        return None
-    # comm (field 2) may hold spaces and parentheses; everything after the last ")" is plain.
-    rest = data[data.rindex(b")") + 2 :].split()
-    return _Proc(pid, int(rest[1]), int(rest[2]), int(rest[3]), int(rest[19]), rest[0] in b"ZX")
-
-
-def _scan() -> dict[int, _Proc]:
-    procs = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit() and (proc := _read_stat(int(name))) is not None:
-            procs[proc.pid] = proc
-    return procs
-
-
-def _tree(leader: int, extra: Iterable[Pid]) -> set[Pid]:
-    """Live processes of a task: its process group and session, the leader's descendants,
-    `extra` ones still alive, and the descendants of all of those."""
-    procs = _scan()
-    children: defaultdict[int, list[int]] = defaultdict(list)
-    for proc in procs.values():
-        children[proc.ppid].append(proc.pid)
-    stack = [leader]
-    stack += [p.pid for p in procs.values() if leader in (p.pgrp, p.session)]
-    stack += [pid for pid, start in extra if pid in procs and procs[pid].start == start]
-    found: set[int] = set()
-    never = {1, os.getpid()}
-    while stack:
-        pid = stack.pop()
-        if pid in found or pid in never or pid not in procs:
-            continue
-        found.add(pid)
-        stack.extend(children[pid])
-    return {(pid, procs[pid].start) for pid in found if not procs[pid].dead}
-
-
-def _stop_and_kill(leader: int, known: set[Pid]) -> set[Pid]:
-    """SIGSTOP the tree until no new member appears, then SIGKILL it; the killed set.
-
-    Stopped processes cannot fork, and a stopped parent keeps its children findable by
-    ppid, so the walk converges on the whole tree before anything dies and orphans.
-    """
-    stopped: set[Pid] = set()
-    for _ in range(_STOP_ROUNDS):
-        fresh = _tree(leader, known | stopped) - stopped
-        if not fresh:
-            break
-        _signal_each(fresh, signal.SIGSTOP)
-        stopped |= fresh
-    _signal_each(stopped, signal.SIGKILL)
-    return stopped
-
-
-def _alive(entry: Pid) -> bool:
-    proc = _read_stat(entry[0])
-    return proc is not None and proc.start == entry[1] and not proc.dead
-
-
-def _signal_each(entries: Iterable[Pid], sig: signal.Signals) -> None:
-    for entry in entries:
-        if _alive(entry):  # same start time: not a new process that got a reused pid
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(entry[0], sig)
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> bool:
-    """Signal a process group; whether it had any member (zombies count)."""
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # members exist, none of them ours to signal
-    return True
-
-
-def _leave_cgroup(group: TaskCgroup) -> None:
-    try:
-        group.end_spawn()
-    except CortexError:
-        # The child is spawned and must be tracked, so do not raise; Cgroup.kill refuses to
-        # kill a group the agent is still in.
-        log.exception("the agent could not leave %s", group)
-
-
-def _set_winsize(fd: int, rows: int, cols: int) -> None:
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-
-
-def _is_eio(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno == errno.EIO

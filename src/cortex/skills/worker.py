@@ -31,20 +31,22 @@ import contextlib
 import itertools
 import logging
 import math
-import os
 import re
-import signal
 import sys
 from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf import struct_pb2
 
-from cortex import __version__
 from cortex._proto.cortex.v1 import common_pb2, worker_pb2
 from cortex.core.states import State
 from cortex.errors import Conflict, CortexError, InvalidArgument, Unavailable
-from cortex.skills._framing import PROTOCOL, FrameError, encode_frame, read_frame
+from cortex.skills._worker_process import (
+    RESULT_STATES,
+    Call,
+    End,
+    Worker,
+)
 from cortex.skills.base import Outcome, OutputSink, TaskRun
 
 __all__ = ["PoolStatistics", "WorkerPool", "WorkerSkill"]
@@ -54,21 +56,9 @@ log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (skill, session id)
 
 _STOP_STATES = (State.CANCELLED, State.TIMED_OUT, State.FAILED)
-_RESULT_STATES = {
-    common_pb2.SUCCEEDED: State.SUCCEEDED,
-    common_pb2.FAILED: State.FAILED,
-    common_pb2.CANCELLED: State.CANCELLED,
-}
-_STREAMS = (common_pb2.STDOUT, common_pb2.STDERR)
 _SKILL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 _ARGS_HINT = {"pyeval": ' {"code": "<python source>"}'}
 _MAX_NOTES = 1024  # sessions remembered as reset, for the note on their next call
-_STDERR_CHUNK = 65536
-_STDERR_TAIL = 2048  # bytes of a worker's stderr kept to explain a failed start
-_LOG_BYTES = 1024  # bytes of one piece of output outside of a call that go to the log
-_STRAY_LOG_BYTES = 64 << 10  # output outside of calls logged per worker; the rest is counted
-_EXIT_BOUND_S = 30.0  # a process still there this long after SIGKILL is stuck in the kernel
-_STDERR_BOUND_S = 1.0  # stderr may trail the worker's exit (a grandchild can hold it open)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,254 +69,12 @@ class PoolStatistics:
     crashed: int  # workers that died on their own or broke the protocol
 
 
-@dataclass(frozen=True, slots=True)
-class _End:
-    """How a call ended: the worker's result, or why the worker is gone."""
-
-    result: worker_pb2.WorkerResult | None = None
-    lost: str = ""
-
-
-class _Call:
-    def __init__(self, call_id: int, sink: OutputSink) -> None:
-        self.call_id = call_id
-        self.sink = sink
-        self.done: asyncio.Future[_End] = asyncio.get_running_loop().create_future()
-
-    def end(self, end: _End) -> None:
-        if not self.done.done():
-            self.done.set_result(end)
-
-
-class _Worker:
-    """One worker process: its pipes, the call it runs, and how it ended."""
-
-    def __init__(self, proc: asyncio.subprocess.Process, *, skill: str, session_id: str,
-                 grace_s: float) -> None:
-        if proc.stdin is None or proc.stdout is None or proc.stderr is None:
-            raise RuntimeError("a worker is spawned with stdin, stdout and stderr pipes")
-        self.skill = skill
-        self.session_id = session_id
-        self.pid = proc.pid
-        self._proc = proc
-        self._stdin = proc.stdin
-        self._stdout = proc.stdout
-        self._stderr = proc.stderr
-        self._grace_s = grace_s
-        self._loop = asyncio.get_running_loop()
-        self.call: _Call | None = None
-        self.idle_since = self._loop.time()
-        self.hello: asyncio.Future[str] = self._loop.create_future()  # "" or why not
-        self.ended_by = ""  # set when the node ends the worker (not a crash)
-        self.gone = ""  # once it is gone: "crashed (exit code 1)", "was idle ...", ...
-        self.crashed = False
-        self._stderr_tail = b""
-        self._stray = 0  # bytes of output that came outside of any call
-        self._kill_timer: asyncio.TimerHandle | None = None
-        self.task: asyncio.Task[None] | None = None
-
-    def __str__(self) -> str:
-        return f"{self.skill} worker {self.pid} (session {self.session_id!r})"
-
-    @property
-    def lost(self) -> str:
-        """What a call in flight is told when the worker is gone (or going)."""
-        return (f"the {self.skill} worker for session {self.session_id} "
-                f"{self.gone or self.ended_by}; the session's state is gone")
-
-    # --- the node's side of the protocol -----------------------------------------------
-
-    async def ready(self, timeout_s: float) -> None:
-        """Wait for the hello; Unavailable (the worker being killed) if it does not come."""
-        try:
-            async with asyncio.timeout(timeout_s):
-                why = await asyncio.shield(self.hello)
-        except TimeoutError:
-            self.end(f"did not start within {timeout_s:g} s", kill=True)
-            why = f"did not start within {timeout_s:g} s"
-        except BaseException:
-            self.end("was killed: the call that started it stopped waiting", kill=True)
-            raise
-        if why:
-            raise Unavailable(f"the {self.skill} worker for session {self.session_id} {why}")
-
-    async def send(self, call: _Call, task_id: str, args: struct_pb2.Struct) -> None:
-        """Start `call`; its end comes through `call.done` (also if the worker dies)."""
-        request = worker_pb2.WorkerRequest(call_id=call.call_id, task_id=task_id, args=args)
-        frame = encode_frame(request)  # InvalidArgument before the call is in flight
-        if self.gone or self.ended_by:
-            call.end(_End(lost=self.lost))
-            return
-        self.call = call
-        with contextlib.suppress(ConnectionError):  # a dead worker: its lifecycle ends the call
-            self._stdin.write(frame)
-            await self._stdin.drain()
-
-    def interrupt(self, call_id: int) -> None:
-        """Ask the worker to interrupt a call (it answers CANCELLED); returns at once."""
-        if not self._stdin.is_closing():
-            self._stdin.write(encode_frame(worker_pb2.WorkerRequest(call_id=call_id,
-                                                                    cancel=True)))
-
-    def end(self, why: str, *, kill: bool) -> None:
-        """End the worker: `kill` at once, or close its input and let it exit, killed if
-        it has not within the grace period. The first `why` stays; it completes "the
-        pyeval worker for session S ..." in what the session's calls are told."""
-        if self.gone:
-            return
-        self.ended_by = self.ended_by or why
-        if kill:
-            _kill_group(self.pid)
-            return
-        if not self._stdin.is_closing():
-            self._stdin.close()  # a worker exits at the end of its input
-        if self._kill_timer is None:
-            self._kill_timer = self._loop.call_later(self._grace_s, _kill_group, self.pid)
-
-    # --- lifecycle ---------------------------------------------------------------------
-
-    async def run(self) -> None:
-        """Read frames until the worker is gone, then reap it and end whatever it held."""
-        stderr = asyncio.create_task(self._drain_stderr(), name=f"stderr of {self}")
-        breach = ""
-        try:
-            try:
-                while (reply := await read_frame(self._stdout,
-                                                 worker_pb2.WorkerReply)) is not None:
-                    self._on_reply(reply)
-            except FrameError as exc:
-                breach = str(exc)
-            except OSError as exc:
-                breach = f"its replies could not be read: {exc}"
-            await self._finish(breach, stderr)
-        except BaseException:  # cancelled: not done the normal way, but done all the same
-            _kill_group(self.pid)
-            stderr.cancel()
-            self.gone = self.gone or "was killed: its node is stopping"
-            if not self.hello.done():
-                self.hello.set_result(self.gone)
-            if self.call is not None:
-                self.call.end(_End(lost=self.lost))
-            raise
-
-    def _on_reply(self, reply: worker_pb2.WorkerReply) -> None:
-        kind = reply.WhichOneof("kind")
-        if kind == "hello":
-            self._on_hello(reply.hello)
-        elif not self.hello.done():
-            raise FrameError(f"sent {kind or 'an empty reply'} before its hello")
-        elif kind == "output":
-            self._on_output(reply.call_id, reply.output)
-        elif kind == "result":
-            self._on_result(reply.call_id, reply.result)
-        else:
-            raise FrameError("sent a reply with nothing in it")
-
-    def _on_hello(self, hello: worker_pb2.WorkerHello) -> None:
-        if self.hello.done():
-            raise FrameError("sent a second hello")
-        if hello.skill != self.skill:
-            raise FrameError(f"serves skill {hello.skill!r}, not {self.skill!r}")
-        if hello.protocol != PROTOCOL:
-            raise FrameError(f"speaks worker protocol {hello.protocol}; this node speaks "
-                             f"{PROTOCOL} (the worker runs cortex {hello.version})")
-        if hello.version != __version__:
-            log.warning("%s runs cortex %s, the node %s", self, hello.version, __version__)
-        log.info("%s started", self)
-        self.hello.set_result("")
-
-    def _on_output(self, call_id: int, output: common_pb2.Output) -> None:
-        if output.stream not in _STREAMS:
-            raise FrameError(f"sent output on stream {output.stream}, not stdout or stderr")
-        call = self.call
-        if call is not None and call.call_id == call_id:
-            call.sink(output.stream, output.data)
-        else:  # a thread of the session printing between calls
-            self._log_stray("output", output.data)
-
-    def _on_result(self, call_id: int, result: worker_pb2.WorkerResult) -> None:
-        call = self.call
-        if call is None or call.call_id != call_id:
-            raise FrameError(f"sent a result for call {call_id}, which is not running")
-        if result.state not in _RESULT_STATES:
-            raise FrameError(f"ended call {call_id} in state {result.state}")
-        self.call = None
-        self.idle_since = self._loop.time()
-        call.end(_End(result=result))
-
-    async def _drain_stderr(self) -> None:
-        """fd-level output (subprocesses, C code, the worker's own errors) of the worker."""
-        while chunk := await self._stderr.read(_STDERR_CHUNK):
-            self._stderr_tail = (self._stderr_tail + chunk)[-_STDERR_TAIL:]
-            call = self.call
-            if call is not None:
-                call.sink(common_pb2.STDERR, chunk)
-            else:
-                self._log_stray("stderr", chunk)
-
-    def _log_stray(self, source: str, data: bytes) -> None:
-        """No call to give it to: the log gets it, up to a bound per worker."""
-        before, self._stray = self._stray, self._stray + len(data)
-        if before < _STRAY_LOG_BYTES:
-            log.info("%s, outside of a call, %s: %r", self, source, data[:_LOG_BYTES])
-            if self._stray >= _STRAY_LOG_BYTES:
-                log.info("%s: over %d bytes outside of calls; no more of it is logged",
-                         self, _STRAY_LOG_BYTES)
-
-    async def _finish(self, breach: str, stderr: asyncio.Task[None]) -> None:
-        if breach:
-            _kill_group(self.pid)  # it talks nonsense: nothing it says can be trusted now
-        code = await self._reap()
-        _kill_group(self.pid)  # what the session left running dies with it
-        if self._kill_timer is not None:
-            self._kill_timer.cancel()
-        done, _ = await asyncio.wait([stderr], timeout=_STDERR_BOUND_S)
-        if not done:
-            stderr.cancel()
-            await asyncio.wait([stderr])
-        if self.ended_by:
-            self.gone = self.ended_by
-        elif breach:
-            self.gone, self.crashed = f"broke the protocol ({breach}) and was killed", True
-        else:
-            self.gone, self.crashed = f"crashed ({_exit_text(code)})", True
-        log.info("%s is gone: %s", self, self.gone)
-        if not self.hello.done():
-            self.hello.set_result(self._start_failure(code, breach))
-        call, self.call = self.call, None
-        if call is not None:
-            call.end(_End(lost=self.lost))
-
-    def _start_failure(self, code: int | None, breach: str) -> str:
-        if self.ended_by:
-            return self.ended_by
-        if breach:
-            return f"did not start: it broke the protocol ({breach})"
-        lines = self._stderr_tail.decode(errors="replace").strip().splitlines()
-        detail = f": {lines[-1].strip()}" if lines else ""
-        return f"did not start ({_exit_text(code)}){detail}"
-
-    async def _reap(self) -> int | None:
-        """The exit status: after the grace period (a closing worker flushes its files),
-        the group is killed; None if even SIGKILL does not end it (stuck in the kernel)."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self._grace_s):
-                return await self._proc.wait()
-        _kill_group(self.pid)
-        try:
-            async with asyncio.timeout(_EXIT_BOUND_S):
-                return await self._proc.wait()
-        except TimeoutError:
-            log.error("%s survived SIGKILL for %.0f s", self, _EXIT_BOUND_S)
-            return None
-
-
 class _Session:
     def __init__(self, key: Key) -> None:
         self.key = key
         self.lock = asyncio.Lock()  # FIFO: the session's calls run in the order they came
         self.users = 0  # the call holding the lock and those waiting for it
-        self.worker: _Worker | None = None
+        self.worker: Worker | None = None
 
 
 class WorkerPool:
@@ -355,7 +103,7 @@ class WorkerPool:
         self._cancel_grace_s = cancel_grace_s
         self._sessions: dict[Key, _Session] = {}
         self._notes: collections.OrderedDict[Key, str] = collections.OrderedDict()
-        self._workers: set[_Worker] = set()  # every worker whose lifecycle task still runs
+        self._workers: set[Worker] = set()  # every worker whose lifecycle task still runs
         self._starting = 0
         self._call_ids = itertools.count(1)
         self._changed = asyncio.Event()  # wakes the idle reaper
@@ -410,7 +158,7 @@ class WorkerPool:
         worker = session.worker if session is not None else None
         return worker.pid if worker is not None and not worker.gone else None
 
-    async def _worker_for(self, session: _Session) -> tuple[_Worker, str]:
+    async def _worker_for(self, session: _Session) -> tuple[Worker, str]:
         """The session's live worker, started if needed, and the note its call shows first
         ("" unless the session was reset). The caller holds the session's lock."""
         worker = session.worker
@@ -429,7 +177,7 @@ class WorkerPool:
         session.worker = worker
         return worker, self._notes.pop(session.key, "")
 
-    async def _spawn(self, skill: str, session_id: str) -> _Worker:
+    async def _spawn(self, skill: str, session_id: str) -> Worker:
         try:
             proc = await asyncio.create_subprocess_exec(
                 self._python, "-m", "cortex.workers", skill,
@@ -441,7 +189,7 @@ class WorkerPool:
         except OSError as exc:
             raise Unavailable(f"cannot start the {skill} worker with {self._python}: "
                               f"{exc.strerror or exc}") from exc
-        worker = _Worker(proc, skill=skill, session_id=session_id, grace_s=self._cancel_grace_s)
+        worker = Worker(proc, skill=skill, session_id=session_id, grace_s=self._cancel_grace_s)
         self._started += 1
         self._workers.add(worker)
         worker.task = asyncio.create_task(self._lifecycle(worker), name=str(worker))
@@ -450,7 +198,7 @@ class WorkerPool:
         await worker.ready(self._start_timeout_s)
         return worker
 
-    async def _lifecycle(self, worker: _Worker) -> None:
+    async def _lifecycle(self, worker: Worker) -> None:
         try:
             await worker.run()
         finally:
@@ -640,8 +388,8 @@ class _WorkerRun:
                 session.lock.release()
             self._pool._leave(session)
 
-    async def _call(self, worker: _Worker) -> _End:
-        call = _Call(next(self._pool._call_ids), self._deliver)
+    async def _call(self, worker: Worker) -> End:
+        call = Call(next(self._pool._call_ids), self._deliver)
         try:
             await worker.send(call, self._task_id, self._args)
             either: list[asyncio.Future[Any]] = [call.done, self._stopped]
@@ -675,7 +423,7 @@ class _WorkerRun:
         state, reason = self._stop or (State.CANCELLED, "cancelled")
         return Outcome(state, None, reason)
 
-    def _outcome(self, end: _End) -> Outcome:
+    def _outcome(self, end: End) -> Outcome:
         if self._sink_error:
             return Outcome(State.FAILED, None, self._sink_error)
         if end.lost:
@@ -683,27 +431,9 @@ class _WorkerRun:
                 return Outcome(self._stop[0], None, f"{self._stop[1]}; {end.lost}")
             return Outcome(State.FAILED, None, end.lost)
         result = end.result or worker_pb2.WorkerResult(state=common_pb2.FAILED)
-        state = _RESULT_STATES[result.state]
+        state = RESULT_STATES[result.state]
         if state is State.CANCELLED and self._stop is not None:
             return self._stopped_outcome()  # the interrupt we asked for (e.g. TIMED_OUT)
         if state is State.SUCCEEDED:
             return Outcome(state, None)
         return Outcome(state, None, result.error or state.label)
-
-
-def _kill_group(pid: int) -> None:
-    # The worker leads its own session and group (start_new_session), so its pid is the
-    # group id; an unreaped or still-populated group keeps that id from being reused.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-
-
-def _exit_text(code: int | None) -> str:
-    if code is None:
-        return "exit status unknown"
-    if code >= 0:
-        return f"exit code {code}"
-    try:
-        return f"killed by {signal.Signals(-code).name}"
-    except ValueError:
-        return f"killed by signal {-code}"
