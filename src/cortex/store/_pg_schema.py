@@ -6,7 +6,7 @@ the applied version is recorded (``PRAGMA user_version`` there, a table here); o
 serving both would either hide those differences behind a lowest common denominator or
 grow a dialect layer bigger than the migrations. So each backend keeps its own ordered
 tuple of scripts, kept *in step*: migration N means the same change on both backends
-(1 = the foundation, 2 = pinned sessions). A new migration is added to both tuples in the
+(1 = the foundation, 2 = pinned sessions, 3 = tenancy: weights, quotas, pools). A new migration is added to both tuples in the
 same change, and the contract suite proves that both stores still behave alike.
 
 Applied migrations are recorded one row each in ``cortex_schema_version`` inside the
@@ -113,6 +113,21 @@ MIGRATIONS: tuple[str, ...] = (
         created_at DOUBLE PRECISION NOT NULL,
         PRIMARY KEY (tenant, id)
     );
+    """,
+    # 3: tenancy: per-tenant fair-share weight and quota, node pools, join tokens into a pool
+    """
+    ALTER TABLE tenants ADD COLUMN weight DOUBLE PRECISION NOT NULL DEFAULT 1;
+    ALTER TABLE tenants ADD COLUMN quota JSONB NOT NULL DEFAULT '{}';
+    CREATE TABLE pools (
+        tenant TEXT NOT NULL REFERENCES tenants(id),
+        name TEXT NOT NULL,
+        description TEXT NOT NULL DEFAULT '',
+        created_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (tenant, name)
+    );
+    INSERT INTO pools(tenant, name, created_at) SELECT id, 'default', created_at FROM tenants;
+    ALTER TABLE join_tokens ADD COLUMN pool TEXT NOT NULL DEFAULT 'default';
+    CREATE INDEX api_tokens_tenant ON api_tokens(tenant);
     """,
 )
 

@@ -81,4 +81,19 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (tenant, id)
     );
     """,
+    # 3: tenancy: per-tenant fair-share weight and quota, node pools, join tokens into a pool
+    """
+    ALTER TABLE tenants ADD COLUMN weight REAL NOT NULL DEFAULT 1;
+    ALTER TABLE tenants ADD COLUMN quota TEXT NOT NULL DEFAULT '{}';
+    CREATE TABLE pools (
+        tenant TEXT NOT NULL REFERENCES tenants(id),
+        name TEXT NOT NULL,
+        description TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        PRIMARY KEY (tenant, name)
+    );
+    INSERT INTO pools(tenant, name, created_at) SELECT id, 'default', created_at FROM tenants;
+    ALTER TABLE join_tokens ADD COLUMN pool TEXT NOT NULL DEFAULT 'default';
+    CREATE INDEX api_tokens_tenant ON api_tokens(tenant);
+    """,
 )

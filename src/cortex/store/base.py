@@ -13,7 +13,26 @@ from dataclasses import dataclass, field
 
 from cortex._proto.cortex.v1 import common_pb2 as pb
 
-__all__ = ["ApiTokenRecord", "JoinTokenRecord", "Store", "TaskQuery"]
+__all__ = ["DEFAULT_POOL", "ApiTokenRecord", "JoinTokenRecord", "PoolRecord", "Store", "TaskQuery",
+           "TenantRecord"]
+
+DEFAULT_POOL = "default"   # every tenant has it; nodes join it unless their token names another
+
+
+@dataclass(frozen=True, slots=True)
+class TenantRecord:
+    id: str
+    created_at: float
+    weight: float = 1.0                                     # fair-share weight
+    quota: dict[str, float] = field(default_factory=dict)   # cortex.core.quota.Quota fields
+
+
+@dataclass(frozen=True, slots=True)
+class PoolRecord:
+    tenant: str
+    name: str
+    created_at: float
+    description: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +57,7 @@ class JoinTokenRecord:
     expires_at: float
     used_at: float = 0.0
     node_id: str = ""
+    pool: str = "default"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +83,40 @@ class Store(abc.ABC):
     # -- tenants and credentials -------------------------------------------------
     @abc.abstractmethod
     async def ensure_tenant(self, tenant: str, *, now: float) -> None: ...
+
+    @abc.abstractmethod
+    async def create_tenant(self, tenant: TenantRecord) -> None:
+        """Create a tenant and its `default` pool; Conflict if the id is taken."""
+
+    @abc.abstractmethod
+    async def get_tenant(self, tenant: str) -> TenantRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_tenants_all(self) -> list[TenantRecord]:
+        """Every tenant (hub-wide administration only)."""
+
+    @abc.abstractmethod
+    async def set_tenant_limits(self, tenant: str, *, weight: float,
+                                quota: dict[str, float]) -> TenantRecord:
+        """Replace a tenant's weight and quota; NotFound if there is no such tenant."""
+
+    @abc.abstractmethod
+    async def create_pool(self, pool: PoolRecord) -> None:
+        """Create a node pool in its tenant; Conflict if the name is taken there."""
+
+    @abc.abstractmethod
+    async def list_pools(self, tenant: str) -> list[PoolRecord]: ...
+
+    @abc.abstractmethod
+    async def get_pool(self, tenant: str, name: str) -> PoolRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_api_tokens(self, tenant: str) -> list[ApiTokenRecord]: ...
+
+    @abc.abstractmethod
+    async def revoke_api_token(self, tenant: str, token_id: str, *, now: float
+                               ) -> ApiTokenRecord:
+        """Mark a token of `tenant` revoked (idempotent); NotFound if it has no such token."""
 
     @abc.abstractmethod
     async def create_api_token(self, token: ApiTokenRecord) -> None: ...

@@ -51,9 +51,24 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from cortex._proto.cortex.v1 import common_pb2 as pb
-from cortex.errors import Conflict, CortexError, InvalidArgument, PermissionDenied, Unavailable
+from cortex.errors import (
+    Conflict,
+    CortexError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
 from cortex.store._pg_schema import migrate
-from cortex.store.base import ApiTokenRecord, JoinTokenRecord, Store, TaskQuery
+from cortex.store.base import (
+    DEFAULT_POOL,
+    ApiTokenRecord,
+    JoinTokenRecord,
+    PoolRecord,
+    Store,
+    TaskQuery,
+    TenantRecord,
+)
 
 __all__ = ["PostgresStore"]
 
@@ -63,6 +78,7 @@ _CONNECT_TIMEOUT_S = 10
 # How long open() waits for the pool's first connection, and a call for a free one.
 _POOL_TIMEOUT_S = 30.0
 _ACTIVE = (pb.QUEUED, pb.ASSIGNED, pb.RUNNING)
+_TOKEN_COLUMNS = "id, tenant, name, role, secret_hash, created_at, expires_at, revoked_at"
 # Literal states, not parameters, so the planner can use the partial index tasks_active.
 _SELECT_ACTIVE = sql.SQL("SELECT body FROM tasks WHERE state IN ({}) ORDER BY id").format(
     sql.SQL(", ").join(sql.Literal(int(s)) for s in _ACTIVE)
@@ -211,10 +227,80 @@ class PostgresStore(Store):
 
     # -- tenants and credentials -----------------------------------------------------
     async def ensure_tenant(self, tenant: str, *, now: float) -> None:
-        await self._execute(
-            "INSERT INTO tenants(id, created_at) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-            (tenant, now),
-        )
+        async with self._transaction() as conn:
+            await conn.execute("INSERT INTO tenants(id, created_at) VALUES (%s, %s)"
+                               " ON CONFLICT DO NOTHING", (tenant, now))
+            await conn.execute("INSERT INTO pools(tenant, name, created_at) VALUES (%s, %s, %s)"
+                               " ON CONFLICT DO NOTHING", (tenant, DEFAULT_POOL, now))
+
+    async def create_tenant(self, tenant: TenantRecord) -> None:
+        async with self._transaction() as conn:
+            cur = await conn.execute(
+                "INSERT INTO tenants(id, created_at, weight, quota) VALUES (%s, %s, %s, %s)"
+                " ON CONFLICT DO NOTHING",
+                (tenant.id, tenant.created_at, tenant.weight, Jsonb(tenant.quota)))
+            if cur.rowcount == 0:
+                raise Conflict(f"tenant {tenant.id!r} already exists")
+            await conn.execute("INSERT INTO pools(tenant, name, created_at) VALUES (%s, %s, %s)",
+                               (tenant.id, DEFAULT_POOL, tenant.created_at))
+
+    async def get_tenant(self, tenant: str) -> TenantRecord | None:
+        row = await self._fetchone(
+            "SELECT id, created_at, weight, quota FROM tenants WHERE id = %s", (tenant,))
+        return None if row is None else TenantRecord(*row)
+
+    async def list_tenants_all(self) -> list[TenantRecord]:
+        rows = await self._fetchall(
+            "SELECT id, created_at, weight, quota FROM tenants ORDER BY id", ())
+        return [TenantRecord(*r) for r in rows]
+
+    async def set_tenant_limits(self, tenant: str, *, weight: float,
+                                quota: dict[str, float]) -> TenantRecord:
+        row = await self._fetchone(
+            "UPDATE tenants SET weight = %s, quota = %s WHERE id = %s"
+            " RETURNING id, created_at, weight, quota", (weight, Jsonb(quota), tenant))
+        if row is None:
+            raise NotFound(f"no tenant {tenant!r} (list them with `cortex tenant ls`)")
+        return TenantRecord(*row)
+
+    async def create_pool(self, pool: PoolRecord) -> None:
+        row = await self._fetchone(
+            "INSERT INTO pools(tenant, name, description, created_at) VALUES (%s, %s, %s, %s)"
+            " ON CONFLICT DO NOTHING RETURNING name",
+            (pool.tenant, pool.name, pool.description, pool.created_at))
+        if row is None:
+            raise Conflict(f"pool {pool.name!r} already exists in tenant {pool.tenant!r}")
+
+    async def list_pools(self, tenant: str) -> list[PoolRecord]:
+        rows = await self._fetchall(
+            "SELECT tenant, name, created_at, description FROM pools WHERE tenant = %s"
+            " ORDER BY name", (tenant,))
+        return [PoolRecord(*r) for r in rows]
+
+    async def get_pool(self, tenant: str, name: str) -> PoolRecord | None:
+        row = await self._fetchone(
+            "SELECT tenant, name, created_at, description FROM pools"
+            " WHERE tenant = %s AND name = %s", (tenant, name))
+        return None if row is None else PoolRecord(*row)
+
+    async def list_api_tokens(self, tenant: str) -> list[ApiTokenRecord]:
+        rows = await self._fetchall(
+            f"SELECT {_TOKEN_COLUMNS} FROM api_tokens WHERE tenant = %s"
+            " ORDER BY created_at, id", (tenant,))
+        return [ApiTokenRecord(*r) for r in rows]
+
+    async def revoke_api_token(self, tenant: str, token_id: str, *, now: float
+                               ) -> ApiTokenRecord:
+        async with self._transaction() as conn:
+            await conn.execute("UPDATE api_tokens SET revoked_at = %s WHERE tenant = %s"
+                               " AND id = %s AND revoked_at = 0", (now, tenant, token_id))
+            cur = await conn.execute(f"SELECT {_TOKEN_COLUMNS} FROM api_tokens"
+                                     " WHERE tenant = %s AND id = %s", (tenant, token_id))
+            row = await cur.fetchone()
+        if row is None:
+            raise NotFound(f"no API token {token_id!r} in tenant {tenant!r}"
+                           " (list them with `cortex token ls`)")
+        return ApiTokenRecord(*row)
 
     async def create_api_token(self, token: ApiTokenRecord) -> None:
         await self._execute(
@@ -226,17 +312,16 @@ class PostgresStore(Store):
 
     async def find_api_token(self, token_id: str) -> ApiTokenRecord | None:
         row = await self._fetchone(
-            "SELECT id, tenant, name, role, secret_hash, created_at, expires_at, revoked_at"
-            " FROM api_tokens WHERE id = %s", (token_id,),
+            f"SELECT {_TOKEN_COLUMNS} FROM api_tokens WHERE id = %s", (token_id,),
         )
         return None if row is None else ApiTokenRecord(*row)
 
     async def create_join_token(self, token: JoinTokenRecord) -> None:
         await self._execute(
             "INSERT INTO join_tokens(id, tenant, secret_hash, labels, created_at,"
-            " expires_at, used_at, node_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            " expires_at, used_at, node_id, pool) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
             (token.id, token.tenant, token.secret_hash, Jsonb(token.labels),
-             token.created_at, token.expires_at, token.used_at, token.node_id),
+             token.created_at, token.expires_at, token.used_at, token.node_id, token.pool),
         )
 
     async def consume_join_token(
@@ -247,7 +332,7 @@ class PostgresStore(Store):
             # reads the token as used.
             cur = await conn.execute(
                 "SELECT id, tenant, secret_hash, labels, created_at, expires_at, used_at,"
-                " node_id FROM join_tokens WHERE id = %s FOR UPDATE", (token_id,),
+                " node_id, pool FROM join_tokens WHERE id = %s FOR UPDATE", (token_id,),
             )
             row = await cur.fetchone()
             if row is None or not hmac.compare_digest(row[2], secret_hash):

@@ -20,9 +20,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cortex._proto.cortex.v1 import common_pb2 as pb
-from cortex.errors import Conflict, PermissionDenied, Unavailable
+from cortex.errors import Conflict, NotFound, PermissionDenied, Unavailable
 from cortex.store._sqlite_schema import MIGRATIONS
-from cortex.store.base import ApiTokenRecord, JoinTokenRecord, Store, TaskQuery
+from cortex.store.base import (
+    DEFAULT_POOL,
+    ApiTokenRecord,
+    JoinTokenRecord,
+    PoolRecord,
+    Store,
+    TaskQuery,
+    TenantRecord,
+)
 
 __all__ = ["SqliteStore"]
 
@@ -30,6 +38,7 @@ T = TypeVar("T")
 _Op = Callable[[sqlite3.Connection], Any]
 _MAX_BATCH = 512
 _ACTIVE = (pb.QUEUED, pb.ASSIGNED, pb.RUNNING)
+_TOKEN_COLUMNS = "id, tenant, name, role, secret_hash, created_at, expires_at, revoked_at"
 
 
 class SqliteStore(Store):
@@ -143,11 +152,92 @@ class SqliteStore(Store):
 
     # -- tenants and credentials -----------------------------------------------------
     async def ensure_tenant(self, tenant: str, *, now: float) -> None:
-        await self._call(
-            lambda c: c.execute(
-                "INSERT OR IGNORE INTO tenants(id, created_at) VALUES (?, ?)", (tenant, now)
-            )
-        )
+        def op(c: sqlite3.Connection) -> None:
+            c.execute("INSERT OR IGNORE INTO tenants(id, created_at) VALUES (?, ?)", (tenant, now))
+            c.execute("INSERT OR IGNORE INTO pools(tenant, name, created_at) VALUES (?, ?, ?)",
+                      (tenant, DEFAULT_POOL, now))
+
+        await self._call(op)
+
+    async def create_tenant(self, tenant: TenantRecord) -> None:
+        def op(c: sqlite3.Connection) -> None:
+            try:
+                c.execute("INSERT INTO tenants(id, created_at, weight, quota) VALUES (?,?,?,?)",
+                          (tenant.id, tenant.created_at, tenant.weight, json.dumps(tenant.quota)))
+            except sqlite3.IntegrityError:
+                raise Conflict(f"tenant {tenant.id!r} already exists") from None
+            c.execute("INSERT INTO pools(tenant, name, created_at) VALUES (?, ?, ?)",
+                      (tenant.id, DEFAULT_POOL, tenant.created_at))
+
+        await self._call(op)
+
+    async def get_tenant(self, tenant: str) -> TenantRecord | None:
+        row = await self._call(lambda c: c.execute(
+            "SELECT id, created_at, weight, quota FROM tenants WHERE id = ?", (tenant,)
+        ).fetchone())
+        return None if row is None else TenantRecord(row[0], row[1], row[2], json.loads(row[3]))
+
+    async def list_tenants_all(self) -> list[TenantRecord]:
+        rows = await self._call(lambda c: c.execute(
+            "SELECT id, created_at, weight, quota FROM tenants ORDER BY id").fetchall())
+        return [TenantRecord(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
+
+    async def set_tenant_limits(self, tenant: str, *, weight: float,
+                                quota: dict[str, float]) -> TenantRecord:
+        def op(c: sqlite3.Connection) -> None:
+            cur = c.execute("UPDATE tenants SET weight = ?, quota = ? WHERE id = ?",
+                            (weight, json.dumps(quota), tenant))
+            if cur.rowcount == 0:
+                raise NotFound(f"no tenant {tenant!r} (list them with `cortex tenant ls`)")
+
+        await self._call(op)
+        rec = await self.get_tenant(tenant)
+        assert rec is not None
+        return rec
+
+    async def create_pool(self, pool: PoolRecord) -> None:
+        def op(c: sqlite3.Connection) -> None:
+            try:
+                c.execute("INSERT INTO pools(tenant, name, description, created_at)"
+                          " VALUES (?,?,?,?)",
+                          (pool.tenant, pool.name, pool.description, pool.created_at))
+            except sqlite3.IntegrityError:
+                raise Conflict(f"pool {pool.name!r} already exists in tenant {pool.tenant!r}"
+                               ) from None
+
+        await self._call(op)
+
+    async def list_pools(self, tenant: str) -> list[PoolRecord]:
+        rows = await self._call(lambda c: c.execute(
+            "SELECT tenant, name, created_at, description FROM pools WHERE tenant = ?"
+            " ORDER BY name", (tenant,)).fetchall())
+        return [PoolRecord(*r) for r in rows]
+
+    async def get_pool(self, tenant: str, name: str) -> PoolRecord | None:
+        row = await self._call(lambda c: c.execute(
+            "SELECT tenant, name, created_at, description FROM pools"
+            " WHERE tenant = ? AND name = ?", (tenant, name)).fetchone())
+        return None if row is None else PoolRecord(*row)
+
+    async def list_api_tokens(self, tenant: str) -> list[ApiTokenRecord]:
+        rows = await self._call(lambda c: c.execute(
+            f"SELECT {_TOKEN_COLUMNS} FROM api_tokens WHERE tenant = ? ORDER BY created_at, id",
+            (tenant,)).fetchall())
+        return [ApiTokenRecord(*r) for r in rows]
+
+    async def revoke_api_token(self, tenant: str, token_id: str, *, now: float
+                               ) -> ApiTokenRecord:
+        def op(c: sqlite3.Connection) -> ApiTokenRecord:
+            c.execute("UPDATE api_tokens SET revoked_at = ? WHERE tenant = ? AND id = ?"
+                      " AND revoked_at = 0", (now, tenant, token_id))
+            row = c.execute(f"SELECT {_TOKEN_COLUMNS} FROM api_tokens"
+                            " WHERE tenant = ? AND id = ?", (tenant, token_id)).fetchone()
+            if row is None:
+                raise NotFound(f"no API token {token_id!r} in tenant {tenant!r}"
+                               " (list them with `cortex token ls`)")
+            return ApiTokenRecord(*row)
+
+        return await self._call(op)
 
     async def create_api_token(self, token: ApiTokenRecord) -> None:
         await self._call(
@@ -161,8 +251,7 @@ class SqliteStore(Store):
     async def find_api_token(self, token_id: str) -> ApiTokenRecord | None:
         def op(c: sqlite3.Connection) -> ApiTokenRecord | None:
             row = c.execute(
-                "SELECT id, tenant, name, role, secret_hash, created_at, expires_at, revoked_at"
-                " FROM api_tokens WHERE id = ?", (token_id,)
+                f"SELECT {_TOKEN_COLUMNS} FROM api_tokens WHERE id = ?", (token_id,)
             ).fetchone()
             return None if row is None else ApiTokenRecord(*row)
 
@@ -171,9 +260,10 @@ class SqliteStore(Store):
     async def create_join_token(self, token: JoinTokenRecord) -> None:
         await self._call(
             lambda c: c.execute(
-                "INSERT INTO join_tokens VALUES (?,?,?,?,?,?,?,?)",
+                "INSERT INTO join_tokens(id, tenant, secret_hash, labels, created_at,"
+                " expires_at, used_at, node_id, pool) VALUES (?,?,?,?,?,?,?,?,?)",
                 (token.id, token.tenant, token.secret_hash, json.dumps(token.labels),
-                 token.created_at, token.expires_at, token.used_at, token.node_id),
+                 token.created_at, token.expires_at, token.used_at, token.node_id, token.pool),
             )
         )
 
@@ -182,8 +272,8 @@ class SqliteStore(Store):
     ) -> JoinTokenRecord:
         def op(c: sqlite3.Connection) -> JoinTokenRecord:
             row = c.execute(
-                "SELECT id, tenant, secret_hash, labels, created_at, expires_at, used_at, node_id"
-                " FROM join_tokens WHERE id = ?", (token_id,)
+                "SELECT id, tenant, secret_hash, labels, created_at, expires_at, used_at, node_id,"
+                " pool FROM join_tokens WHERE id = ?", (token_id,)
             ).fetchone()
             if row is None or row[2] != secret_hash:
                 raise PermissionDenied("unknown join token: create one with `cortex token create`")

@@ -261,6 +261,8 @@ class TaskSpec(_message.Message):
     RESOURCES_FIELD_NUMBER: _builtins.int
     NODE_ID_FIELD_NUMBER: _builtins.int
     MAX_OUTPUT_BYTES_FIELD_NUMBER: _builtins.int
+    POOL_FIELD_NUMBER: _builtins.int
+    CANCEL_ON_DISCONNECT_FIELD_NUMBER: _builtins.int
     skill: _builtins.str
     """"shell" (default), "noop", later "browser", ..."""
     session_id: _builtins.str
@@ -275,6 +277,12 @@ class TaskSpec(_message.Message):
     """pin to one node (optional)"""
     max_output_bytes: _builtins.int
     """0 = hub default"""
+    pool: _builtins.str
+    """run only on nodes of this pool ("" = any)"""
+    cancel_on_disconnect: _builtins.bool
+    """Cancel the task when the client that submitted it disconnects (its Watch/Attach
+    stream ends) and no other client resumes watching within the hub's grace.
+    """
     @_builtins.property
     def shell(self) -> Global___ShellSpec: ...
     @_builtins.property
@@ -304,10 +312,12 @@ class TaskSpec(_message.Message):
         resources: Global___Resources | None = ...,
         node_id: _builtins.str = ...,
         max_output_bytes: _builtins.int = ...,
+        pool: _builtins.str = ...,
+        cancel_on_disconnect: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "resources", b"resources", "retry", b"retry", "shell", b"shell"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "idempotency_key", b"idempotency_key", "labels", b"labels", "max_output_bytes", b"max_output_bytes", "node_id", b"node_id", "priority", b"priority", "resources", b"resources", "retry", b"retry", "session_id", b"session_id", "shell", b"shell", "skill", b"skill", "timeout_s", b"timeout_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "cancel_on_disconnect", b"cancel_on_disconnect", "idempotency_key", b"idempotency_key", "labels", b"labels", "max_output_bytes", b"max_output_bytes", "node_id", b"node_id", "pool", b"pool", "priority", b"priority", "resources", b"resources", "retry", b"retry", "session_id", b"session_id", "shell", b"shell", "skill", b"skill", "timeout_s", b"timeout_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -595,6 +605,8 @@ class Node(_message.Message):
     HUB_ID_FIELD_NUMBER: _builtins.int
     CERT_NOT_AFTER_FIELD_NUMBER: _builtins.int
     ENROLLED_LABELS_FIELD_NUMBER: _builtins.int
+    POOL_FIELD_NUMBER: _builtins.int
+    LIMIT_ENFORCEMENT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     tenant: _builtins.str
     name: _builtins.str
@@ -605,6 +617,10 @@ class Node(_message.Message):
     running_tasks: _builtins.int
     hub_id: _builtins.str
     cert_not_after: _builtins.float
+    pool: _builtins.str
+    """the node pool its join token put it in"""
+    limit_enforcement: _builtins.str
+    """How the node enforces task resource limits: "cgroup2", "cgroup1", "rlimit" or "none"."""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -637,10 +653,12 @@ class Node(_message.Message):
         hub_id: _builtins.str = ...,
         cert_not_after: _builtins.float = ...,
         enrolled_labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        pool: _builtins.str = ...,
+        limit_enforcement: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "load", b"load"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "cert_not_after", b"cert_not_after", "connected_at", b"connected_at", "enrolled_labels", b"enrolled_labels", "hub_id", b"hub_id", "id", b"id", "labels", b"labels", "last_seen", b"last_seen", "load", b"load", "name", b"name", "running_tasks", b"running_tasks", "skills", b"skills", "state", b"state", "tenant", b"tenant", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "cert_not_after", b"cert_not_after", "connected_at", b"connected_at", "enrolled_labels", b"enrolled_labels", "hub_id", b"hub_id", "id", b"id", "labels", b"labels", "last_seen", b"last_seen", "limit_enforcement", b"limit_enforcement", "load", b"load", "name", b"name", "pool", b"pool", "running_tasks", b"running_tasks", "skills", b"skills", "state", b"state", "tenant", b"tenant", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

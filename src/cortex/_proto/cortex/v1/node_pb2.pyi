@@ -146,10 +146,13 @@ class Hello(_message.Message):
     CAPACITY_FIELD_NUMBER: _builtins.int
     HELD_FIELD_NUMBER: _builtins.int
     BOOT_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_ENFORCEMENT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.str
     boot_id: _builtins.str
     """changes every agent start"""
+    limit_enforcement: _builtins.str
+    """"cgroup2", "cgroup1", "rlimit" or "none" """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -170,10 +173,11 @@ class Hello(_message.Message):
         capacity: _common_pb2.Resources | None = ...,
         held: _abc.Iterable[Global___HeldTask] | None = ...,
         boot_id: _builtins.str = ...,
+        limit_enforcement: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["boot_id", b"boot_id", "capacity", b"capacity", "held", b"held", "labels", b"labels", "name", b"name", "skills", b"skills", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["boot_id", b"boot_id", "capacity", b"capacity", "held", b"held", "labels", b"labels", "limit_enforcement", b"limit_enforcement", "name", b"name", "skills", b"skills", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
