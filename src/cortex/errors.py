@@ -4,6 +4,7 @@ The tree (each error says what was wrong and what to do):
 
     CortexError
     ├── InvalidArgument     the caller's fault: bad input, sizes, paths, ids
+    │   └── QuotaExceeded       a task that alone needs more than its tenant's quota
     ├── NotFound            unknown task, node, token
     ├── PermissionDenied    missing/expired/revoked credentials, wrong tenant
     ├── Conflict            the thing is in a state that forbids the request
@@ -24,6 +25,7 @@ __all__ = [
     "InvalidArgument",
     "NotFound",
     "PermissionDenied",
+    "QuotaExceeded",
     "RemoteError",
     "Unavailable",
 ]
@@ -35,6 +37,10 @@ class CortexError(Exception):
 
 class InvalidArgument(CortexError):
     """The request itself is wrong; fix it and send it again."""
+
+
+class QuotaExceeded(InvalidArgument):
+    """The task alone needs more than its tenant's quota allows; it could never start."""
 
 
 class NotFound(CortexError):

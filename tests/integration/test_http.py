@@ -512,7 +512,7 @@ async def test_mcp_over_http_is_bound_by_each_callers_token(
         assert f"no task {task.id!r} is visible to this token" in hidden
         assert (await call(reader, "task_status", task_id=task.id))["task_id"] == task.id
         refused = await call_error(reader, "run_command", command="true")
-        assert "role 'viewer' may not do this" in refused
+        assert "role 'viewer' may not call Submit" in refused
         assert "Authorization: Bearer" in refused
         async with httpx2.AsyncClient() as http:
             fams = parse_exposition((await http.get(url(hub, "/metrics"))).text)

@@ -43,7 +43,8 @@ async def test_creating_an_existing_tenant_conflicts(db: Store) -> None:
     with pytest.raises(Conflict, match="already exists"):
         await db.create_tenant(TenantRecord(A, NOW + 1, weight=9.0))
     rec = await db.get_tenant(A)
-    assert rec is not None and rec.weight == 2.0
+    assert rec is not None
+    assert rec.weight == 2.0
 
 
 async def test_set_tenant_limits_replaces_weight_and_quota(db: Store) -> None:
@@ -94,8 +95,10 @@ async def test_api_tokens_are_listed_per_tenant_and_revoked_in_place(db: Store) 
     again = await db.revoke_api_token(A, "t1", now=NOW + 9)
     assert again.revoked_at == NOW + 5, "revoking twice keeps the first time"
     found = await db.find_api_token("t1")
-    assert found is not None and found.revoked_at == NOW + 5
+    assert found is not None
+    assert found.revoked_at == NOW + 5
     with pytest.raises(NotFound):
         await db.revoke_api_token(B, "t2", now=NOW)   # another tenant's token
     t2 = await db.find_api_token("t2")
-    assert t2 is not None and t2.revoked_at == 0
+    assert t2 is not None
+    assert t2.revoked_at == 0

@@ -1,9 +1,9 @@
 """Task placement: which connected node should run a task. Pure: values in, a decision out.
 
-Hard constraints filter (pinned node, sticky session, skill, labels, draining, free
-capacity); among the feasible nodes the least loaded wins, ties broken by id so the
-result is deterministic. When nothing fits, the decision carries a reason a person or
-an agent can act on ("no node has label os=mac").
+Hard constraints filter (pinned node, sticky session, pool, skill, labels, draining,
+free slots, free CPU/memory/GPUs); among the feasible nodes the least loaded wins, ties
+broken by id so the result is deterministic. When nothing fits, the decision carries a
+reason a person or an agent can act on ("no node has label os=mac").
 """
 
 from __future__ import annotations
@@ -22,6 +22,11 @@ class NodeView:
     slots: int                  # how many tasks it runs at once
     running: int                # tasks assigned or running there now
     draining: bool = False
+    pool: str = "default"
+    # What is left of the node's reported capacity after the tasks it holds now.
+    cpus_free: float = 0.0
+    memory_free_mib: int = 0
+    gpus_free: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,12 +35,20 @@ class TaskRequirements:
     labels: Mapping[str, str] = field(default_factory=dict)
     node_id: str = ""           # pinned by the caller
     session_node: str = ""      # the node holding the task's session, if any
+    pool: str = ""              # "" = any pool of the tenant
+    cpus: float = 0.0
+    memory_mib: int = 0
+    gpus: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Placement:
     node_id: str | None
     reason: str = ""            # why nothing fits; empty when node_id is set
+
+
+_RESOURCES = (("CPU cores", "cpus", "cpus_free"), ("MiB of memory", "memory_mib",
+               "memory_free_mib"), ("GPUs", "gpus", "gpus_free"))
 
 
 def place(req: TaskRequirements, nodes: Iterable[NodeView]) -> Placement:
@@ -52,6 +65,10 @@ def place(req: TaskRequirements, nodes: Iterable[NodeView]) -> Placement:
             return Placement(None, f"the {what} {wanted} is not connected")
     if not candidates:
         return Placement(None, "no node is connected")
+    if req.pool:
+        candidates = [n for n in candidates if n.pool == req.pool]
+        if not candidates:
+            return Placement(None, f"no node of pool {req.pool!r} is connected")
     with_skill = [n for n in candidates if req.skill in n.skills]
     if not with_skill:
         return Placement(None, f"no connected node offers skill {req.skill!r}")
@@ -64,6 +81,14 @@ def place(req: TaskRequirements, nodes: Iterable[NodeView]) -> Placement:
     ready = [n for n in matching if not n.draining]
     if not ready:
         return Placement(None, "every matching node is draining")
+    for what, need, have in _RESOURCES:
+        wanted_amount = getattr(req, need)
+        if wanted_amount:
+            fits = [n for n in ready if getattr(n, have) + 1e-9 >= wanted_amount]
+            if not fits:
+                return Placement(None, f"busy: no matching node has {wanted_amount:g} {what} "
+                                       f"free now")
+            ready = fits
     free = [n for n in ready if n.running < n.slots]
     if not free:
         return Placement(None, "every matching node is busy (all slots in use)")

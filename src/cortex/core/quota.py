@@ -19,7 +19,7 @@ heap order.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 
 __all__ = ["Demand", "Quota", "Usage", "pick_tenant", "refuse_reason", "share", "wait_reason"]
 
@@ -57,7 +57,9 @@ class Quota:
         if unknown:
             raise ValueError(f"unknown quota field(s): {', '.join(sorted(unknown))} "
                              f"(known: {', '.join(sorted(known))})")
-        return cls(**{k: (float(v) if k == "cpus" else int(v)) for k, v in data.items()})
+        return cls(tasks=int(data.get("tasks", 0)), cpus=float(data.get("cpus", 0.0)),
+                   memory_mib=int(data.get("memory_mib", 0)), gpus=int(data.get("gpus", 0)),
+                   browser_sessions=int(data.get("browser_sessions", 0)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,10 +124,12 @@ def wait_reason(tenant: str, quota: Quota, usage: Usage, demand: Demand) -> str:
     over = _over(quota, usage.plus(demand))
     if not over:
         return ""
+    # Names the limit, not the current usage, so the reason stays the same (and is stored
+    # once) while the task waits.
     name = over[0]
-    return (f"quota: tenant {tenant!r} holds {_fmt(getattr(usage, name))} of "
-            f"{_fmt(getattr(quota, name))} {_LABELS[name]}; the task needs "
-            f"{_fmt(getattr(Usage().plus(demand), name))} and starts when enough frees up")
+    return (f"quota: tenant {tenant!r} is at its limit of {_fmt(getattr(quota, name))} "
+            f"{_LABELS[name]}; the task needs {_fmt(getattr(Usage().plus(demand), name))} "
+            f"and starts when enough frees up")
 
 
 def _fmt(x: float) -> str:
@@ -147,9 +151,3 @@ def pick_tenant(waiting: Iterable[str], usage: Mapping[str, Usage],
             best = key
     return None if best is None else best[1]
 
-
-def with_field(quota: Quota, name: str, value: float) -> Quota:
-    """`quota` with one field changed (validated)."""
-    if name not in _LABELS:
-        raise ValueError(f"unknown quota field {name!r} (known: {', '.join(_LABELS)})")
-    return replace(quota, **{name: value})

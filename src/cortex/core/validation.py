@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-__all__ = ["LIMITS", "Limits", "check_labels", "check_shell", "check_task"]
+__all__ = ["LIMITS", "Limits", "check_labels", "check_resources", "check_shell", "check_task"]
 
 # \Z, not $: `$` also matches before a trailing newline, which would let "os\n" through.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-/]*\Z")
@@ -103,4 +103,19 @@ def check_task(
             problems.append(f"{name}: at most {limits.id_chars} characters, no NUL")
     if max_attempts > limits.max_attempts:
         problems.append(f"retry.max_attempts: at most {limits.max_attempts}")
+    return problems
+
+
+def check_resources(*, cpus: float, memory_mib: int, gpus: int, browser_sessions: int
+                    ) -> list[str]:
+    """What a task may declare it needs: sane, finite amounts."""
+    problems = []
+    if not 0 <= cpus <= 1024 or cpus != cpus:
+        problems.append("resources.cpus: between 0 and 1024 cores")
+    if memory_mib > 16 * 1024 * 1024:
+        problems.append("resources.memory_mib: at most 16 TiB")
+    if gpus > 64:
+        problems.append("resources.gpus: at most 64")
+    if browser_sessions > 64:
+        problems.append("resources.browser_sessions: at most 64")
     return problems

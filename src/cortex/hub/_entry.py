@@ -12,7 +12,7 @@ from typing import Any
 
 from cortex._proto.cortex.v1 import common_pb2 as pb
 from cortex.core.states import State
-from cortex.core.validation import check_shell, check_task
+from cortex.core.validation import check_resources, check_shell, check_task
 from cortex.errors import InvalidArgument
 
 __all__ = [
@@ -147,5 +147,10 @@ def validate(spec: pb.TaskSpec) -> None:
     if spec.skill == "shell":
         sh = spec.shell
         problems += check_shell(sh.argv, sh.command, sh.env, sh.stdin)
+    r = spec.resources
+    problems += check_resources(cpus=r.cpus, memory_mib=r.memory_mib, gpus=r.gpus,
+                                browser_sessions=r.browser_sessions)
+    if len(spec.pool) > 63:
+        problems.append("pool: at most 63 characters")
     if problems:
         raise InvalidArgument("; ".join(problems))

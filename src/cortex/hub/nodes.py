@@ -86,6 +86,7 @@ class NodeSessions:
         del node.skills[:]
         node.skills.extend(sorted(set(hello.skills)))
         node.capacity.CopyFrom(hello.capacity)
+        node.limit_enforcement = hello.limit_enforcement
         node.version = hello.version
         node.state = pb.ONLINE
         node.connected_at = node.last_seen = time.time()

@@ -53,7 +53,11 @@ class NodeConn:
                 except asyncio.QueueFull:
                     self.outbox.get_nowait()
 
-    def view(self) -> NodeView:
+    def view(self, used: pb.Resources | None = None) -> NodeView:
+        """What placement needs of this node; `used` = what its tasks hold (None: unknown,
+        counted as nothing)."""
+        cap = self.node.capacity
+        used = used or pb.Resources()
         return NodeView(
             id=self.node_id,
             labels=dict(self.node.labels),
@@ -61,6 +65,10 @@ class NodeConn:
             slots=self.slots,
             running=len(self.running),
             draining=self.draining,
+            pool=self.node.pool or "default",
+            cpus_free=cap.cpus - used.cpus,
+            memory_free_mib=cap.memory_mib - used.memory_mib,
+            gpus_free=cap.gpus - used.gpus,
         )
 
 

@@ -20,9 +20,16 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from cortex import __version__
-from cortex._proto.cortex.v1 import enroll_pb2_grpc, node_pb2_grpc, tasks_pb2_grpc
+from cortex._proto.cortex.v1 import (
+    admin_pb2_grpc,
+    enroll_pb2_grpc,
+    node_pb2_grpc,
+    tasks_pb2_grpc,
+)
 from cortex.errors import Unavailable
 from cortex.hub._grpc_errors import StrictDecoding
+from cortex.hub.access import HUB_ADMIN
+from cortex.hub.admin import AdminServicer
 from cortex.hub.auth import Authenticator, issue_api_token, issue_join_token
 from cortex.hub.config import HTTP_OFF, HubConfig
 from cortex.hub.http import HttpServer, HubSource, McpSettings, open_http
@@ -32,6 +39,7 @@ from cortex.hub.registry import Registry
 from cortex.hub.services import EnrollServicer, NodeServicer, TaskServicer
 from cortex.hub.tasks import TaskManager
 from cortex.store import Store, open_store
+from cortex.store.base import DEFAULT_POOL
 
 __all__ = ["Hub"]
 
@@ -46,6 +54,7 @@ class Hub:
         self.store: Store = open_store(config.store_url)
         self.registry = Registry()
         self.tasks = TaskManager(self.store, self.registry, config, time.time, time.monotonic)
+        self.auth = Authenticator(self.store)   # one per hub: a revocation clears its cache
         self.port = 0
         self.node_port = 0
         self.http_port: int | None = None   # None: HTTP is off (config http_port -1)
@@ -92,7 +101,7 @@ class Hub:
             return None
         if self.ca is None:
             raise RuntimeError("the CA loads before the HTTP port opens")
-        auth = Authenticator(self.store)
+        auth = self.auth
 
         async def authenticate(token: str) -> str:
             principal = await auth.authenticate((("authorization", f"Bearer {token}"),),
@@ -145,7 +154,10 @@ class Hub:
         client_srv = aio.server(options=options, interceptors=[StrictDecoding()])
         tasks_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(
             tasks=self.tasks, registry=self.registry, store=self.store,
-            auth=Authenticator(self.store), ca=self.ca, config=cfg), client_srv)
+            auth=self.auth, ca=self.ca, config=cfg), client_srv)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(
+            store=self.store, auth=self.auth, tasks=self.tasks, registry=self.registry),
+            client_srv)
         enroll_pb2_grpc.add_EnrollServiceServicer_to_server(
             EnrollServicer(store=self.store, ca=self.ca, config=cfg,
                            node_port=lambda: self.node_port), client_srv)
@@ -186,20 +198,21 @@ class Hub:
         return f"{self.config.http_listen_host}:{self.http_port}"
 
     async def join_token(self, *, tenant: str = DEFAULT_TENANT,
-                         labels: dict[str, str] | None = None, ttl_s: float = 300.0) -> str:
+                         labels: dict[str, str] | None = None, ttl_s: float = 300.0,
+                         pool: str = DEFAULT_POOL) -> str:
         """A single-use join token for a node of `tenant` (what `cortex up` uses locally)."""
         if self.ca is None:
             raise RuntimeError("the hub issues join tokens only after start()")
         token, _ = await issue_join_token(self.store, tenant=tenant, labels=labels or {},
                                           now=time.time(), ttl_s=ttl_s,
-                                          fingerprint=self.ca.fingerprint)
+                                          fingerprint=self.ca.fingerprint, pool=pool)
         return token
 
     async def _admin_token(self) -> str:
         path = self.config.data_dir / "admin.token"
         if path.exists():
             return path.read_text().strip()
-        token = await issue_api_token(self.store, tenant=DEFAULT_TENANT, role="admin",
+        token = await issue_api_token(self.store, tenant=DEFAULT_TENANT, role=HUB_ADMIN,
                                       name="admin (bootstrap)", now=time.time())
         write_private(path, token.encode() + b"\n")
         return token

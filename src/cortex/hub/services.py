@@ -20,8 +20,9 @@ from cortex._proto.cortex.v1 import (
     tasks_pb2_grpc,
 )
 from cortex.core.validation import check_labels
-from cortex.errors import Conflict, InvalidArgument, PermissionDenied
+from cortex.errors import Conflict, InvalidArgument, NotFound
 from cortex.hub._grpc_errors import Ctx, streaming, unary
+from cortex.hub.access import authorize
 from cortex.hub.auth import (
     Authenticator,
     Principal,
@@ -35,15 +36,21 @@ from cortex.hub.nodes import NodeSessions
 from cortex.hub.pki import CertificateAuthority
 from cortex.hub.registry import Registry
 from cortex.hub.tasks import TaskManager
-from cortex.store.base import Store, TaskQuery
+from cortex.store.base import DEFAULT_POOL, Store, TaskQuery
 
 __all__ = ["EnrollServicer", "NodeServicer", "TaskServicer"]
 
 log = logging.getLogger("cortex.hub")
 
-# What each role may do (tenants and finer roles arrive with the security issue).
-_WRITE_ROLES = {"admin", "operator", "agent"}
-_NODE_ADMIN_ROLES = {"admin", "operator"}
+_SERVICE = "/cortex.v1.TaskService/"
+
+
+async def authenticated(auth: Authenticator, context: Ctx, method: str) -> Principal:
+    """The caller's principal, if its token is valid and its role may call `method`."""
+    metadata = tuple((k, v) for k, v in context.invocation_metadata() or ())
+    principal = await auth.authenticate(metadata, now=time.time(), mono=time.monotonic())
+    authorize(method, principal.role)
+    return principal
 
 
 class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
@@ -56,26 +63,20 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
         self._ca = ca
         self._config = config
 
-    async def _principal(self, context: Ctx, *, roles: set[str] | None = None
-                         ) -> Principal:
-        metadata = tuple((k, v) for k, v in context.invocation_metadata() or ())
-        principal = await self._auth.authenticate(metadata, now=time.time(),
-                                                  mono=time.monotonic())
-        if roles is not None and principal.role not in roles:
-            raise PermissionDenied(f"role {principal.role!r} may not do this")
-        return principal
+    async def _principal(self, context: Ctx, rpc: str) -> Principal:
+        return await authenticated(self._auth, context, _SERVICE + rpc)
 
     @unary
     async def Submit(self, request: tasks_pb2.SubmitRequest,
                      context: Ctx) -> tasks_pb2.SubmitResponse:
-        who = await self._principal(context, roles=_WRITE_ROLES)
+        who = await self._principal(context, "Submit")
         task, created = await self._tasks.submit(who.tenant, request.spec)
         return tasks_pb2.SubmitResponse(task=task, created=created)
 
     @unary
     async def SubmitMany(self, request: tasks_pb2.SubmitManyRequest,
                          context: Ctx) -> tasks_pb2.SubmitManyResponse:
-        who = await self._principal(context, roles=_WRITE_ROLES)
+        who = await self._principal(context, "SubmitMany")
         results = await self._tasks.submit_many(who.tenant, list(request.specs))
         return tasks_pb2.SubmitManyResponse(tasks=[t for t, _ in results],
                                             created=[c for _, c in results])
@@ -83,7 +84,7 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
     @streaming
     async def WaitTasks(self, request: tasks_pb2.WaitTasksRequest,
                         context: Ctx) -> AsyncIterator[tasks_pb2.WaitTasksResponse]:
-        who = await self._principal(context)
+        who = await self._principal(context, "WaitTasks")
         ids = [_id(t) for t in request.task_ids]
         async for batch in self._tasks.wait_tasks(who.tenant, ids):
             yield tasks_pb2.WaitTasksResponse(tasks=batch)
@@ -91,13 +92,13 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
     @unary
     async def Get(self, request: tasks_pb2.GetTaskRequest,
                   context: Ctx) -> pb.Task:
-        who = await self._principal(context)
+        who = await self._principal(context, "Get")
         return await self._tasks.get(who.tenant, _id(request.task_id), with_attempts=True)
 
     @unary
     async def List(self, request: tasks_pb2.ListTasksRequest,
                    context: Ctx) -> tasks_pb2.ListTasksResponse:
-        who = await self._principal(context)
+        who = await self._principal(context, "List")
         limit = request.limit or 100
         if limit > 1000:
             raise InvalidArgument("limit: at most 1000 tasks per page")
@@ -113,7 +114,7 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
     @streaming
     async def Watch(self, request: tasks_pb2.WatchRequest,
                     context: Ctx) -> AsyncIterator[pb.TaskEvent]:
-        who = await self._principal(context)
+        who = await self._principal(context, "Watch")
         async for ev in self._tasks.watch(who.tenant, _id(request.task_id),
                                           after_seq=request.after_seq, follow=request.follow):
             yield ev
@@ -121,7 +122,7 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
     @unary
     async def Cancel(self, request: tasks_pb2.CancelRequest,
                      context: Ctx) -> pb.Task:
-        who = await self._principal(context, roles=_WRITE_ROLES)
+        who = await self._principal(context, "Cancel")
         if len(request.reason) > 1024:
             raise InvalidArgument("reason: at most 1024 characters")
         return await self._tasks.cancel(who.tenant, _id(request.task_id), request.reason)
@@ -129,7 +130,7 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
     @streaming
     async def Attach(self, request_iterator: AsyncIterator[tasks_pb2.AttachRequest],
                      context: Ctx) -> AsyncIterator[pb.TaskEvent]:
-        who = await self._principal(context, roles=_WRITE_ROLES)
+        who = await self._principal(context, "Attach")
         it = aiter(request_iterator)
         try:
             first = await anext(it)
@@ -168,7 +169,7 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
     @unary
     async def ListNodes(self, request: tasks_pb2.ListNodesRequest,
                         context: Ctx) -> tasks_pb2.ListNodesResponse:
-        who = await self._principal(context)
+        who = await self._principal(context, "ListNodes")
         out = []
         for node in await self._store.list_nodes(who.tenant):
             conn = self._registry.get(node.id)
@@ -190,13 +191,17 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
     async def CreateJoinToken(self, request: tasks_pb2.CreateJoinTokenRequest,
                               context: Ctx
                               ) -> tasks_pb2.CreateJoinTokenResponse:
-        who = await self._principal(context, roles=_NODE_ADMIN_ROLES)
+        who = await self._principal(context, "CreateJoinToken")
         problems = check_labels(request.labels)
         if problems:
             raise InvalidArgument("; ".join(problems))
+        pool = request.pool or DEFAULT_POOL
+        if await self._store.get_pool(who.tenant, pool) is None:
+            raise NotFound(f"no pool {pool!r} in tenant {who.tenant!r}: create it first "
+                           f"with `cortex pool create {pool}`")
         token, expires = await issue_join_token(
             self._store, tenant=who.tenant, labels=dict(request.labels), now=time.time(),
-            ttl_s=request.ttl_s or 3600.0, fingerprint=self._ca.fingerprint)
+            ttl_s=request.ttl_s or 3600.0, fingerprint=self._ca.fingerprint, pool=pool)
         return tasks_pb2.CreateJoinTokenResponse(token=token, expires_at=expires)
 
 
@@ -236,9 +241,10 @@ class EnrollServicer(enroll_pb2_grpc.EnrollServiceServicer):
             not_after=cert.not_valid_after_utc.timestamp())
         await self._store.upsert_node(rec.tenant, pb.Node(
             id=node_id, tenant=rec.tenant, name=request.name or node_id, labels=rec.labels,
-            enrolled_labels=rec.labels,
+            enrolled_labels=rec.labels, pool=rec.pool,
             state=pb.OFFLINE, cert_not_after=cert.not_valid_after_utc.timestamp()))
-        log.info("enrolled node %s (%s) into tenant %s", node_id, request.name, rec.tenant)
+        log.info("enrolled node %s (%s) into tenant %s, pool %s", node_id, request.name,
+                 rec.tenant, rec.pool)
         return enroll_pb2.EnrollResponse(node_id=node_id, certificate_pem=chain,
                                          ca_pem=self._ca.cert_pem, tenant=rec.tenant,
                                          labels=rec.labels, node_port=self._node_port())

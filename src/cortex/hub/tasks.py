@@ -15,8 +15,9 @@ from collections.abc import Callable
 from cortex._proto.cortex.v1 import common_pb2 as pb
 from cortex._proto.cortex.v1 import node_pb2
 from cortex.core import placement, states
+from cortex.core.quota import Quota, Usage, refuse_reason, wait_reason
 from cortex.core.states import Event, State
-from cortex.errors import Conflict, CortexError, InvalidArgument, NotFound
+from cortex.errors import Conflict, CortexError, InvalidArgument, NotFound, QuotaExceeded
 from cortex.hub._entry import (
     Entry,
     TaskStats,
@@ -26,6 +27,7 @@ from cortex.hub._entry import (
     stale_reason,
     validate,
 )
+from cortex.hub._fair import FairQueue, Ledger, demand_of, holds
 from cortex.hub._follow import Following
 from cortex.hub.config import HubConfig
 from cortex.hub.ids import new_id
@@ -56,10 +58,10 @@ class TaskManager(Following):
         self._monotonic = monotonic
         self._active: dict[str, Entry] = {}
         self._queued: dict[str, Entry] = {}
-        # (-priority, arrival, task id): highest priority first, then first come. Items of
-        # tasks no longer queued are skipped when popped.
-        self._heap: list[tuple[int, int, str]] = []
-        self._arrivals = 0
+        # Per tenant, highest priority first, then first come; tenants take turns by
+        # weighted fair share. Items of tasks no longer queued are skipped when popped.
+        self._queue = FairQueue()
+        self.ledger = Ledger()
         self._deadlines: list[tuple[float, str]] = []
         self._wake = asyncio.Event()
         self.stats = TaskStats()
@@ -70,6 +72,8 @@ class TaskManager(Following):
     # -- recovery ----------------------------------------------------------------------
     async def recover(self) -> None:
         """Load every unfinished task after a (re)start; their nodes will reconnect."""
+        for rec in await self._store.list_tenants_all():
+            self.ledger.set_limits(rec.id, weight=rec.weight, quota=Quota.from_dict(rec.quota))
         for task in await self._store.list_active_tasks_all_tenants():
             entry = Entry(task.tenant, task)
             sid = task.spec.session_id
@@ -84,6 +88,8 @@ class TaskManager(Following):
 
     def _track(self, entry: Entry) -> None:
         self._active[entry.task.id] = entry
+        if holds(entry.task.state):
+            self.ledger.hold(entry.tenant, demand_of(entry.task.spec))
         if entry.task.state == pb.QUEUED:
             self._enqueue(entry)
         if entry.task.deadline:
@@ -93,8 +99,7 @@ class TaskManager(Following):
         if entry.task.id not in self._queued:
             entry.queued_at = self._clock()
         self._queued[entry.task.id] = entry
-        self._arrivals += 1
-        heapq.heappush(self._heap, (-entry.task.spec.priority, self._arrivals, entry.task.id))
+        self._queue.push(entry.tenant, entry.task.spec.priority, entry.task.id)
         if wake:
             self._wake.set()
 
@@ -102,7 +107,32 @@ class TaskManager(Following):
     async def submit(self, tenant: str, spec: pb.TaskSpec) -> tuple[pb.Task, bool]:
         spec = normalise(spec)
         validate(spec)
+        self._admit(tenant, spec)
+        await self._check_pools(tenant, {spec.pool})
         return await self._submit_valid(tenant, spec)
+
+    async def _check_pools(self, tenant: str, pools: set[str]) -> None:
+        for pool in sorted(pools - {""}):
+            if await self._store.get_pool(tenant, pool) is None:
+                raise NotFound(f"no pool {pool!r} in tenant {tenant!r} "
+                               f"(list them with `cortex pool ls`)")
+
+    def _admit(self, tenant: str, spec: pb.TaskSpec) -> None:
+        """Refuse a task that alone exceeds its tenant's quota (it could never start)."""
+        why = refuse_reason(tenant, self.ledger.quota(tenant), demand_of(spec))
+        if why:
+            raise QuotaExceeded(why)
+
+    def set_limits(self, tenant: str, *, weight: float, quota: Quota) -> None:
+        """A tenant's new weight and quota (stored by the caller); queued work re-checked."""
+        self.ledger.set_limits(tenant, weight=weight, quota=quota)
+        self._wake.set()
+
+    def usage(self, tenant: str) -> Usage:
+        return self.ledger.of(tenant)
+
+    def queued(self, tenant: str) -> int:
+        return sum(1 for e in self._queued.values() if e.tenant == tenant)
 
     async def submit_many(self, tenant: str, specs: list[pb.TaskSpec]
                           ) -> list[tuple[pb.Task, bool]]:
@@ -112,8 +142,10 @@ class TaskManager(Following):
         for i, spec in enumerate(normal):
             try:
                 validate(spec)
+                self._admit(tenant, spec)
             except InvalidArgument as exc:
-                raise InvalidArgument(f"specs[{i}]: {exc}") from exc
+                raise type(exc)(f"specs[{i}]: {exc}") from exc
+        await self._check_pools(tenant, {s.pool for s in normal})
         # Concurrent inserts land in the store's same group commit.
         return list(await asyncio.gather(*(self._submit_valid(tenant, s) for s in normal)))
 
@@ -144,9 +176,29 @@ class TaskManager(Following):
 
     def _why_queued(self, entry: Entry) -> str:
         """Why a queued task is not placed right now (computed, not stored)."""
-        decision = placement.place(self._requirements(entry),
-                                   [c.view() for c in self._registry.for_tenant(entry.tenant)])
+        req = self._requirements(entry)
+        decision = placement.place(req, self._views(self._registry.for_tenant(entry.tenant),
+                                                    req))
         return decision.reason or "waiting for the dispatcher"
+
+    def _views(self, conns: list[NodeConn], req: placement.TaskRequirements
+               ) -> list[placement.NodeView]:
+        """Placement's view of `conns`; what their tasks hold is summed only when the task
+        asks for resources (it costs a walk over each node's tasks)."""
+        if not (req.cpus or req.memory_mib or req.gpus):
+            return [c.view() for c in conns]
+        out = []
+        for c in conns:
+            used = pb.Resources()
+            for task_id, _ in c.running:
+                held = self._active.get(task_id)
+                if held is not None:
+                    r = held.task.spec.resources
+                    used.cpus += r.cpus
+                    used.memory_mib += r.memory_mib
+                    used.gpus += r.gpus
+            out.append(c.view(used))
+        return out
 
     async def list_tasks(self, tenant: str, query: TaskQuery) -> list[pb.Task]:
         return await self._store.list_tasks(tenant, query)
@@ -187,38 +239,63 @@ class TaskManager(Following):
                 self._wake.set()
 
     async def _dispatch_pass(self) -> None:
-        """Place queued tasks, best first, until no node has a free slot."""
+        """Place queued tasks, tenants taking turns by weighted fair share and each
+        tenant's best first, until no node has a free slot."""
         free = {c.node_id for c in self._registry.all() if len(c.running) < c.slots}
-        deferred: list[tuple[int, int, str]] = []
+        deferred: list[tuple[str, tuple[int, int, str]]] = []
         assigned: list[asyncio.Task[None]] = []
-        while self._heap and free:
-            item = heapq.heappop(self._heap)
+        usage = dict(self.ledger.usage)     # this pass's reservations count at once
+        skip: set[str] = set()              # tenants that can place nothing more this pass
+        while free:
+            nxt = self._queue.pop_next(usage, self.ledger.weights, skip)
+            if nxt is None:
+                break
+            tenant, item = nxt
             entry = self._queued.get(item[2])
             if entry is None:
                 continue  # no longer queued (cancelled, timed out, or an older heap item)
-            conns = self._registry.for_tenant(entry.tenant)
+            deferred.append((tenant, item))
+            conns = self._registry.for_tenant(tenant)
             if not any(c.node_id in free for c in conns):
-                deferred.append(item)  # that tenant's nodes are full; a finish wakes us
+                skip.add(tenant)  # that tenant's nodes are full; a finish wakes us
+                continue
+            if await self._over_quota(entry, usage.get(tenant, Usage()), skip):
                 continue
             conn = await self._place(entry, conns)
             if conn is None:
-                deferred.append(item)
                 continue
-            # Reserve the slot now so the rest of this pass sees it taken.
+            deferred.pop()
+            # Reserve the slot and the quota now so the rest of this pass sees them taken.
             conn.running.add((entry.task.id, entry.task.attempt))
+            usage[tenant] = usage.get(tenant, Usage()).plus(demand_of(entry.task.spec))
             if len(conn.running) >= conn.slots:
                 free.discard(conn.node_id)
             del self._queued[entry.task.id]
             assigned.append(asyncio.ensure_future(self._assign(entry, conn)))
-        for item in deferred:
-            heapq.heappush(self._heap, item)
+        for tenant, item in deferred:
+            self._queue.push_back(tenant, item)
         if assigned:
             await asyncio.gather(*assigned)
 
+    async def _over_quota(self, entry: Entry, usage: Usage, skip: set[str]) -> bool:
+        """Whether the tenant's quota keeps `entry` waiting now (saying so in its reason)."""
+        quota = self.ledger.quota(entry.tenant)
+        why = wait_reason(entry.tenant, quota, usage, demand_of(entry.task.spec))
+        if not why:
+            return False
+        if quota.tasks and usage.tasks >= quota.tasks:
+            skip.add(entry.tenant)  # no task of this tenant can start until one ends
+        if entry.task.reason != why:
+            await self._set_reason(entry, why)
+        return True
+
     def _requirements(self, entry: Entry) -> placement.TaskRequirements:
+        spec = entry.task.spec
         return placement.TaskRequirements(
-            skill=entry.task.spec.skill, labels=dict(entry.task.spec.labels),
-            node_id=entry.task.spec.node_id, session_node=self._session_node(entry),
+            skill=spec.skill, labels=dict(spec.labels), node_id=spec.node_id,
+            session_node=self._session_node(entry), pool=spec.pool,
+            cpus=spec.resources.cpus, memory_mib=spec.resources.memory_mib,
+            gpus=spec.resources.gpus,
         )
 
     async def _place(self, entry: Entry, conns: list[NodeConn]) -> NodeConn | None:
@@ -227,7 +304,8 @@ class TaskManager(Following):
             pinned = await self._store.session_node(entry.tenant, sid)
             if pinned:
                 self._sessions[(entry.tenant, sid)] = pinned
-        decision = placement.place(self._requirements(entry), [c.view() for c in conns])
+        req = self._requirements(entry)
+        decision = placement.place(req, self._views(conns, req))
         if decision.node_id is None:
             if "busy" not in decision.reason and entry.task.reason != decision.reason:
                 await self._set_reason(entry, decision.reason)
@@ -551,6 +629,12 @@ class TaskManager(Following):
         new.version = entry.task.version + 1
         await self._store.save_task(entry.tenant, new, expected_version=entry.task.version,
                                     events=events, attempt=attempt)
+        was, now = holds(entry.task.state), holds(new.state)
+        if was != now:
+            if now:
+                self.ledger.hold(entry.tenant, demand_of(new.spec))
+            else:
+                self.ledger.release(entry.tenant, demand_of(new.spec))
         entry.task = new
         entry.remember(events)
         changed, entry.changed = entry.changed, asyncio.Event()

@@ -6,8 +6,9 @@ the applied version is recorded (``PRAGMA user_version`` there, a table here); o
 serving both would either hide those differences behind a lowest common denominator or
 grow a dialect layer bigger than the migrations. So each backend keeps its own ordered
 tuple of scripts, kept *in step*: migration N means the same change on both backends
-(1 = the foundation, 2 = pinned sessions, 3 = tenancy: weights, quotas, pools). A new migration is added to both tuples in the
-same change, and the contract suite proves that both stores still behave alike.
+(1 = the foundation, 2 = pinned sessions, 3 = tenancy: weights, quotas, pools). A new
+migration is added to both tuples in the same change, and the contract suite proves
+that both stores still behave alike.
 
 Applied migrations are recorded one row each in ``cortex_schema_version`` inside the
 target schema (the first schema of the connection's ``search_path``), so several Cortex

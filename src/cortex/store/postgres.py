@@ -78,7 +78,6 @@ _CONNECT_TIMEOUT_S = 10
 # How long open() waits for the pool's first connection, and a call for a free one.
 _POOL_TIMEOUT_S = 30.0
 _ACTIVE = (pb.QUEUED, pb.ASSIGNED, pb.RUNNING)
-_TOKEN_COLUMNS = "id, tenant, name, role, secret_hash, created_at, expires_at, revoked_at"
 # Literal states, not parameters, so the planner can use the partial index tasks_active.
 _SELECT_ACTIVE = sql.SQL("SELECT body FROM tasks WHERE state IN ({}) ORDER BY id").format(
     sql.SQL(", ").join(sql.Literal(int(s)) for s in _ACTIVE)
@@ -285,7 +284,8 @@ class PostgresStore(Store):
 
     async def list_api_tokens(self, tenant: str) -> list[ApiTokenRecord]:
         rows = await self._fetchall(
-            f"SELECT {_TOKEN_COLUMNS} FROM api_tokens WHERE tenant = %s"
+            "SELECT id, tenant, name, role, secret_hash, created_at, expires_at, revoked_at"
+            " FROM api_tokens WHERE tenant = %s"
             " ORDER BY created_at, id", (tenant,))
         return [ApiTokenRecord(*r) for r in rows]
 
@@ -294,7 +294,9 @@ class PostgresStore(Store):
         async with self._transaction() as conn:
             await conn.execute("UPDATE api_tokens SET revoked_at = %s WHERE tenant = %s"
                                " AND id = %s AND revoked_at = 0", (now, tenant, token_id))
-            cur = await conn.execute(f"SELECT {_TOKEN_COLUMNS} FROM api_tokens"
+            cur = await conn.execute(
+                "SELECT id, tenant, name, role, secret_hash, created_at, expires_at,"
+                " revoked_at FROM api_tokens"
                                      " WHERE tenant = %s AND id = %s", (tenant, token_id))
             row = await cur.fetchone()
         if row is None:
@@ -312,7 +314,8 @@ class PostgresStore(Store):
 
     async def find_api_token(self, token_id: str) -> ApiTokenRecord | None:
         row = await self._fetchone(
-            f"SELECT {_TOKEN_COLUMNS} FROM api_tokens WHERE id = %s", (token_id,),
+            "SELECT id, tenant, name, role, secret_hash, created_at, expires_at, revoked_at"
+            " FROM api_tokens WHERE id = %s", (token_id,),
         )
         return None if row is None else ApiTokenRecord(*row)
 

@@ -38,7 +38,6 @@ T = TypeVar("T")
 _Op = Callable[[sqlite3.Connection], Any]
 _MAX_BATCH = 512
 _ACTIVE = (pb.QUEUED, pb.ASSIGNED, pb.RUNNING)
-_TOKEN_COLUMNS = "id, tenant, name, role, secret_hash, created_at, expires_at, revoked_at"
 
 
 class SqliteStore(Store):
@@ -192,7 +191,8 @@ class SqliteStore(Store):
 
         await self._call(op)
         rec = await self.get_tenant(tenant)
-        assert rec is not None
+        if rec is None:  # deleted between the two calls; tenants are never deleted today
+            raise NotFound(f"no tenant {tenant!r}")
         return rec
 
     async def create_pool(self, pool: PoolRecord) -> None:
@@ -221,7 +221,8 @@ class SqliteStore(Store):
 
     async def list_api_tokens(self, tenant: str) -> list[ApiTokenRecord]:
         rows = await self._call(lambda c: c.execute(
-            f"SELECT {_TOKEN_COLUMNS} FROM api_tokens WHERE tenant = ? ORDER BY created_at, id",
+            "SELECT id, tenant, name, role, secret_hash, created_at, expires_at, revoked_at"
+            " FROM api_tokens WHERE tenant = ? ORDER BY created_at, id",
             (tenant,)).fetchall())
         return [ApiTokenRecord(*r) for r in rows]
 
@@ -230,7 +231,9 @@ class SqliteStore(Store):
         def op(c: sqlite3.Connection) -> ApiTokenRecord:
             c.execute("UPDATE api_tokens SET revoked_at = ? WHERE tenant = ? AND id = ?"
                       " AND revoked_at = 0", (now, tenant, token_id))
-            row = c.execute(f"SELECT {_TOKEN_COLUMNS} FROM api_tokens"
+            row = c.execute(
+                "SELECT id, tenant, name, role, secret_hash, created_at, expires_at,"
+                " revoked_at FROM api_tokens"
                             " WHERE tenant = ? AND id = ?", (tenant, token_id)).fetchone()
             if row is None:
                 raise NotFound(f"no API token {token_id!r} in tenant {tenant!r}"
@@ -251,7 +254,8 @@ class SqliteStore(Store):
     async def find_api_token(self, token_id: str) -> ApiTokenRecord | None:
         def op(c: sqlite3.Connection) -> ApiTokenRecord | None:
             row = c.execute(
-                f"SELECT {_TOKEN_COLUMNS} FROM api_tokens WHERE id = ?", (token_id,)
+                "SELECT id, tenant, name, role, secret_hash, created_at, expires_at, revoked_at"
+            " FROM api_tokens WHERE id = ?", (token_id,)
             ).fetchone()
             return None if row is None else ApiTokenRecord(*row)
 
