@@ -44,9 +44,9 @@ __all__ = [
 _READY = re.compile(r"cortex hub ready: clients ([^\s,]+), nodes ([^\s,]+)(?:, http (\S+))?")
 
 
-async def join_token(hub: Hub, *, labels: dict[str, str] | None = None, ttl_s: float = 300
-                     ) -> str:
-    return await hub.join_token(labels=labels, ttl_s=ttl_s)
+async def join_token(hub: Hub, *, labels: dict[str, str] | None = None, ttl_s: float = 300,
+                     tenant: str = "default", pool: str = "default") -> str:
+    return await hub.join_token(labels=labels, ttl_s=ttl_s, tenant=tenant, pool=pool)
 
 
 @contextlib.asynccontextmanager
@@ -65,8 +65,11 @@ async def running_hub(data_dir: Path, **overrides: Any) -> AsyncIterator[Hub]:
 
 @contextlib.asynccontextmanager
 async def running_node(hub: Hub, data_dir: Path, **overrides: Any) -> AsyncIterator[Agent]:
-    """A node agent enrolled with `hub`, connected before the body runs, drained on exit."""
-    cfg = NodeConfig(data_dir=data_dir, hub=hub.address, token=await join_token(hub),
+    """A node agent enrolled with `hub` (into `tenant=` and `pool=`, default "default"),
+    connected before the body runs, drained on exit."""
+    token = await join_token(hub, tenant=overrides.pop("tenant", "default"),
+                             pool=overrides.pop("pool", "default"))
+    cfg = NodeConfig(data_dir=data_dir, hub=hub.address, token=token,
                      name=overrides.pop("name", data_dir.name), **overrides)
     ident = await asyncio.to_thread(ensure_identity, cfg)
     agent, journal = build_agent(cfg, ident)

@@ -279,10 +279,10 @@ def online(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def test_second_node_joins_with_a_token_runs_tasks_and_the_token_is_single_use(
         cortex: Cortex, tmp_path: Path) -> None:
-    """`token create` prints a cjt_ token; a second `cortex node` joins with it and runs the
+    """`token join` prints a cjt_ token; a second `cortex node` joins with it and runs the
     tasks labelled for it; the same token then fails for a third node; SIGTERM stops the
     second node with status 0."""
-    created = cortex.ok("token", "create", "--ttl", "1h")
+    created = cortex.ok("token", "join", "--ttl", "1h")
     token = created.stdout.strip()
     assert token.startswith("cjt_"), created.stdout
     assert "\n" not in token, created.stdout
@@ -362,7 +362,7 @@ def test_run_without_a_command_is_a_usage_error(cortex: Cortex) -> None:
 # --- --json everywhere it is documented -----------------------------------------------------
 
 def test_every_documented_json_flag_prints_json(cortex: Cortex) -> None:
-    """--json of run -d, tasks cancel, tasks logs and token create prints JSON (tasks ls/get
+    """--json of run -d, tasks cancel, tasks logs and token join prints JSON (tasks ls/get
     and nodes ls are parsed as JSON throughout this module)."""
     task = cortex.json("run", "-d", "--", "sleep", "300")
     assert TASK_ID.match(task["id"]), task
@@ -371,6 +371,6 @@ def test_every_documented_json_flag_prints_json(cortex: Cortex) -> None:
     events = [json.loads(line) for line in logged]
     assert events, logged
     assert events[-1]["state"]["state"] == "CANCELLED", events
-    token = cortex.json("token", "create", "--ttl", "5m")
+    token = cortex.json("token", "join", "--ttl", "5m")
     assert token["token"].startswith("cjt_"), token
     assert token["token"] in token["join_command"], token

@@ -103,9 +103,9 @@ def test_bad_hub_flag_is_reported_before_connecting() -> None:
     ("tasks", "ls", "--limit", "0"),
     ("nodes", "ls", "--state", "sleeping"),
     ("nodes", "ls", "-l", "nolabel"),
-    ("token", "create", "--ttl", "0"),
-    ("token", "create", "--ttl", "1x"),
-    ("token", "create", "-l", "x"),
+    ("token", "join", "--ttl", "0"),
+    ("token", "join", "--ttl", "1x"),
+    ("token", "join", "-l", "x"),
     ("tasks", "logs", "t-1", "--after", "-3"),
 ])
 def test_bad_filters_are_usage_errors(args: tuple[str, ...]) -> None:

@@ -51,7 +51,7 @@ def test_malformed_bodies_are_refused_with_the_expected_shape(token: str) -> Non
     message = str(info.value)
     assert "malformed join token" in message
     assert "cjt_<id>.<secret>#sha256:<pin>" in message
-    assert "cortex token create" in message
+    assert "cortex token join" in message
 
 
 @pytest.mark.parametrize("pin", ["md5:abcd", "SHA256:abcd", "abcd", "sha1:ab", " sha256:ab"])
@@ -78,7 +78,7 @@ def test_pins_without_a_full_sha256_digest_are_refused(digest: str) -> None:
 )
 def test_parse_inverts_formatting(token_id: str, secret: str, digest: str,
                                   with_pin: bool) -> None:
-    """Whatever id, secret and pin `cortex token create` formats, parsing gives them back."""
+    """Whatever id, secret and pin `cortex token join` formats, parsing gives them back."""
     pin = f"sha256:{digest}" if with_pin else ""
     text = f"cjt_{token_id}.{secret}" + (f"#{pin}" if with_pin else "")
     assert parse_join_token(text) == (token_id, secret, pin)

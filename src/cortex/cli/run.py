@@ -80,6 +80,20 @@ def run(
     session: Annotated[str | None, typer.Option(
         "--session", metavar="ID", help="Route to the node holding this session.",
         show_default=False)] = None,
+    pool: Annotated[str | None, typer.Option(
+        "--pool", "-p", metavar="POOL", help="Run on a node of this pool.",
+        show_default=False)] = None,
+    cpus: Annotated[float, typer.Option(
+        "--cpus", min=0, metavar="N", help="CPU cores the task needs (counted against the "
+        "tenant's quota and the node's capacity; enforced on the node).")] = 0.0,
+    memory: Annotated[int, typer.Option(
+        "--memory", min=0, metavar="MIB", help="Memory (MiB) the task needs; enforced as "
+        "its limit on the node.")] = 0,
+    gpus: Annotated[int, typer.Option("--gpus", min=0, metavar="N", help="GPUs it needs.")
+    ] = 0,
+    cancel_on_disconnect: Annotated[bool, typer.Option(
+        "--cancel-on-disconnect", help="Cancel the task if this client goes away (crash, "
+        "network) and does not come back within the hub's grace.")] = False,
     env: Annotated[list[str] | None, typer.Option(
         "--env", "-e", metavar="K=V", help="Set an environment variable (repeatable).",
         show_default=False)] = None,
@@ -118,7 +132,8 @@ def run(
             labels=usage(parse_labels, label, flag="'--label' / '-l'"), node_id=node,
             session_id=session, timeout=usage(_timeout, timeout, flag="'--timeout'"),
             priority=priority, idempotency_key=idempotency_key, max_attempts=retries + 1,
-            retry_on_failure=retries > 0,
+            retry_on_failure=retries > 0, pool=pool, cpus=cpus, memory_mib=memory, gpus=gpus,
+            cancel_on_disconnect=cancel_on_disconnect,
         )
     except InvalidArgument as e:
         raise typer.BadParameter(str(e)) from None

@@ -76,7 +76,7 @@ def register(app: typer.Typer) -> None:
     @app.command("node")
     def node_cmd(
         hub: str = typer.Option("", help="Hub HOST:PORT (its client port) to enroll with."),
-        token: str = typer.Option("", help="Join token from `cortex token create`."),
+        token: str = typer.Option("", help="Join token from `cortex token join`."),
         data_dir: Path | None = typer.Option(None, help="Default: $CORTEX_HOME/node."),
         name: str = typer.Option("", help="Node name (default: hostname)."),
         label: list[str] = typer.Option([], "--label", "-l", help="key=value, repeatable."),

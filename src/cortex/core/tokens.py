@@ -14,7 +14,7 @@ def parse_join_token(token: str) -> tuple[str, str, str]:
     if not body.startswith("cjt_") or not dot or not token_id or not secret:
         raise InvalidArgument(
             "malformed join token: expected cjt_<id>.<secret>#sha256:<pin> from "
-            "`cortex token create`"
+            "`cortex token join`"
         )
     digest = pin.removeprefix("sha256:")
     if pin and (not pin.startswith("sha256:") or len(digest) != 64

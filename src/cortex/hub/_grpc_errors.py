@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -111,6 +112,13 @@ def _rebuild_unary(handler: Any, parse: Callable[[bytes], Any], method: str) -> 
         return grpc.unary_unary_rpc_method_handler(
             unary_unary, response_serializer=handler.response_serializer)
     inner_stream = handler.unary_stream
+    if not inspect.isasyncgenfunction(inner_stream):
+        # A handler that streams with `await context.write(...)` (grpc's health Watch).
+        async def unary_writes(raw: bytes, context: Ctx) -> None:
+            await inner_stream(await _decode(parse, raw, method, context), context)
+
+        return grpc.unary_stream_rpc_method_handler(
+            unary_writes, response_serializer=handler.response_serializer)
 
     async def unary_stream(raw: bytes, context: Ctx) -> AsyncIterator[Any]:
         async for item in inner_stream(await _decode(parse, raw, method, context), context):

@@ -115,7 +115,7 @@ class CortexTools:
             hint = ("no node matches these filters; call list_nodes without filters"
                     if labels or skill else
                     "no node has joined this hub yet: ask the user to start one "
-                    "(`cortex token create`, then `cortex node --token ...` on the machine)")
+                    "(`cortex token join`, then `cortex node --token ...` on the machine)")
         return result(NodeList(nodes=[node_row(n) for n in nodes], hint=hint))
 
     async def run_command(

@@ -57,7 +57,7 @@ def enroll(*, hub: str, token: str, data_dir: Path, name: str, timeout: float = 
     _, _, pin = parse_join_token(token)
     if not pin:
         raise InvalidArgument(
-            "the join token carries no CA pin; use one from `cortex token create`")
+            "the join token carries no CA pin; use one from `cortex token join`")
     ca_pem = fetch_pinned_ca(hub, pin, timeout=timeout)
     key = ec.generate_private_key(ec.SECP256R1())
     csr = (x509.CertificateSigningRequestBuilder()

@@ -33,7 +33,7 @@ def ensure_identity(config: NodeConfig) -> Identity:
     if not config.hub or not config.token:
         raise InvalidArgument(
             f"this node is not enrolled yet ({config.data_dir} has no identity): pass "
-            "--hub HOST:PORT and --token TOKEN (from `cortex token create` on the hub)")
+            "--hub HOST:PORT and --token TOKEN (from `cortex token join` on the hub)")
     from cortex.node.enroll import enroll  # the X.509 toolkit loads only to enroll
 
     ident = enroll(hub=config.hub, token=config.token, data_dir=config.data_dir,

@@ -13,16 +13,18 @@ Every error is a `cortex.errors.CortexError`; grpc errors are translated, never 
 
 from __future__ import annotations
 
-from cortex._proto.cortex.v1 import common_pb2
+from cortex._proto.cortex.v1 import admin_pb2, common_pb2
 from cortex.errors import (
     Conflict,
     CortexError,
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    QuotaExceeded,
     RemoteError,
     Unavailable,
 )
+from cortex.sdk._admin import Admin, NewApiToken, SyncAdmin
 from cortex.sdk._attach import Attachment
 from cortex.sdk._client import TERMINAL_STATES, Client, JoinToken, OutputCallback, Result
 from cortex.sdk._config import ClientConfig, ConfigError, ConfigOverrides
@@ -39,6 +41,8 @@ from cortex.sdk._sync import SyncAttachment, SyncClient
 
 __all__ = [
     "TERMINAL_STATES",
+    "Admin",
+    "ApiToken",
     "Attachment",
     "Client",
     "ClientConfig",
@@ -48,6 +52,7 @@ __all__ = [
     "CortexError",
     "InvalidArgument",
     "JoinToken",
+    "NewApiToken",
     "Node",
     "NodeLoad",
     "NodeState",
@@ -55,8 +60,12 @@ __all__ = [
     "OutputCallback",
     "OutputStream",
     "PermissionDenied",
+    "Pool",
+    "Quota",
+    "QuotaExceeded",
     "RemoteError",
     "Result",
+    "SyncAdmin",
     "SyncAttachment",
     "SyncClient",
     "Task",
@@ -64,6 +73,7 @@ __all__ = [
     "TaskOptions",
     "TaskSpec",
     "TaskState",
+    "Tenant",
     "Unavailable",
     "build_spec",
     "parse_duration",
@@ -82,3 +92,7 @@ NodeLoad = common_pb2.NodeLoad
 TaskState = common_pb2.TaskState        # TaskState.SUCCEEDED, TaskState.Name(task.state)
 NodeState = common_pb2.NodeState
 OutputStream = common_pb2.OutputStream
+Tenant = admin_pb2.Tenant
+Pool = admin_pb2.Pool
+ApiToken = admin_pb2.ApiToken
+Quota = admin_pb2.Quota

@@ -14,6 +14,7 @@ import grpc
 from cortex._proto.cortex.v1 import common_pb2, tasks_pb2, tasks_pb2_grpc
 from cortex.core.states import TERMINAL
 from cortex.errors import CortexError, InvalidArgument, Unavailable
+from cortex.sdk._admin import Admin
 from cortex.sdk._attach import Attachment
 from cortex.sdk._backoff import Backoff
 from cortex.sdk._config import ClientConfig, ConfigOverrides
@@ -105,6 +106,7 @@ class Client:
         self._metadata = (("authorization", f"Bearer {self._config.token}"),)
         self._channel: grpc.aio.Channel | None = None
         self._stub_: TaskServiceAsyncStub | None = None
+        self._admin: Admin | None = None
         self._closed = False
 
     @classmethod
@@ -136,6 +138,7 @@ class Client:
         """Close the channel; calls still running end with an error. Idempotent."""
         self._closed = True
         channel, self._channel, self._stub_ = self._channel, None, None
+        self._admin = None
         if channel is not None:
             await channel.close(None)
 
@@ -376,17 +379,31 @@ class Client:
         return list(response.nodes)
 
     async def create_join_token(
-        self, *, ttl: float | str = 3600.0, labels: Pairs | None = None
+        self, *, ttl: float | str = 3600.0, labels: Pairs | None = None, pool: str = ""
     ) -> JoinToken:
-        """A one-time token for ``cortex node --token``; `labels` are added to the node's."""
+        """A one-time token for ``cortex node --token``; `labels` are added to the node's,
+        which joins `pool` (default: the tenant's "default" pool)."""
         ttl_s = parse_duration(ttl, what="ttl")
         if ttl_s <= 0:
             raise InvalidArgument(f"ttl must be more than 0 s, got {ttl!r}")
-        request = tasks_pb2.CreateJoinTokenRequest(ttl_s=ttl_s, labels=parse_labels(labels))
+        request = tasks_pb2.CreateJoinTokenRequest(ttl_s=ttl_s, labels=parse_labels(labels),
+                                                   pool=pool)
         response = await self._unary(self._stub().CreateJoinToken, request)
         return JoinToken(response.token, response.expires_at)
 
+    @property
+    def admin(self) -> Admin:
+        """Tenants, pools and API tokens (AdminService), over this client's channel."""
+        if self._admin is None:
+            self._admin = Admin(self)
+        return self._admin
+
     # --- plumbing ------------------------------------------------------------------------
+
+    def _open_channel(self) -> grpc.aio.Channel:
+        self._stub()
+        assert self._channel is not None  # noqa: S101 - _stub() just opened it
+        return self._channel
 
     def _stub(self) -> TaskServiceAsyncStub:
         if self._closed:

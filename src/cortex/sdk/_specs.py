@@ -53,6 +53,12 @@ class TaskOptions(TypedDict, total=False):
     skill: str                          # "shell" (default), "noop", ...
     max_output_bytes: int               # 0: hub default
     args: Mapping[str, Any] | None      # arguments of non-shell skills
+    pool: str | None                    # run only on nodes of this pool
+    cpus: float                         # what the task needs (quotas and placement count it)
+    memory_mib: int
+    gpus: int
+    browser_sessions: int
+    cancel_on_disconnect: bool          # cancel it when the submitting client goes away
 
 
 _SHELL_ONLY = ("argv", "command", "env", "cwd", "stdin", "interactive", "pty")
@@ -124,8 +130,17 @@ def _fill_task(spec: common_pb2.TaskSpec, options: TaskOptions) -> list[str]:
         (spec.retry, "max_attempts", max(max_attempts, 1)),
         (spec.retry, "retry_on_failure", bool(options.get("retry_on_failure"))),
         (spec, "max_output_bytes", max(max_output, 0)),
+        (spec, "pool", options.get("pool") or ""),
+        (spec, "cancel_on_disconnect", bool(options.get("cancel_on_disconnect"))),
+        (spec.resources, "cpus", float(options.get("cpus", 0.0))),
+        (spec.resources, "memory_mib", options.get("memory_mib", 0)),
+        (spec.resources, "gpus", options.get("gpus", 0)),
+        (spec.resources, "browser_sessions", options.get("browser_sessions", 0)),
     ):
         _set(problems, target, name, value)
+    r = spec.resources
+    problems += validation.check_resources(cpus=r.cpus, memory_mib=r.memory_mib, gpus=r.gpus,
+                                           browser_sessions=r.browser_sessions)
     return problems + validation.check_task(
         skill=spec.skill, labels=spec.labels, timeout_s=spec.timeout_s,
         max_output_bytes=spec.max_output_bytes, priority=spec.priority,

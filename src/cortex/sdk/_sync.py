@@ -10,6 +10,7 @@ from types import TracebackType
 from typing import Any, Generic, Self, TypeVar, Unpack, cast
 
 from cortex._proto.cortex.v1 import common_pb2
+from cortex.sdk._admin import SyncAdmin
 from cortex.sdk._attach import Attachment
 from cortex.sdk._client import Client, JoinToken, OutputCallback, Result
 from cortex.sdk._config import ClientConfig, ConfigOverrides
@@ -220,9 +221,14 @@ class SyncClient:
         return self._run(self._client.list_nodes(labels=labels, skill=skill, states=states))
 
     def create_join_token(
-        self, *, ttl: float | str = 3600.0, labels: Pairs | None = None
+        self, *, ttl: float | str = 3600.0, labels: Pairs | None = None, pool: str = ""
     ) -> JoinToken:
-        return self._run(self._client.create_join_token(ttl=ttl, labels=labels))
+        return self._run(self._client.create_join_token(ttl=ttl, labels=labels, pool=pool))
+
+    @property
+    def admin(self) -> SyncAdmin:
+        """Blocking twin of `Client.admin`."""
+        return SyncAdmin(self._run, self._client.admin)
 
     def _run(self, coro: Coroutine[Any, Any, _T]) -> _T:
         if self._loop is None:

@@ -339,7 +339,7 @@ class PostgresStore(Store):
             )
             row = await cur.fetchone()
             if row is None or not hmac.compare_digest(row[2], secret_hash):
-                raise PermissionDenied("unknown join token: create one with `cortex token create`")
+                raise PermissionDenied("unknown join token: create one with `cortex token join`")
             rec = JoinTokenRecord(*row)
             if rec.used_at:
                 raise PermissionDenied(

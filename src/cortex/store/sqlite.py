@@ -280,7 +280,7 @@ class SqliteStore(Store):
                 " pool FROM join_tokens WHERE id = ?", (token_id,)
             ).fetchone()
             if row is None or row[2] != secret_hash:
-                raise PermissionDenied("unknown join token: create one with `cortex token create`")
+                raise PermissionDenied("unknown join token: create one with `cortex token join`")
             rec = JoinTokenRecord(row[0], row[1], row[2], json.loads(row[3]), *row[4:])
             if rec.used_at:
                 raise PermissionDenied(

@@ -1,0 +1,479 @@
+"""The tenant isolation matrix: every RPC and HTTP endpoint, called as every kind of caller.
+
+Tenant ``acme`` owns a node, a finished task, pools and tokens. Each endpoint is called as:
+each role of acme (admin, operator, agent, viewer), the hub's bootstrap hub-admin (its home
+tenant is ``default``), the admin of another tenant, no token, an expired acme token and a
+revoked acme token. `EXPECTED` writes down the outcome of every cell: the gRPC status
+name (or HTTP status), and for listings whether acme's resource was visible (``OK:sees``)
+or not (``OK:blind``).
+
+Completeness is checked, not hoped for: the RPCs of every service the hub serves are read
+from the protocol descriptors and the HTTP routes from the app, so a new endpoint without
+a row here — or a row without a cell for some caller — fails `test_matrix_is_complete`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx2
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from cortex._proto.cortex.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    enroll_pb2,
+    enroll_pb2_grpc,
+    tasks_pb2,
+    tasks_pb2_grpc,
+)
+from cortex._proto.cortex.v1 import common_pb2 as pb
+from cortex.hub.access import ACCESS
+from cortex.hub.auth import issue_api_token, issue_api_token_record
+from cortex.hub.http._app import build_app
+from cortex.hub.server import Hub
+from cortex.sdk import Client, ClientConfig
+from cortex.store.base import TenantRecord
+from cortex.testing import running_hub, running_node
+
+CALLERS = ("admin", "operator", "agent", "viewer", "hub-admin", "other", "none", "expired",
+           "revoked")
+ACME = "acme"
+
+# Served on the client port; the node port (NodeService) takes no API token at all: a node
+# authenticates by its certificate (see tests/integration/test_tasks.py and the PKI tests).
+SERVICES = {
+    "cortex.v1.TaskService": tasks_pb2.DESCRIPTOR,
+    "cortex.v1.AdminService": admin_pb2.DESCRIPTOR,
+    "cortex.v1.EnrollService": enroll_pb2.DESCRIPTOR,
+    "grpc.health.v1.Health": health_pb2.DESCRIPTOR,
+}
+# Endpoints that take no API token by design, and why (their rows still have every cell).
+PUBLIC = {
+    "/cortex.v1.EnrollService/GetTrustBundle": "the CA bundle; a joining node pins it",
+    "/cortex.v1.EnrollService/Enroll": "authenticated by the join token in the request",
+    "/grpc.health.v1.Health/Check": "load balancers probe it",
+    "/grpc.health.v1.Health/Watch": "load balancers probe it",
+    "/grpc.health.v1.Health/List": "load balancers probe it",
+    "GET /healthz": "liveness probe",
+    "GET /readyz": "readiness probe",
+    "GET /metrics": "Prometheus scrape (bind the HTTP port to the monitoring network)",
+}
+
+D, NF, OK, SEES, BLIND = "PERMISSION_DENIED", "NOT_FOUND", "OK", "OK:sees", "OK:blind"
+ANON = (D, D, D)             # none, expired, revoked
+_ALL_OK = (OK,) * 9
+
+
+def row(*cells: str) -> dict[str, str]:
+    assert len(cells) == len(CALLERS), cells
+    return dict(zip(CALLERS, cells, strict=True))
+
+
+#                       admin operator agent viewer hub-admin other  none/expired/revoked
+EXPECTED: dict[str, dict[str, str]] = {
+    "/cortex.v1.TaskService/Submit": row(OK, OK, OK, D, OK, OK, *ANON),
+    "/cortex.v1.TaskService/SubmitMany": row(OK, OK, OK, D, OK, OK, *ANON),
+    "/cortex.v1.TaskService/Get": row(OK, OK, OK, OK, NF, NF, *ANON),
+    "/cortex.v1.TaskService/List": row(SEES, SEES, SEES, SEES, BLIND, BLIND, *ANON),
+    "/cortex.v1.TaskService/Watch": row(OK, OK, OK, OK, NF, NF, *ANON),
+    "/cortex.v1.TaskService/Cancel": row(OK, OK, OK, D, NF, NF, *ANON),
+    "/cortex.v1.TaskService/WaitTasks": row(OK, OK, OK, OK, NF, NF, *ANON),
+    "/cortex.v1.TaskService/Attach": row(OK, OK, OK, D, NF, NF, *ANON),
+    "/cortex.v1.TaskService/ListNodes": row(SEES, SEES, SEES, SEES, BLIND, BLIND, *ANON),
+    "/cortex.v1.TaskService/CreateJoinToken": row(OK, OK, D, D, OK, OK, *ANON),
+    "/cortex.v1.AdminService/CreateTenant": row(D, D, D, D, OK, D, *ANON),
+    "/cortex.v1.AdminService/ListTenants": row(D, D, D, D, SEES, D, *ANON),
+    "/cortex.v1.AdminService/SetTenantLimits": row(D, D, D, D, OK, D, *ANON),
+    "/cortex.v1.AdminService/GetTenant": row(OK, OK, OK, OK, OK, D, *ANON),
+    "/cortex.v1.AdminService/CreatePool": row(OK, D, D, D, OK, D, *ANON),
+    "/cortex.v1.AdminService/ListPools": row(SEES, SEES, SEES, SEES, SEES, D, *ANON),
+    "/cortex.v1.AdminService/CreateApiToken": row(OK, D, D, D, OK, D, *ANON),
+    "/cortex.v1.AdminService/ListApiTokens": row(SEES, D, D, D, SEES, D, *ANON),
+    "/cortex.v1.AdminService/RevokeApiToken": row(OK, D, D, D, OK, D, *ANON),
+    "/cortex.v1.EnrollService/GetTrustBundle": row(*_ALL_OK),
+    "/cortex.v1.EnrollService/Enroll": row(*("INVALID_ARGUMENT",) * 9),
+    "/grpc.health.v1.Health/Check": row(*_ALL_OK),
+    "/grpc.health.v1.Health/Watch": row(*_ALL_OK),
+    # grpcio-health-checking's servicer leaves List unimplemented; it says so to everyone.
+    "/grpc.health.v1.Health/List": row(*("UNIMPLEMENTED",) * 9),
+    "GET /healthz": row(*("200",) * 9),
+    "GET /readyz": row(*("200",) * 9),
+    "GET /metrics": row(*("200",) * 9),
+    # MCP over streamable HTTP: list_nodes bound by the caller's token.
+    "DELETE|GET|POST /mcp": row(SEES, SEES, SEES, SEES, BLIND, BLIND, "401", "401", "401"),
+}
+
+
+def served_rpcs() -> set[str]:
+    out = set()
+    for name, file in SERVICES.items():
+        service = file.services_by_name[name.rsplit(".", 1)[-1]]
+        out |= {f"/{name}/{m.name}" for m in service.methods}
+    return out
+
+
+def http_routes() -> set[str]:
+    app = build_app(ready=lambda: True, metrics=str, mcp=_NoApp())
+    return {f"{'|'.join(sorted(r.methods - {'HEAD'}))} {r.path}"  # type: ignore[attr-defined]
+            for r in app.routes}
+
+
+class _NoApp:
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("never called")
+
+
+def test_matrix_is_complete() -> None:
+    """Every served RPC and HTTP route has a row, every row a cell for every caller, and
+    every authenticated RPC an access rule (and nothing in the table that is not served)."""
+    endpoints = served_rpcs() | http_routes()
+    assert set(EXPECTED) == endpoints, (
+        f"missing rows: {sorted(endpoints - set(EXPECTED))}; "
+        f"rows for nothing served: {sorted(set(EXPECTED) - endpoints)}")
+    for name, cells in EXPECTED.items():
+        assert tuple(cells) == CALLERS, f"{name}: cells for {tuple(cells)}"
+    authenticated = {r for r in served_rpcs() if r not in PUBLIC}
+    assert set(ACCESS) == authenticated
+
+
+# -- the world the matrix runs in ---------------------------------------------------------
+
+@dataclass
+class World:
+    hub: Hub
+    tokens: dict[str, str]
+    finished_task: str
+    node_id: str
+    acme_token_id: str
+    channel: grpc.aio.Channel
+    http: httpx2.AsyncClient
+    counter: list[int] = field(default_factory=lambda: [0])
+
+    def unique(self, prefix: str) -> str:
+        self.counter[0] += 1
+        return f"{prefix}-{self.counter[0]}"
+
+    def md(self, caller: str) -> tuple[tuple[str, str], ...]:
+        token = self.tokens.get(caller)
+        return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+@contextlib.asynccontextmanager
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    async with running_hub(tmp_path / "hub") as hub:
+        assert hub.ca is not None
+        now = time.time()
+        await hub.store.create_tenant(TenantRecord(ACME, now))
+        await hub.store.create_tenant(TenantRecord("other", now))
+        hub.tasks.set_limits(ACME, weight=1.0, quota=_no_quota())
+        tokens = {"hub-admin": hub.admin_token}
+        for role in ("admin", "operator", "agent", "viewer"):
+            tokens[role] = await issue_api_token(hub.store, tenant=ACME, role=role,
+                                                 name=role, now=now)
+        tokens["other"] = await issue_api_token(hub.store, tenant="other", role="admin",
+                                                name="other", now=now)
+        tokens["expired"], _ = await issue_api_token_record(
+            hub.store, tenant=ACME, role="admin", name="expired", now=now - 100, ttl_s=10)
+        tokens["revoked"], rec = await issue_api_token_record(
+            hub.store, tenant=ACME, role="admin", name="revoked", now=now)
+        await hub.store.revoke_api_token(ACME, rec.id, now=now)
+        async with running_node(hub, tmp_path / "acme-node", tenant=ACME):
+            (conn,) = hub.registry.all()
+            node_id = conn.node_id
+            config = ClientConfig(address=hub.address, token=tokens["admin"],
+                                  ca_pem=hub.ca.cert_pem)
+            async with Client(config) as acme:
+                done = await acme.wait((await acme.submit(argv=["true"])).id)
+                assert done.state == pb.SUCCEEDED
+            creds = grpc.ssl_channel_credentials(root_certificates=hub.ca.cert_pem)
+            channel = grpc.aio.secure_channel(
+                hub.address, creds, options=[("grpc.ssl_target_name_override", "cortex-hub")])
+            async with httpx2.AsyncClient() as http:
+                try:
+                    yield World(hub, tokens, done.id, node_id, rec.id, channel, http)
+                finally:
+                    await channel.close(None)
+
+
+def _no_quota() -> Any:
+    from cortex.core.quota import Quota
+    return Quota()
+
+
+# -- one probe per endpoint: what happened, as a cell value --------------------------------
+
+Probe = Callable[[World, str], Awaitable[str]]
+PROBES: dict[str, Probe] = {}
+
+
+def probe(name: str) -> Callable[[Probe], Probe]:
+    def register(fn: Probe) -> Probe:
+        PROBES[name] = fn
+        return fn
+    return register
+
+
+async def _code(call: Awaitable[Any]) -> str:
+    try:
+        await call
+    except grpc.aio.AioRpcError as exc:
+        return exc.code().name
+    return OK
+
+
+def _sees(found: bool) -> str:
+    return SEES if found else BLIND
+
+
+def _tasks(w: World) -> Any:
+    return tasks_pb2_grpc.TaskServiceStub(w.channel)
+
+
+def _admin(w: World) -> Any:
+    return admin_pb2_grpc.AdminServiceStub(w.channel)
+
+
+_NOWHERE = pb.TaskSpec(skill="noop", labels={"nowhere": "1"})   # stays queued
+
+
+@probe("/cortex.v1.TaskService/Submit")
+async def _submit(w: World, c: str) -> str:
+    return await _code(_tasks(w).Submit(tasks_pb2.SubmitRequest(spec=_NOWHERE), metadata=w.md(c)))
+
+
+@probe("/cortex.v1.TaskService/SubmitMany")
+async def _submit_many(w: World, c: str) -> str:
+    return await _code(_tasks(w).SubmitMany(tasks_pb2.SubmitManyRequest(specs=[_NOWHERE]),
+                                            metadata=w.md(c)))
+
+
+@probe("/cortex.v1.TaskService/Get")
+async def _get(w: World, c: str) -> str:
+    return await _code(_tasks(w).Get(tasks_pb2.GetTaskRequest(task_id=w.finished_task),
+                                     metadata=w.md(c)))
+
+
+@probe("/cortex.v1.TaskService/List")
+async def _list(w: World, c: str) -> str:
+    try:
+        resp = await _tasks(w).List(tasks_pb2.ListTasksRequest(limit=1000), metadata=w.md(c))
+    except grpc.aio.AioRpcError as exc:
+        return exc.code().name
+    return _sees(any(t.id == w.finished_task for t in resp.tasks))
+
+
+@probe("/cortex.v1.TaskService/Watch")
+async def _watch(w: World, c: str) -> str:
+    async def drain() -> None:
+        async for _ in _tasks(w).Watch(tasks_pb2.WatchRequest(task_id=w.finished_task),
+                                       metadata=w.md(c)):
+            pass
+    return await _code(drain())
+
+
+@probe("/cortex.v1.TaskService/Cancel")
+async def _cancel(w: World, c: str) -> str:
+    target = await _tasks(w).Submit(tasks_pb2.SubmitRequest(spec=_NOWHERE),
+                                    metadata=w.md("admin"))
+    return await _code(_tasks(w).Cancel(tasks_pb2.CancelRequest(task_id=target.task.id),
+                                        metadata=w.md(c)))
+
+
+@probe("/cortex.v1.TaskService/WaitTasks")
+async def _wait_tasks(w: World, c: str) -> str:
+    async def drain() -> None:
+        async for _ in _tasks(w).WaitTasks(tasks_pb2.WaitTasksRequest(
+                task_ids=[w.finished_task]), metadata=w.md(c)):
+            pass
+    return await _code(drain())
+
+
+@probe("/cortex.v1.TaskService/Attach")
+async def _attach(w: World, c: str) -> str:
+    async def requests() -> AsyncIterator[tasks_pb2.AttachRequest]:
+        yield tasks_pb2.AttachRequest(task_id=w.finished_task)
+
+    async def drain() -> None:
+        async for _ in _tasks(w).Attach(requests(), metadata=w.md(c)):
+            pass
+    return await _code(drain())
+
+
+@probe("/cortex.v1.TaskService/ListNodes")
+async def _list_nodes(w: World, c: str) -> str:
+    try:
+        resp = await _tasks(w).ListNodes(tasks_pb2.ListNodesRequest(), metadata=w.md(c))
+    except grpc.aio.AioRpcError as exc:
+        return exc.code().name
+    return _sees(any(n.id == w.node_id for n in resp.nodes))
+
+
+@probe("/cortex.v1.TaskService/CreateJoinToken")
+async def _join_token(w: World, c: str) -> str:
+    return await _code(_tasks(w).CreateJoinToken(tasks_pb2.CreateJoinTokenRequest(ttl_s=60),
+                                                 metadata=w.md(c)))
+
+
+@probe("/cortex.v1.AdminService/CreateTenant")
+async def _create_tenant(w: World, c: str) -> str:
+    return await _code(_admin(w).CreateTenant(admin_pb2.CreateTenantRequest(
+        id=w.unique("t")), metadata=w.md(c)))
+
+
+@probe("/cortex.v1.AdminService/ListTenants")
+async def _list_tenants(w: World, c: str) -> str:
+    try:
+        resp = await _admin(w).ListTenants(admin_pb2.ListTenantsRequest(), metadata=w.md(c))
+    except grpc.aio.AioRpcError as exc:
+        return exc.code().name
+    return _sees(any(t.id == ACME for t in resp.tenants))
+
+
+@probe("/cortex.v1.AdminService/SetTenantLimits")
+async def _set_limits(w: World, c: str) -> str:
+    return await _code(_admin(w).SetTenantLimits(admin_pb2.SetTenantLimitsRequest(
+        tenant=ACME, weight=1.0), metadata=w.md(c)))
+
+
+@probe("/cortex.v1.AdminService/GetTenant")
+async def _get_tenant(w: World, c: str) -> str:
+    return await _code(_admin(w).GetTenant(admin_pb2.GetTenantRequest(tenant=ACME),
+                                           metadata=w.md(c)))
+
+
+@probe("/cortex.v1.AdminService/CreatePool")
+async def _create_pool(w: World, c: str) -> str:
+    return await _code(_admin(w).CreatePool(admin_pb2.CreatePoolRequest(
+        tenant=ACME, name=w.unique("p")), metadata=w.md(c)))
+
+
+@probe("/cortex.v1.AdminService/ListPools")
+async def _list_pools(w: World, c: str) -> str:
+    try:
+        resp = await _admin(w).ListPools(admin_pb2.ListPoolsRequest(tenant=ACME),
+                                         metadata=w.md(c))
+    except grpc.aio.AioRpcError as exc:
+        return exc.code().name
+    return _sees(any(p.tenant == ACME and p.nodes == 1 for p in resp.pools))
+
+
+@probe("/cortex.v1.AdminService/CreateApiToken")
+async def _create_token(w: World, c: str) -> str:
+    return await _code(_admin(w).CreateApiToken(admin_pb2.CreateApiTokenRequest(
+        tenant=ACME, name=w.unique("tok"), role="agent"), metadata=w.md(c)))
+
+
+@probe("/cortex.v1.AdminService/ListApiTokens")
+async def _list_tokens(w: World, c: str) -> str:
+    try:
+        resp = await _admin(w).ListApiTokens(admin_pb2.ListApiTokensRequest(tenant=ACME),
+                                             metadata=w.md(c))
+    except grpc.aio.AioRpcError as exc:
+        return exc.code().name
+    return _sees(any(t.id == w.acme_token_id for t in resp.tokens))
+
+
+@probe("/cortex.v1.AdminService/RevokeApiToken")
+async def _revoke_token(w: World, c: str) -> str:
+    victim = await _admin(w).CreateApiToken(admin_pb2.CreateApiTokenRequest(
+        tenant=ACME, name=w.unique("victim"), role="viewer"), metadata=w.md("admin"))
+    return await _code(_admin(w).RevokeApiToken(admin_pb2.RevokeApiTokenRequest(
+        tenant=ACME, id=victim.token.id), metadata=w.md(c)))
+
+
+@probe("/cortex.v1.EnrollService/GetTrustBundle")
+async def _trust_bundle(w: World, c: str) -> str:
+    stub = enroll_pb2_grpc.EnrollServiceStub(w.channel)
+    return await _code(stub.GetTrustBundle(enroll_pb2.GetTrustBundleRequest(),
+                                           metadata=w.md(c)))
+
+
+@probe("/cortex.v1.EnrollService/Enroll")
+async def _enroll(w: World, c: str) -> str:
+    # An API token gives no power here: without a valid CSR and join token, nobody enrolls.
+    stub = enroll_pb2_grpc.EnrollServiceStub(w.channel)
+    fake = f"cjt_{uuid.uuid4().hex[:16]}.secret#sha256:{'0' * 64}"
+    return await _code(stub.Enroll(enroll_pb2.EnrollRequest(token=fake, csr_pem=b"junk"),
+                                   metadata=w.md(c)))
+
+
+@probe("/grpc.health.v1.Health/Check")
+async def _health(w: World, c: str) -> str:
+    stub = health_pb2_grpc.HealthStub(w.channel)
+    return await _code(stub.Check(health_pb2.HealthCheckRequest(), metadata=w.md(c)))
+
+
+@probe("/grpc.health.v1.Health/List")
+async def _health_list(w: World, c: str) -> str:
+    stub = health_pb2_grpc.HealthStub(w.channel)
+    return await _code(stub.List(health_pb2.HealthListRequest(), metadata=w.md(c)))
+
+
+@probe("/grpc.health.v1.Health/Watch")
+async def _health_watch(w: World, c: str) -> str:
+    async def first() -> None:
+        call = health_pb2_grpc.HealthStub(w.channel).Watch(health_pb2.HealthCheckRequest(),
+                                                           metadata=w.md(c))
+        await call.read()
+        call.cancel()
+    return await _code(first())
+
+
+def _http_get(path: str) -> Probe:
+    async def get(w: World, c: str) -> str:
+        assert w.hub.http_address is not None
+        headers = {"Authorization": f"Bearer {w.tokens[c]}"} if c in w.tokens else {}
+        res = await w.http.get(f"http://{w.hub.http_address}{path}", headers=headers)
+        return str(res.status_code)
+    return get
+
+
+for _path in ("/healthz", "/readyz", "/metrics"):
+    PROBES[f"GET {_path}"] = _http_get(_path)
+
+
+@probe("DELETE|GET|POST /mcp")
+async def _mcp(w: World, c: str) -> str:
+    from mcp import Client as McpClient
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared.exceptions import MCPError
+
+    assert w.hub.http_address is not None
+    url = f"http://{w.hub.http_address}/mcp"
+    headers = {"Authorization": f"Bearer {w.tokens[c]}"} if c in w.tokens else {}
+    plain = await w.http.post(url, headers=headers, json={
+        "jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+    if plain.status_code == 401:
+        return "401"
+    text = "MCP_ERROR"
+    with contextlib.suppress(MCPError):  # (an exception group: see below)
+        async with httpx2.AsyncClient(headers=headers) as http:
+            transport = streamable_http_client(url, http_client=http)
+            async with McpClient(transport) as mcp:
+                res = await mcp.call_tool("list_nodes", {})
+                text = "".join(getattr(part, "text", "") for part in res.content)
+    return text if text == "MCP_ERROR" else _sees(w.node_id in text)
+
+
+@pytest.mark.asyncio
+async def test_every_endpoint_behaves_as_the_matrix_says_for_every_caller(
+        tmp_path: Path) -> None:
+    """Each cell of EXPECTED, called for real against a hub with two tenants."""
+    assert set(PROBES) == set(EXPECTED), "every row needs a probe"
+    got: dict[str, dict[str, str]] = {}
+    async with world(tmp_path) as w:
+        for name, fn in PROBES.items():
+            got[name] = {caller: await fn(w, caller) for caller in CALLERS}
+    wrong = [f"{name} as {caller}: expected {EXPECTED[name][caller]}, got {outcome}"
+             for name, cells in got.items() for caller, outcome in cells.items()
+             if EXPECTED[name][caller] != outcome]
+    assert not wrong, "\n".join(wrong)
