@@ -134,11 +134,13 @@ def set_limits(
 
 def _print_pools(items: list[Pool]) -> None:
     table = Table(box=None, pad_edge=False)
-    for column in ("POOL", "TENANT", "NODES", "ONLINE", "DESCRIPTION", "CREATED"):
+    for column in ("POOL", "TENANT", "NODES", "ONLINE", "SHARED WITH", "DESCRIPTION",
+                   "CREATED"):
         table.add_column(column, overflow="fold")
     now = time.time()
     for p in items:
-        table.add_row(p.name, p.tenant, str(p.nodes), str(p.online), p.description or "-",
+        table.add_row(p.name, p.tenant, str(p.nodes), str(p.online),
+                      ", ".join(p.shared_with) or "-", p.description or "-",
                       ago(p.created_at, now=now))
     out_console.print(table)
 
@@ -148,12 +150,16 @@ def create_pool(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(metavar="NAME", help="Lowercase letters, digits, '-'.")],
     description: Annotated[str, typer.Option("--description", "-d")] = "",
+    share: Annotated[list[str] | None, typer.Option(
+        "--share-with", metavar="TENANT", help="Another tenant whose tasks may run on this "
+        "pool's nodes too (repeatable); tenant weights share it fairly.", show_default=False)
+    ] = None,
     tenant: _TenantOpt = None,
     as_json: _JsonOpt = False,
 ) -> None:
     """Create a node pool; `cortex token join --pool NAME` lets machines join it."""
     pool = run_async(with_admin(client_config(ctx), lambda a: a.create_pool(
-        name, description=description, tenant=tenant or "")))
+        name, description=description, tenant=tenant or "", shared_with=share or ())))
     if as_json:
         print_json(to_dict(pool))
     else:

@@ -26,6 +26,16 @@ R = TypeVar("R")
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
+# A subclass that the status code alone cannot carry travels by name in this trailer, so
+# the SDK can raise the same class (e.g. QuotaExceeded rather than InvalidArgument).
+ERROR_TRAILER = "cortex-error"
+_NAMED = (errors.QuotaExceeded,)
+
+
+def trailers_for(exc: errors.CortexError) -> tuple[tuple[str, str], ...]:
+    return tuple((ERROR_TRAILER, cls.__name__) for cls in _NAMED if isinstance(exc, cls))
+
+
 def status_for(exc: errors.CortexError) -> grpc.StatusCode:
     for cls, code in _CODES:
         if isinstance(exc, cls):
@@ -39,7 +49,7 @@ def unary(fn: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
         try:
             return await fn(self, request, context)
         except errors.CortexError as exc:
-            await context.abort(status_for(exc), str(exc))
+            await context.abort(status_for(exc), str(exc), trailing_metadata=trailers_for(exc))
             raise  # unreachable: abort raises
 
     return wrapper

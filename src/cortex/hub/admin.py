@@ -126,11 +126,20 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         await self._existing(tenant)
         if len(request.description) > 512:
             raise InvalidArgument("description: at most 512 characters")
+        shared = tuple(sorted(set(request.shared_with)))
+        for other in shared:
+            if other == tenant:
+                raise InvalidArgument("shared_with: a pool is always its own tenant's; "
+                                      "list only other tenants")
+            await self._existing(other)
         rec = PoolRecord(tenant=tenant, name=check_name(request.name, "pool"),
-                         created_at=time.time(), description=request.description)
+                         created_at=time.time(), description=request.description,
+                         shared_with=shared)
         await self._store.create_pool(rec)
+        if shared:
+            self._tasks.share_pool(tenant, rec.name, shared)
         return admin_pb2.Pool(tenant=tenant, name=rec.name, description=rec.description,
-                              created_at=rec.created_at)
+                              created_at=rec.created_at, shared_with=shared)
 
     @unary
     async def ListPools(self, request: admin_pb2.ListPoolsRequest,
@@ -144,7 +153,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             members = [n.id for n in nodes if (n.pool or "default") == p.name]
             out.append(admin_pb2.Pool(
                 tenant=tenant, name=p.name, description=p.description, created_at=p.created_at,
-                nodes=len(members), online=sum(1 for m in members if m in online)))
+                nodes=len(members), online=sum(1 for m in members if m in online),
+                shared_with=p.shared_with))
         return admin_pb2.ListPoolsResponse(pools=out)
 
     # -- API tokens --------------------------------------------------------------------

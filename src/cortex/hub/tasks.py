@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from cortex._proto.cortex.v1 import common_pb2 as pb
 from cortex._proto.cortex.v1 import node_pb2
@@ -32,7 +32,7 @@ from cortex.hub._follow import Following
 from cortex.hub.config import HubConfig
 from cortex.hub.ids import new_id
 from cortex.hub.registry import NodeConn, Registry
-from cortex.store.base import Store, TaskQuery
+from cortex.store.base import DEFAULT_POOL, Store, TaskQuery
 
 __all__ = ["TaskManager"]
 
@@ -62,6 +62,8 @@ class TaskManager(Following):
         # weighted fair share. Items of tasks no longer queued are skipped when popped.
         self._queue = FairQueue()
         self.ledger = Ledger()
+        # (owning tenant, pool) -> the other tenants whose tasks its nodes may run.
+        self._shared: dict[tuple[str, str], frozenset[str]] = {}
         self._deadlines: list[tuple[float, str]] = []
         self._wake = asyncio.Event()
         self.stats = TaskStats()
@@ -74,6 +76,8 @@ class TaskManager(Following):
         """Load every unfinished task after a (re)start; their nodes will reconnect."""
         for rec in await self._store.list_tenants_all():
             self.ledger.set_limits(rec.id, weight=rec.weight, quota=Quota.from_dict(rec.quota))
+        for pool in await self._store.list_shared_pools_all():
+            self.share_pool(pool.tenant, pool.name, pool.shared_with)
         for task in await self._store.list_active_tasks_all_tenants():
             entry = Entry(task.tenant, task)
             sid = task.spec.session_id
@@ -128,6 +132,24 @@ class TaskManager(Following):
         self.ledger.set_limits(tenant, weight=weight, quota=quota)
         self._wake.set()
 
+    def share_pool(self, owner: str, pool: str, tenants: Iterable[str]) -> None:
+        """Let `tenants` run tasks on the nodes of `owner`'s `pool` (stored by the caller)."""
+        self._shared[(owner, pool)] = frozenset(tenants)
+        self._wake.set()
+
+    def serves(self, conn: NodeConn, tenant: str) -> bool:
+        """Whether the node on `conn` may run tasks of `tenant`: its own, or shared with it."""
+        return conn.tenant == tenant or tenant in self._shared.get(
+            (conn.tenant, conn.node.pool or DEFAULT_POOL), ())
+
+    def _conns_for(self, tenant: str) -> list[NodeConn]:
+        """The connected nodes that may run `tenant`'s tasks."""
+        own = self._registry.for_tenant(tenant)
+        if not self._shared:
+            return own
+        return own + [c for c in self._registry.all()
+                      if c.tenant != tenant and self.serves(c, tenant)]
+
     def usage(self, tenant: str) -> Usage:
         return self.ledger.of(tenant)
 
@@ -177,8 +199,7 @@ class TaskManager(Following):
     def _why_queued(self, entry: Entry) -> str:
         """Why a queued task is not placed right now (computed, not stored)."""
         req = self._requirements(entry)
-        decision = placement.place(req, self._views(self._registry.for_tenant(entry.tenant),
-                                                    req))
+        decision = placement.place(req, self._views(self._conns_for(entry.tenant), req))
         return decision.reason or "waiting for the dispatcher"
 
     def _views(self, conns: list[NodeConn], req: placement.TaskRequirements
@@ -255,7 +276,7 @@ class TaskManager(Following):
             if entry is None:
                 continue  # no longer queued (cancelled, timed out, or an older heap item)
             deferred.append((tenant, item))
-            conns = self._registry.for_tenant(tenant)
+            conns = self._conns_for(tenant)
             if not any(c.node_id in free for c in conns):
                 skip.add(tenant)  # that tenant's nodes are full; a finish wakes us
                 continue
@@ -372,7 +393,7 @@ class TaskManager(Following):
         for h in held:
             entry = self._active.get(h.task_id)
             ok = (entry is not None and entry.task.attempt == h.attempt
-                  and entry.task.node_id == conn.node_id and entry.tenant == conn.tenant
+                  and entry.task.node_id == conn.node_id and self.serves(conn, entry.tenant)
                   and entry.task.state in (pb.ASSIGNED, pb.RUNNING))
             if ok and entry is not None:
                 conn.running.add((h.task_id, h.attempt))
@@ -410,7 +431,8 @@ class TaskManager(Following):
 
     async def on_report(self, conn: NodeConn, report: node_pb2.TaskReport) -> None:
         entry = self._active.get(report.task_id)
-        if (entry is None or entry.tenant != conn.tenant or entry.task.node_id != conn.node_id
+        if (entry is None or not self.serves(conn, entry.tenant)
+                or entry.task.node_id != conn.node_id
                 or entry.task.attempt != report.attempt
                 or entry.task.state not in (pb.ASSIGNED, pb.RUNNING)):
             conn.send(node_pb2.HubMessage(reject=node_pb2.Reject(

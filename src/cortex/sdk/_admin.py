@@ -6,7 +6,7 @@ tenant (a hub-admin may name any tenant with ``tenant=``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from cortex._proto.cortex.v1 import admin_pb2, admin_pb2_grpc
@@ -87,10 +87,11 @@ class Admin:
                                          admin_pb2.GetTenantRequest(tenant=tenant))
 
     # -- pools -------------------------------------------------------------------------
-    async def create_pool(self, name: str, *, description: str = "", tenant: str = ""
-                          ) -> admin_pb2.Pool:
+    async def create_pool(self, name: str, *, description: str = "", tenant: str = "",
+                          shared_with: Iterable[str] = ()) -> admin_pb2.Pool:
+        """A node pool; `shared_with` other tenants lets their tasks run on its nodes too."""
         return await self._client._unary(self._stub().CreatePool, admin_pb2.CreatePoolRequest(
-            tenant=tenant, name=name, description=description))
+            tenant=tenant, name=name, description=description, shared_with=list(shared_with)))
 
     async def list_pools(self, *, tenant: str = "") -> list[admin_pb2.Pool]:
         resp = await self._client._unary(self._stub().ListPools,
@@ -140,10 +141,10 @@ class SyncAdmin:
     def get_tenant(self, tenant: str = "") -> admin_pb2.Tenant:
         return cast(admin_pb2.Tenant, self._run(self._admin.get_tenant(tenant)))
 
-    def create_pool(self, name: str, *, description: str = "", tenant: str = ""
-                    ) -> admin_pb2.Pool:
-        return cast(admin_pb2.Pool, self._run(
-            self._admin.create_pool(name, description=description, tenant=tenant)))
+    def create_pool(self, name: str, *, description: str = "", tenant: str = "",
+                    shared_with: Iterable[str] = ()) -> admin_pb2.Pool:
+        return cast(admin_pb2.Pool, self._run(self._admin.create_pool(
+            name, description=description, tenant=tenant, shared_with=shared_with)))
 
     def list_pools(self, *, tenant: str = "") -> list[admin_pb2.Pool]:
         return cast(list[admin_pb2.Pool], self._run(self._admin.list_pools(tenant=tenant)))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
 from cortex.errors import (
@@ -10,6 +12,7 @@ from cortex.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    QuotaExceeded,
     RemoteError,
     Unavailable,
 )
@@ -32,8 +35,16 @@ _BY_CODE: dict[grpc.StatusCode, type[CortexError]] = {
 }
 
 
+# Subclasses the hub names in its "cortex-error" trailer (the code alone gives the parent).
+_BY_NAME: dict[str, type[CortexError]] = {"QuotaExceeded": QuotaExceeded}
+
+
 def translate(error: grpc.aio.AioRpcError, *, address: str = "") -> CortexError:
     """The CortexError for `error`; raise it ``from error`` so the grpc details stay chained."""
+    trailers: Any = error.trailing_metadata() or ()
+    for key, value in trailers:
+        if key == "cortex-error" and isinstance(value, str) and value in _BY_NAME:
+            return _BY_NAME[value](error.details() or value)
     return from_status(error.code(), error.details(), address=address)
 
 

@@ -124,6 +124,7 @@ MIGRATIONS: tuple[str, ...] = (
         name TEXT NOT NULL,
         description TEXT NOT NULL DEFAULT '',
         created_at DOUBLE PRECISION NOT NULL,
+        shared_with JSONB NOT NULL DEFAULT '[]',
         PRIMARY KEY (tenant, name)
     );
     INSERT INTO pools(tenant, name, created_at) SELECT id, 'default', created_at FROM tenants;

@@ -90,6 +90,7 @@ MIGRATIONS: tuple[str, ...] = (
         name TEXT NOT NULL,
         description TEXT NOT NULL DEFAULT '',
         created_at REAL NOT NULL,
+        shared_with TEXT NOT NULL DEFAULT '[]',
         PRIMARY KEY (tenant, name)
     );
     INSERT INTO pools(tenant, name, created_at) SELECT id, 'default', created_at FROM tenants;

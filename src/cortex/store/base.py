@@ -33,6 +33,9 @@ class PoolRecord:
     name: str
     created_at: float
     description: str = ""
+    # Other tenants whose tasks may run on this pool's nodes (fair share decides between
+    # them); the nodes stay the owning tenant's.
+    shared_with: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +112,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def get_pool(self, tenant: str, name: str) -> PoolRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_shared_pools_all(self) -> list[PoolRecord]:
+        """Every pool shared with other tenants (hub-wide: the dispatcher's routing)."""
 
     @abc.abstractmethod
     async def list_api_tokens(self, tenant: str) -> list[ApiTokenRecord]: ...

@@ -264,23 +264,30 @@ class PostgresStore(Store):
 
     async def create_pool(self, pool: PoolRecord) -> None:
         row = await self._fetchone(
-            "INSERT INTO pools(tenant, name, description, created_at) VALUES (%s, %s, %s, %s)"
-            " ON CONFLICT DO NOTHING RETURNING name",
-            (pool.tenant, pool.name, pool.description, pool.created_at))
+            "INSERT INTO pools(tenant, name, description, created_at, shared_with)"
+            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING name",
+            (pool.tenant, pool.name, pool.description, pool.created_at,
+             Jsonb(list(pool.shared_with))))
         if row is None:
             raise Conflict(f"pool {pool.name!r} already exists in tenant {pool.tenant!r}")
 
     async def list_pools(self, tenant: str) -> list[PoolRecord]:
         rows = await self._fetchall(
-            "SELECT tenant, name, created_at, description FROM pools WHERE tenant = %s"
-            " ORDER BY name", (tenant,))
-        return [PoolRecord(*r) for r in rows]
+            "SELECT tenant, name, created_at, description, shared_with FROM pools"
+            " WHERE tenant = %s ORDER BY name", (tenant,))
+        return [_pool(r) for r in rows]
 
     async def get_pool(self, tenant: str, name: str) -> PoolRecord | None:
         row = await self._fetchone(
-            "SELECT tenant, name, created_at, description FROM pools"
+            "SELECT tenant, name, created_at, description, shared_with FROM pools"
             " WHERE tenant = %s AND name = %s", (tenant, name))
-        return None if row is None else PoolRecord(*row)
+        return None if row is None else _pool(row)
+
+    async def list_shared_pools_all(self) -> list[PoolRecord]:
+        rows = await self._fetchall(
+            "SELECT tenant, name, created_at, description, shared_with FROM pools"
+            " WHERE shared_with != '[]'::jsonb ORDER BY tenant, name", ())
+        return [_pool(r) for r in rows]
 
     async def list_api_tokens(self, tenant: str) -> list[ApiTokenRecord]:
         rows = await self._fetchall(
@@ -579,3 +586,7 @@ def _describe(params: dict[str, Any]) -> str:
     host = params.get("host") or params.get("hostaddr") or "the local socket"
     port = params.get("port") or "5432"
     return f"{host}:{port}/{params.get('dbname') or params.get('user') or 'postgres'}"
+
+
+def _pool(row: TupleRow) -> PoolRecord:
+    return PoolRecord(row[0], row[1], row[2], row[3], tuple(row[4]))

@@ -198,9 +198,10 @@ class SqliteStore(Store):
     async def create_pool(self, pool: PoolRecord) -> None:
         def op(c: sqlite3.Connection) -> None:
             try:
-                c.execute("INSERT INTO pools(tenant, name, description, created_at)"
-                          " VALUES (?,?,?,?)",
-                          (pool.tenant, pool.name, pool.description, pool.created_at))
+                c.execute("INSERT INTO pools(tenant, name, description, created_at, shared_with)"
+                          " VALUES (?,?,?,?,?)",
+                          (pool.tenant, pool.name, pool.description, pool.created_at,
+                           json.dumps(list(pool.shared_with))))
             except sqlite3.IntegrityError:
                 raise Conflict(f"pool {pool.name!r} already exists in tenant {pool.tenant!r}"
                                ) from None
@@ -209,15 +210,21 @@ class SqliteStore(Store):
 
     async def list_pools(self, tenant: str) -> list[PoolRecord]:
         rows = await self._call(lambda c: c.execute(
-            "SELECT tenant, name, created_at, description FROM pools WHERE tenant = ?"
-            " ORDER BY name", (tenant,)).fetchall())
-        return [PoolRecord(*r) for r in rows]
+            "SELECT tenant, name, created_at, description, shared_with FROM pools"
+            " WHERE tenant = ? ORDER BY name", (tenant,)).fetchall())
+        return [_pool(r) for r in rows]
 
     async def get_pool(self, tenant: str, name: str) -> PoolRecord | None:
         row = await self._call(lambda c: c.execute(
-            "SELECT tenant, name, created_at, description FROM pools"
+            "SELECT tenant, name, created_at, description, shared_with FROM pools"
             " WHERE tenant = ? AND name = ?", (tenant, name)).fetchone())
-        return None if row is None else PoolRecord(*row)
+        return None if row is None else _pool(row)
+
+    async def list_shared_pools_all(self) -> list[PoolRecord]:
+        rows = await self._call(lambda c: c.execute(
+            "SELECT tenant, name, created_at, description, shared_with FROM pools"
+            " WHERE shared_with != '[]' ORDER BY tenant, name").fetchall())
+        return [_pool(r) for r in rows]
 
     async def list_api_tokens(self, tenant: str) -> list[ApiTokenRecord]:
         rows = await self._call(lambda c: c.execute(
@@ -537,3 +544,7 @@ def _translate(exc: Exception) -> Exception:
         return exc
     err.__cause__ = exc
     return err
+
+
+def _pool(row: tuple[Any, ...]) -> PoolRecord:
+    return PoolRecord(row[0], row[1], row[2], row[3], tuple(json.loads(row[4])))

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63ortex/v1/admin.proto\x12\tcortex.v1\"`\n\x05Quota\x12\r\n\x05tasks\x18\x01 \x01(\r\x12\x0c\n\x04\x63pus\x18\x02 \x01(\x01\x12\x12\n\nmemory_mib\x18\x03 \x01(\x04\x12\x0c\n\x04gpus\x18\x04 \x01(\r\x12\x18\n\x10\x62rowser_sessions\x18\x05 \x01(\r\"\x8a\x01\n\x06Tenant\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\ncreated_at\x18\x02 \x01(\x01\x12\x0e\n\x06weight\x18\x03 \x01(\x01\x12\x1f\n\x05quota\x18\x04 \x01(\x0b\x32\x10.cortex.v1.Quota\x12\x1f\n\x05usage\x18\x05 \x01(\x0b\x32\x10.cortex.v1.Quota\x12\x0e\n\x06queued\x18\x06 \x01(\r\"R\n\x13\x43reateTenantRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12\x1f\n\x05quota\x18\x03 \x01(\x0b\x32\x10.cortex.v1.Quota\"\x14\n\x12ListTenantsRequest\"9\n\x13ListTenantsResponse\x12\"\n\x07tenants\x18\x01 \x03(\x0b\x32\x11.cortex.v1.Tenant\"l\n\x16SetTenantLimitsRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12\x1f\n\x05quota\x18\x03 \x01(\x0b\x32\x10.cortex.v1.Quota\x12\x11\n\thas_quota\x18\x04 \x01(\x08\"\"\n\x10GetTenantRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\"l\n\x04Pool\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x12\n\ncreated_at\x18\x04 \x01(\x01\x12\r\n\x05nodes\x18\x05 \x01(\r\x12\x0e\n\x06online\x18\x06 \x01(\r\"F\n\x11\x43reatePoolRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"\"\n\x10ListPoolsRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\"3\n\x11ListPoolsResponse\x12\x1e\n\x05pools\x18\x01 \x03(\x0b\x32\x0f.cortex.v1.Pool\"~\n\x08\x41piToken\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x12\n\ncreated_at\x18\x05 \x01(\x01\x12\x12\n\nexpires_at\x18\x06 \x01(\x01\x12\x12\n\nrevoked_at\x18\x07 \x01(\x01\"R\n\x15\x43reateApiTokenRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\r\n\x05ttl_s\x18\x04 \x01(\x01\"L\n\x16\x43reateApiTokenResponse\x12\"\n\x05token\x18\x01 \x01(\x0b\x32\x13.cortex.v1.ApiToken\x12\x0e\n\x06secret\x18\x02 \x01(\t\"&\n\x14ListApiTokensRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\"<\n\x15ListApiTokensResponse\x12#\n\x06tokens\x18\x01 \x03(\x0b\x32\x13.cortex.v1.ApiToken\"3\n\x15RevokeApiTokenRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t2\x9e\x05\n\x0c\x41\x64minService\x12\x41\n\x0c\x43reateTenant\x12\x1e.cortex.v1.CreateTenantRequest\x1a\x11.cortex.v1.Tenant\x12L\n\x0bListTenants\x12\x1d.cortex.v1.ListTenantsRequest\x1a\x1e.cortex.v1.ListTenantsResponse\x12G\n\x0fSetTenantLimits\x12!.cortex.v1.SetTenantLimitsRequest\x1a\x11.cortex.v1.Tenant\x12;\n\tGetTenant\x12\x1b.cortex.v1.GetTenantRequest\x1a\x11.cortex.v1.Tenant\x12;\n\nCreatePool\x12\x1c.cortex.v1.CreatePoolRequest\x1a\x0f.cortex.v1.Pool\x12\x46\n\tListPools\x12\x1b.cortex.v1.ListPoolsRequest\x1a\x1c.cortex.v1.ListPoolsResponse\x12U\n\x0e\x43reateApiToken\x12 .cortex.v1.CreateApiTokenRequest\x1a!.cortex.v1.CreateApiTokenResponse\x12R\n\rListApiTokens\x12\x1f.cortex.v1.ListApiTokensRequest\x1a .cortex.v1.ListApiTokensResponse\x12G\n\x0eRevokeApiToken\x12 .cortex.v1.RevokeApiTokenRequest\x1a\x13.cortex.v1.ApiTokenb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63ortex/v1/admin.proto\x12\tcortex.v1\"`\n\x05Quota\x12\r\n\x05tasks\x18\x01 \x01(\r\x12\x0c\n\x04\x63pus\x18\x02 \x01(\x01\x12\x12\n\nmemory_mib\x18\x03 \x01(\x04\x12\x0c\n\x04gpus\x18\x04 \x01(\r\x12\x18\n\x10\x62rowser_sessions\x18\x05 \x01(\r\"\x8a\x01\n\x06Tenant\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\ncreated_at\x18\x02 \x01(\x01\x12\x0e\n\x06weight\x18\x03 \x01(\x01\x12\x1f\n\x05quota\x18\x04 \x01(\x0b\x32\x10.cortex.v1.Quota\x12\x1f\n\x05usage\x18\x05 \x01(\x0b\x32\x10.cortex.v1.Quota\x12\x0e\n\x06queued\x18\x06 \x01(\r\"R\n\x13\x43reateTenantRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12\x1f\n\x05quota\x18\x03 \x01(\x0b\x32\x10.cortex.v1.Quota\"\x14\n\x12ListTenantsRequest\"9\n\x13ListTenantsResponse\x12\"\n\x07tenants\x18\x01 \x03(\x0b\x32\x11.cortex.v1.Tenant\"l\n\x16SetTenantLimitsRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12\x1f\n\x05quota\x18\x03 \x01(\x0b\x32\x10.cortex.v1.Quota\x12\x11\n\thas_quota\x18\x04 \x01(\x08\"\"\n\x10GetTenantRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\"\x81\x01\n\x04Pool\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x12\n\ncreated_at\x18\x04 \x01(\x01\x12\r\n\x05nodes\x18\x05 \x01(\r\x12\x0e\n\x06online\x18\x06 \x01(\r\x12\x13\n\x0bshared_with\x18\x07 \x03(\t\"[\n\x11\x43reatePoolRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x13\n\x0bshared_with\x18\x04 \x03(\t\"\"\n\x10ListPoolsRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\"3\n\x11ListPoolsResponse\x12\x1e\n\x05pools\x18\x01 \x03(\x0b\x32\x0f.cortex.v1.Pool\"~\n\x08\x41piToken\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x12\n\ncreated_at\x18\x05 \x01(\x01\x12\x12\n\nexpires_at\x18\x06 \x01(\x01\x12\x12\n\nrevoked_at\x18\x07 \x01(\x01\"R\n\x15\x43reateApiTokenRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\r\n\x05ttl_s\x18\x04 \x01(\x01\"L\n\x16\x43reateApiTokenResponse\x12\"\n\x05token\x18\x01 \x01(\x0b\x32\x13.cortex.v1.ApiToken\x12\x0e\n\x06secret\x18\x02 \x01(\t\"&\n\x14ListApiTokensRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\"<\n\x15ListApiTokensResponse\x12#\n\x06tokens\x18\x01 \x03(\x0b\x32\x13.cortex.v1.ApiToken\"3\n\x15RevokeApiTokenRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t2\x9e\x05\n\x0c\x41\x64minService\x12\x41\n\x0c\x43reateTenant\x12\x1e.cortex.v1.CreateTenantRequest\x1a\x11.cortex.v1.Tenant\x12L\n\x0bListTenants\x12\x1d.cortex.v1.ListTenantsRequest\x1a\x1e.cortex.v1.ListTenantsResponse\x12G\n\x0fSetTenantLimits\x12!.cortex.v1.SetTenantLimitsRequest\x1a\x11.cortex.v1.Tenant\x12;\n\tGetTenant\x12\x1b.cortex.v1.GetTenantRequest\x1a\x11.cortex.v1.Tenant\x12;\n\nCreatePool\x12\x1c.cortex.v1.CreatePoolRequest\x1a\x0f.cortex.v1.Pool\x12\x46\n\tListPools\x12\x1b.cortex.v1.ListPoolsRequest\x1a\x1c.cortex.v1.ListPoolsResponse\x12U\n\x0e\x43reateApiToken\x12 .cortex.v1.CreateApiTokenRequest\x1a!.cortex.v1.CreateApiTokenResponse\x12R\n\rListApiTokens\x12\x1f.cortex.v1.ListApiTokensRequest\x1a .cortex.v1.ListApiTokensResponse\x12G\n\x0eRevokeApiToken\x12 .cortex.v1.RevokeApiTokenRequest\x1a\x13.cortex.v1.ApiTokenb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,26 +45,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SETTENANTLIMITSREQUEST']._serialized_end=548
   _globals['_GETTENANTREQUEST']._serialized_start=550
   _globals['_GETTENANTREQUEST']._serialized_end=584
-  _globals['_POOL']._serialized_start=586
-  _globals['_POOL']._serialized_end=694
-  _globals['_CREATEPOOLREQUEST']._serialized_start=696
-  _globals['_CREATEPOOLREQUEST']._serialized_end=766
-  _globals['_LISTPOOLSREQUEST']._serialized_start=768
-  _globals['_LISTPOOLSREQUEST']._serialized_end=802
-  _globals['_LISTPOOLSRESPONSE']._serialized_start=804
-  _globals['_LISTPOOLSRESPONSE']._serialized_end=855
-  _globals['_APITOKEN']._serialized_start=857
-  _globals['_APITOKEN']._serialized_end=983
-  _globals['_CREATEAPITOKENREQUEST']._serialized_start=985
-  _globals['_CREATEAPITOKENREQUEST']._serialized_end=1067
-  _globals['_CREATEAPITOKENRESPONSE']._serialized_start=1069
-  _globals['_CREATEAPITOKENRESPONSE']._serialized_end=1145
-  _globals['_LISTAPITOKENSREQUEST']._serialized_start=1147
-  _globals['_LISTAPITOKENSREQUEST']._serialized_end=1185
-  _globals['_LISTAPITOKENSRESPONSE']._serialized_start=1187
-  _globals['_LISTAPITOKENSRESPONSE']._serialized_end=1247
-  _globals['_REVOKEAPITOKENREQUEST']._serialized_start=1249
-  _globals['_REVOKEAPITOKENREQUEST']._serialized_end=1300
-  _globals['_ADMINSERVICE']._serialized_start=1303
-  _globals['_ADMINSERVICE']._serialized_end=1973
+  _globals['_POOL']._serialized_start=587
+  _globals['_POOL']._serialized_end=716
+  _globals['_CREATEPOOLREQUEST']._serialized_start=718
+  _globals['_CREATEPOOLREQUEST']._serialized_end=809
+  _globals['_LISTPOOLSREQUEST']._serialized_start=811
+  _globals['_LISTPOOLSREQUEST']._serialized_end=845
+  _globals['_LISTPOOLSRESPONSE']._serialized_start=847
+  _globals['_LISTPOOLSRESPONSE']._serialized_end=898
+  _globals['_APITOKEN']._serialized_start=900
+  _globals['_APITOKEN']._serialized_end=1026
+  _globals['_CREATEAPITOKENREQUEST']._serialized_start=1028
+  _globals['_CREATEAPITOKENREQUEST']._serialized_end=1110
+  _globals['_CREATEAPITOKENRESPONSE']._serialized_start=1112
+  _globals['_CREATEAPITOKENRESPONSE']._serialized_end=1188
+  _globals['_LISTAPITOKENSREQUEST']._serialized_start=1190
+  _globals['_LISTAPITOKENSREQUEST']._serialized_end=1228
+  _globals['_LISTAPITOKENSRESPONSE']._serialized_start=1230
+  _globals['_LISTAPITOKENSRESPONSE']._serialized_end=1290
+  _globals['_REVOKEAPITOKENREQUEST']._serialized_start=1292
+  _globals['_REVOKEAPITOKENREQUEST']._serialized_end=1343
+  _globals['_ADMINSERVICE']._serialized_start=1346
+  _globals['_ADMINSERVICE']._serialized_end=2016
 # @@protoc_insertion_point(module_scope)

@@ -215,6 +215,7 @@ class Pool(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     NODES_FIELD_NUMBER: _builtins.int
     ONLINE_FIELD_NUMBER: _builtins.int
+    SHARED_WITH_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     name: _builtins.str
     description: _builtins.str
@@ -223,6 +224,12 @@ class Pool(_message.Message):
     """nodes enrolled in it"""
     online: _builtins.int
     """of which connected now"""
+    @_builtins.property
+    def shared_with(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Other tenants whose tasks may also run on its nodes; between tenants, weighted fair
+        share decides who gets the next free slot.
+        """
+
     def __init__(
         self,
         *,
@@ -232,10 +239,11 @@ class Pool(_message.Message):
         created_at: _builtins.float = ...,
         nodes: _builtins.int = ...,
         online: _builtins.int = ...,
+        shared_with: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "description", b"description", "name", b"name", "nodes", b"nodes", "online", b"online", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "description", b"description", "name", b"name", "nodes", b"nodes", "online", b"online", "shared_with", b"shared_with", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -248,20 +256,26 @@ class CreatePoolRequest(_message.Message):
     TENANT_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    SHARED_WITH_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     """"" = the caller's"""
     name: _builtins.str
     description: _builtins.str
+    @_builtins.property
+    def shared_with(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """existing tenants"""
+
     def __init__(
         self,
         *,
         tenant: _builtins.str = ...,
         name: _builtins.str = ...,
         description: _builtins.str = ...,
+        shared_with: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "shared_with", b"shared_with", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
