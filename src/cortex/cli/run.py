@@ -123,7 +123,8 @@ def run(
     ] = False,
 ) -> None:
     interactive = interactive or tty
-    _check_combinations(argv, shell, detach=detach, interactive=interactive, as_json=as_json)
+    _check_combinations(argv, shell, detach=detach, interactive=interactive, as_json=as_json,
+                        cancel_on_disconnect=cancel_on_disconnect)
     rows, cols = _terminal_size() if tty else (0, 0)
     try:
         spec = build_spec(
@@ -149,7 +150,11 @@ def run(
 
 
 def _check_combinations(argv: list[str] | None, shell: str | None, *, detach: bool,
-                        interactive: bool, as_json: bool) -> None:
+                        interactive: bool, as_json: bool, cancel_on_disconnect: bool) -> None:
+    if detach and cancel_on_disconnect:
+        raise typer.BadParameter("a detached task has no client following it, so "
+                                 "--cancel-on-disconnect would cancel it at once; drop one",
+                                 param_hint="'--cancel-on-disconnect'")
     if argv and shell is not None:
         raise typer.BadParameter("give ARGV after `--` or a shell string with -c, not both",
                                  param_hint="'--shell' / '-c'")

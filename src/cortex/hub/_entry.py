@@ -72,6 +72,7 @@ class Entry:
     # The newest committed events, so live watchers need no store read. Bounded by bytes.
     tail: list[pb.TaskEvent] = field(default_factory=list)
     tail_bytes: int = 0
+    followers: int = 0                  # open Watch/Attach streams following it live
 
     def remember(self, events: list[pb.TaskEvent]) -> None:
         self.tail.extend(events)

@@ -6,7 +6,7 @@ A mixin of `TaskManager` (the moves live there); split out to keep each module r
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 from cortex._proto.cortex.v1 import common_pb2 as pb
@@ -32,6 +32,9 @@ class Following:
     _registry: Registry
     _store: Store
     _done_waiters: dict[str, list[asyncio.Queue[pb.Task]]]
+    _monotonic: Callable[[], float]
+    # cancel_on_disconnect tasks that nobody follows, and since when (monotonic).
+    _orphans: dict[str, float]
 
     if TYPE_CHECKING:
         async def get(self, tenant: str, task_id: str, *,
@@ -87,6 +90,25 @@ class Following:
         if entry is None or entry.tenant != tenant:
             await self.get(tenant, task_id)  # NotFound for unknown ids and other tenants
             entry = None
+        if not follow or entry is None:
+            async for ev in self._follow(tenant, task_id, entry, after_seq, follow):
+                yield ev
+            return
+        # A follower keeps a cancel_on_disconnect task alive; the last one leaving starts
+        # the grace after which the reaper cancels it.
+        entry.followers += 1
+        self._orphans.pop(task_id, None)
+        try:
+            async for ev in self._follow(tenant, task_id, entry, after_seq, follow):
+                yield ev
+        finally:
+            entry.followers -= 1
+            if (entry.followers == 0 and entry.task.spec.cancel_on_disconnect
+                    and task_id in self._active):
+                self._orphans[task_id] = self._monotonic()
+
+    async def _follow(self, tenant: str, task_id: str, entry: Entry | None, after_seq: int,
+                      follow: bool) -> AsyncIterator[pb.TaskEvent]:
         while True:
             changed = entry.changed if entry is not None else None
             events = entry.events_after(after_seq) if entry is not None else None

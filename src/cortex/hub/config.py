@@ -36,6 +36,8 @@ class HubConfig:
     lost_after_s: float = 15.0              # a node silent this long loses its tasks
     default_timeout_s: float = 24 * 3600.0  # task deadline when the spec gives none
     timeout_grace_s: float = 10.0           # after a deadline, wait this long for the kill
+    # A cancel_on_disconnect task nobody follows (Watch/Attach) this long is cancelled.
+    disconnect_grace_s: float = 10.0
     max_output_bytes: int = 64 * 1024 * 1024    # per task; past it a marker, then dropped
     max_message_bytes: int = 16 * 1024 * 1024   # gRPC frames, both directions
     node_cert_ttl_s: float = 24 * 3600.0
@@ -44,7 +46,7 @@ class HubConfig:
 
     def __post_init__(self) -> None:
         for name in ("heartbeat_interval_s", "lost_after_s", "default_timeout_s",
-                     "timeout_grace_s", "node_cert_ttl_s"):
+                     "timeout_grace_s", "node_cert_ttl_s", "disconnect_grace_s"):
             if getattr(self, name) <= 0:
                 raise InvalidArgument(f"hub config: {name} must be positive")
         if self.lost_after_s <= self.heartbeat_interval_s:

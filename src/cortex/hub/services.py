@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -115,9 +116,13 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
     async def Watch(self, request: tasks_pb2.WatchRequest,
                     context: Ctx) -> AsyncIterator[pb.TaskEvent]:
         who = await self._principal(context, "Watch")
-        async for ev in self._tasks.watch(who.tenant, _id(request.task_id),
-                                          after_seq=request.after_seq, follow=request.follow):
-            yield ev
+        # aclosing: when the client goes away the watch must end now (it counts followers
+        # for cancel_on_disconnect), not whenever the abandoned generator is collected.
+        events = self._tasks.watch(who.tenant, _id(request.task_id),
+                                   after_seq=request.after_seq, follow=request.follow)
+        async with contextlib.aclosing(events):
+            async for ev in events:
+                yield ev
 
     @unary
     async def Cancel(self, request: tasks_pb2.CancelRequest,
@@ -140,9 +145,11 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
         await self._tasks.get(who.tenant, task_id)
         async with asyncio.TaskGroup() as tg:
             pump = tg.create_task(self._pump_stdin(who.tenant, task_id, first, it))
-            async for ev in self._tasks.watch(who.tenant, task_id, after_seq=first.after_seq,
-                                              follow=True):
-                yield ev
+            events = self._tasks.watch(who.tenant, task_id, after_seq=first.after_seq,
+                                       follow=True)
+            async with contextlib.aclosing(events):
+                async for ev in events:
+                    yield ev
             pump.cancel()
 
     async def _pump_stdin(self, tenant: str, task_id: str, first: tasks_pb2.AttachRequest,

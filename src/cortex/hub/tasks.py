@@ -10,14 +10,15 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from cortex._proto.cortex.v1 import common_pb2 as pb
 from cortex._proto.cortex.v1 import node_pb2
 from cortex.core import placement, states
-from cortex.core.quota import Quota, Usage, refuse_reason, wait_reason
+from cortex.core.quota import Quota, Usage
 from cortex.core.states import Event, State
-from cortex.errors import Conflict, CortexError, InvalidArgument, NotFound, QuotaExceeded
+from cortex.errors import Conflict, CortexError, InvalidArgument, NotFound
+from cortex.hub._capacity import Capacity
 from cortex.hub._entry import (
     Entry,
     TaskStats,
@@ -29,10 +30,11 @@ from cortex.hub._entry import (
 )
 from cortex.hub._fair import FairQueue, Ledger, demand_of, holds
 from cortex.hub._follow import Following
+from cortex.hub._reaping import Reaping
 from cortex.hub.config import HubConfig
 from cortex.hub.ids import new_id
 from cortex.hub.registry import NodeConn, Registry
-from cortex.store.base import DEFAULT_POOL, Store, TaskQuery
+from cortex.store.base import Store, TaskQuery
 
 __all__ = ["TaskManager"]
 
@@ -46,7 +48,7 @@ _MAX_BATCH = 1000
 _FINISH_STATES = frozenset(int(s) for s in states.FINISH_EVENT)
 
 
-class TaskManager(Following):
+class TaskManager(Capacity, Reaping, Following):
     def __init__(
         self, store: Store, registry: Registry, config: HubConfig,
         clock: Callable[[], float], monotonic: Callable[[], float],
@@ -70,6 +72,7 @@ class TaskManager(Following):
         self._done_waiters: dict[str, list[asyncio.Queue[pb.Task]]] = {}
         # (tenant, session id) -> node id; a cache of the store's sessions table.
         self._sessions: dict[tuple[str, str], str] = {}
+        self._orphans: dict[str, float] = {}
 
     # -- recovery ----------------------------------------------------------------------
     async def recover(self) -> None:
@@ -92,6 +95,10 @@ class TaskManager(Following):
 
     def _track(self, entry: Entry) -> None:
         self._active[entry.task.id] = entry
+        if entry.task.spec.cancel_on_disconnect:
+            # Its client has the grace to start following it (or to come back after a
+            # hub restart) before it counts as gone.
+            self._orphans[entry.task.id] = self._monotonic()
         if holds(entry.task.state):
             self.ledger.hold(entry.tenant, demand_of(entry.task.spec))
         if entry.task.state == pb.QUEUED:
@@ -114,47 +121,6 @@ class TaskManager(Following):
         self._admit(tenant, spec)
         await self._check_pools(tenant, {spec.pool})
         return await self._submit_valid(tenant, spec)
-
-    async def _check_pools(self, tenant: str, pools: set[str]) -> None:
-        for pool in sorted(pools - {""}):
-            if await self._store.get_pool(tenant, pool) is None:
-                raise NotFound(f"no pool {pool!r} in tenant {tenant!r} "
-                               f"(list them with `cortex pool ls`)")
-
-    def _admit(self, tenant: str, spec: pb.TaskSpec) -> None:
-        """Refuse a task that alone exceeds its tenant's quota (it could never start)."""
-        why = refuse_reason(tenant, self.ledger.quota(tenant), demand_of(spec))
-        if why:
-            raise QuotaExceeded(why)
-
-    def set_limits(self, tenant: str, *, weight: float, quota: Quota) -> None:
-        """A tenant's new weight and quota (stored by the caller); queued work re-checked."""
-        self.ledger.set_limits(tenant, weight=weight, quota=quota)
-        self._wake.set()
-
-    def share_pool(self, owner: str, pool: str, tenants: Iterable[str]) -> None:
-        """Let `tenants` run tasks on the nodes of `owner`'s `pool` (stored by the caller)."""
-        self._shared[(owner, pool)] = frozenset(tenants)
-        self._wake.set()
-
-    def serves(self, conn: NodeConn, tenant: str) -> bool:
-        """Whether the node on `conn` may run tasks of `tenant`: its own, or shared with it."""
-        return conn.tenant == tenant or tenant in self._shared.get(
-            (conn.tenant, conn.node.pool or DEFAULT_POOL), ())
-
-    def _conns_for(self, tenant: str) -> list[NodeConn]:
-        """The connected nodes that may run `tenant`'s tasks."""
-        own = self._registry.for_tenant(tenant)
-        if not self._shared:
-            return own
-        return own + [c for c in self._registry.all()
-                      if c.tenant != tenant and self.serves(c, tenant)]
-
-    def usage(self, tenant: str) -> Usage:
-        return self.ledger.of(tenant)
-
-    def queued(self, tenant: str) -> int:
-        return sum(1 for e in self._queued.values() if e.tenant == tenant)
 
     async def submit_many(self, tenant: str, specs: list[pb.TaskSpec]
                           ) -> list[tuple[pb.Task, bool]]:
@@ -201,25 +167,6 @@ class TaskManager(Following):
         req = self._requirements(entry)
         decision = placement.place(req, self._views(self._conns_for(entry.tenant), req))
         return decision.reason or "waiting for the dispatcher"
-
-    def _views(self, conns: list[NodeConn], req: placement.TaskRequirements
-               ) -> list[placement.NodeView]:
-        """Placement's view of `conns`; what their tasks hold is summed only when the task
-        asks for resources (it costs a walk over each node's tasks)."""
-        if not (req.cpus or req.memory_mib or req.gpus):
-            return [c.view() for c in conns]
-        out = []
-        for c in conns:
-            used = pb.Resources()
-            for task_id, _ in c.running:
-                held = self._active.get(task_id)
-                if held is not None:
-                    r = held.task.spec.resources
-                    used.cpus += r.cpus
-                    used.memory_mib += r.memory_mib
-                    used.gpus += r.gpus
-            out.append(c.view(used))
-        return out
 
     async def list_tasks(self, tenant: str, query: TaskQuery) -> list[pb.Task]:
         return await self._store.list_tasks(tenant, query)
@@ -297,18 +244,6 @@ class TaskManager(Following):
             self._queue.push_back(tenant, item)
         if assigned:
             await asyncio.gather(*assigned)
-
-    async def _over_quota(self, entry: Entry, usage: Usage, skip: set[str]) -> bool:
-        """Whether the tenant's quota keeps `entry` waiting now (saying so in its reason)."""
-        quota = self.ledger.quota(entry.tenant)
-        why = wait_reason(entry.tenant, quota, usage, demand_of(entry.task.spec))
-        if not why:
-            return False
-        if quota.tasks and usage.tasks >= quota.tasks:
-            skip.add(entry.tenant)  # no task of this tenant can start until one ends
-        if entry.task.reason != why:
-            await self._set_reason(entry, why)
-        return True
 
     def _requirements(self, entry: Entry) -> placement.TaskRequirements:
         spec = entry.task.spec
@@ -564,65 +499,6 @@ class TaskManager(Following):
         conn.send(node_pb2.HubMessage(ack=node_pb2.ReportAck(
             task_id=report.task_id, attempt=report.attempt, acked_seq=upto)))
 
-    # -- reaping: lost nodes and deadlines --------------------------------------------
-    async def reap(self) -> None:
-        """One pass: lose tasks of nodes gone past the bound, time out past deadlines."""
-        mono = self._monotonic()
-        for conn in self._registry.all():
-            if mono - conn.heard_at >= self._config.lost_after_s:
-                # Connected but silent (a frozen host, a half-open link): count it gone
-                # from when it was last heard, and hang up on it.
-                log.warning("node %s silent for %.0f s; disconnecting it", conn.node_id,
-                            mono - conn.heard_at)
-                self._registry.detach(conn, now=conn.heard_at)
-                conn.close()
-                conn.node.state = pb.OFFLINE
-                await self._store.upsert_node(conn.tenant, conn.node)
-        gone = {n for n, t in self._registry.gone_since.items()
-                if mono - t >= self._config.lost_after_s}
-        if gone:
-            for entry in list(self._active.values()):
-                if entry.task.node_id in gone and entry.task.state in (pb.ASSIGNED, pb.RUNNING):
-                    async with entry.lock:
-                        if entry.task.node_id in gone and entry.task.state in (
-                                pb.ASSIGNED, pb.RUNNING):
-                            await self._lose(entry, "the node went silent past "
-                                             f"{self._config.lost_after_s:g} s")
-            for node_id in gone:
-                self._registry.gone_since.pop(node_id, None)
-        await self._expire_deadlines()
-
-    async def _expire_deadlines(self) -> None:
-        now = self._clock()
-        grace = self._config.timeout_grace_s
-        while self._deadlines and self._deadlines[0][0] <= now:
-            deadline, task_id = heapq.heappop(self._deadlines)
-            entry = self._active.get(task_id)
-            if entry is None or deadline not in (entry.task.deadline, entry.kill_deadline):
-                continue
-            async with entry.lock:
-                task = entry.task
-                if task.state == pb.QUEUED:
-                    why = f": {task.reason or self._why_queued(entry)}"
-                    await self._move(entry, Event.TIME_OUT,
-                                     reason=f"deadline passed while queued{why}")
-                elif not entry.kill_deadline:
-                    entry.kill_deadline = deadline + grace
-                    self._send_cancel(entry, "deadline passed", pb.TIMED_OUT)
-                    heapq.heappush(self._deadlines, (entry.kill_deadline, task_id))
-                else:
-                    await self._move(entry, Event.TIME_OUT,
-                                     reason="deadline passed and the node did not confirm the kill")
-
-    async def _lose(self, entry: Entry, reason: str) -> None:
-        conn = self._registry.get(entry.task.node_id)
-        if conn is not None:
-            conn.running.discard((entry.task.id, entry.task.attempt))
-        if entry.task.cancel_requested:
-            await self._move(entry, Event.CANCEL, reason=f"{reason} while cancelling")
-        else:
-            await self._move(entry, Event.LOSE, reason=reason)
-
     # -- shared plumbing ------------------------------------------------------------------
     async def _move(self, entry: Entry, event: Event, *, reason: str = "",
                     node_id: str = "") -> None:
@@ -665,6 +541,7 @@ class TaskManager(Following):
     def _finish(self, entry: Entry) -> None:
         task = entry.task
         if states.is_terminal(State(task.state)):
+            self._orphans.pop(task.id, None)
             self.stats.on_finish(entry.tenant, State(task.state).label)
             self._active.pop(task.id, None)
             self._queued.pop(task.id, None)
