@@ -6,7 +6,7 @@ A mixin of `TaskManager` (the moves live there); split out to keep each module r
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 from cortex._proto.cortex.v1 import common_pb2 as pb
@@ -79,7 +79,7 @@ class Following:
 
     async def watch(
         self, tenant: str, task_id: str, *, after_seq: int, follow: bool
-    ) -> AsyncIterator[pb.TaskEvent]:
+    ) -> AsyncGenerator[pb.TaskEvent, None]:
         """History after `after_seq`, then live events until the task is finished.
 
         A task active on this hub is followed through its entry (which outlives the task's
