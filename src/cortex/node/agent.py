@@ -73,7 +73,7 @@ class Agent:
     def __init__(self, config: NodeConfig, identity: Identity, supervisor: Supervisor,
                  skills: list[str], journal: Journal, *,
                  cgroups: CgroupManager | None = None,
-                 workers: WorkerPool | None = None) -> None:
+                 workers: WorkerPool | None = None, limit_enforcement: str = "none") -> None:
         self._config = config
         self._id = identity
         self._supervisor = supervisor
@@ -81,6 +81,7 @@ class Agent:
         self._journal = journal
         self._cgroups = cgroups
         self._workers = workers
+        self._limit_enforcement = limit_enforcement
         self._held: dict[tuple[str, int], _Held] = {}
         self._outbox: asyncio.Queue[node_pb2.NodeMessage] | None = None
         self._dirty = asyncio.Event()
@@ -259,6 +260,7 @@ class Agent:
         return node_pb2.Hello(
             name=self._config.name, version=__version__, labels=self._labels(),
             skills=self._skills, boot_id=self._boot_id,
+            limit_enforcement=self._limit_enforcement,
             capacity=pb.Resources(cpus=cpus, memory_mib=mem, slots=self._config.slots),
             held=[node_pb2.HeldTask(task_id=t, attempt=a) for t, a in self._held],
         )

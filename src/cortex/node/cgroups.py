@@ -319,6 +319,22 @@ class CgroupManager:
             raise
         return group
 
+    @property
+    def enforces(self) -> frozenset[str]:
+        """Which of "memory" and "cpu" `create_for_task` limits."""
+        return frozenset({"memory", "cpu"} & set(self._limit_roots))
+
+    def create_for_task(self, name: str, *, memory_bytes: int | None = None,
+                        cpus: float | None = None) -> Cgroup:
+        """A task's group with the limits this host can enforce (the others are left out:
+        the caller checks `enforces` and falls back to rlimits)."""
+        limits = Limits(
+            memory_bytes=memory_bytes if "memory" in self.enforces else None,
+            cpus=max(cpus, 0.01) if cpus and "cpu" in self.enforces else None,
+        )
+        wanted = limits.memory_bytes is not None or limits.cpus is not None
+        return self.create(name, limits if wanted else None)
+
     def kill_stale(self, keep: Set[str], *, timeout_s: float = 5.0) -> list[str]:
         """Kill and remove groups not named in `keep` (left by a crashed agent); their names.
 

@@ -49,14 +49,16 @@ def build_agent(config: NodeConfig, ident: Identity) -> tuple[Agent, Journal]:
         cgroups.kill_stale(set())  # nothing survives an agent restart: the journal reports it
     log.info("process isolation: %s", cgroups.kind if cgroups else "process groups only")
     workers = WorkerPool()  # long-lived worker processes of the stateful skills
+    shell = ShellSkill(cgroups=cgroups, kill_grace_s=config.kill_grace_s)
+    log.info("task limits (cpus, memory) enforced by: %s", shell.limit_enforcement)
     skills: dict[str, Skill] = {
-        "shell": ShellSkill(cgroups=cgroups, kill_grace_s=config.kill_grace_s),
+        "shell": shell,
         "noop": NoopSkill(),
         "pyeval": WorkerSkill("pyeval", workers),
     }
     journal = Journal(config.data_dir / "journal.db")
     agent = Agent(config, ident, Supervisor(skills), sorted(skills), journal, cgroups=cgroups,
-                  workers=workers)
+                  workers=workers, limit_enforcement=shell.limit_enforcement)
     return agent, journal
 
 

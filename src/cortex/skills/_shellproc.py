@@ -7,6 +7,7 @@ Split from `shell.py` (which holds the run's lifecycle); nothing here keeps stat
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import logging
@@ -224,3 +225,13 @@ def set_winsize(fd: int, rows: int, cols: int) -> None:
 
 def is_eio(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno == errno.EIO
+
+
+def with_rlimits(launch: Launch, prlimit: str | None, *, memory_bytes: int) -> Launch:
+    """The launch run under `prlimit --as` (address space: the fallback when no cgroup can
+    limit memory; it counts virtual memory, so it is stricter than a cgroup's RSS limit).
+    Without prlimit(1) the task runs unlimited and the node says so when it connects."""
+    if prlimit is None:
+        return launch
+    return dataclasses.replace(launch, argv=[prlimit, f"--as={memory_bytes}", "--",
+                                             *launch.argv])

@@ -120,7 +120,13 @@ class TaskCgroup(Protocol):
 class CgroupFactory(Protocol):
     """Creates task cgroups (see cortex.node.cgroups.CgroupManager)."""
 
-    def create(self, name: str) -> TaskCgroup: ...
+    def create_for_task(self, name: str, *, memory_bytes: int | None = None,
+                        cpus: float | None = None) -> TaskCgroup:
+        """A task's group, limited where this host's controllers allow (see `enforces`)."""
+
+    @property
+    def enforces(self) -> frozenset[str]:
+        """Which of "memory" and "cpu" `create_for_task` limits."""
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")

@@ -55,6 +55,7 @@ from cortex.skills._shellproc import (
     signal_group,
     spawn_failure,
     stop_and_kill,
+    with_rlimits,
 )
 from cortex.skills.base import (
     MAX_PENDING_STDIN,
@@ -106,6 +107,7 @@ class ShellSkill:
         self._kill_grace_s = kill_grace_s
         self._read_chunk = read_chunk
         self._setsid = shutil.which("setsid")
+        self._prlimit = shutil.which("prlimit")
         if self._setsid is None:
             log.warning(
                 "no setsid(1) on PATH: PTY tasks get no controlling terminal, so ^C, job "
@@ -125,10 +127,15 @@ class ShellSkill:
         launch = launch_of(spec.shell)
         if timeout_s is not None and not (math.isfinite(timeout_s) and timeout_s > 0):
             raise InvalidArgument(f"timeout_s must be > 0 seconds or None, got {timeout_s}")
+        memory = spec.resources.memory_mib * 1024 * 1024 or None
+        cpus = spec.resources.cpus or None
+        cgroup = self._cgroup(task_id, attempt, memory, cpus)
+        if memory and (cgroup is None or "memory" not in self.enforces):
+            launch = with_rlimits(launch, self._prlimit, memory_bytes=memory)
         run = _ShellRun(
             launch=launch,
             sink=sink,
-            cgroup=self._cgroup(task_id, attempt),
+            cgroup=cgroup,
             kill_grace_s=self._kill_grace_s,
             read_chunk=self._read_chunk,
             timeout_s=timeout_s,
@@ -142,11 +149,25 @@ class ShellSkill:
         await run.connect()
         return run
 
-    def _cgroup(self, task_id: str, attempt: int) -> TaskCgroup | None:
+    @property
+    def enforces(self) -> frozenset[str]:
+        """Which limits a task's cgroup enforces ("memory", "cpu")."""
+        return self._cgroups.enforces if self._cgroups is not None else frozenset()
+
+    @property
+    def limit_enforcement(self) -> str:
+        """How this node enforces task limits, as nodes report it to the hub."""
+        if self._cgroups is not None and self.enforces:
+            return "cgroup1" + ("" if self.enforces == {"memory", "cpu"} else "-partial")
+        return "rlimit" if self._prlimit else "none"
+
+    def _cgroup(self, task_id: str, attempt: int, memory: int | None, cpus: float | None
+                ) -> TaskCgroup | None:
         if self._cgroups is None:
             return None
         try:
-            return self._cgroups.create(task_group_name(task_id, attempt))
+            return self._cgroups.create_for_task(task_group_name(task_id, attempt),
+                                                 memory_bytes=memory, cpus=cpus)
         except CortexError as exc:
             # Failing the task would be worse: without a group the /proc walk still reaches
             # everything but a double-forked daemon.
