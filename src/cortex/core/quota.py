@@ -116,7 +116,7 @@ def refuse_reason(tenant: str, quota: Quota, demand: Demand) -> str:
     parts = [f"{_LABELS[name]}: the task needs {_fmt(getattr(Usage().plus(demand), name))}, "
              f"the quota is {_fmt(getattr(quota, name))}" for name in over]
     return (f"the task exceeds tenant {tenant!r}'s quota on its own ({'; '.join(parts)}); "
-            f"ask for less or have an admin raise the quota (`cortex tenant quota`)")
+            f"ask for less or have a hub-admin raise it (`cortex tenant limits`)")
 
 
 def wait_reason(tenant: str, quota: Quota, usage: Usage, demand: Demand) -> str:
