@@ -9,6 +9,7 @@ from cortex.errors import Conflict, InvalidArgument
 __all__ = [
     "CHUNK_BYTES",
     "MAX_CHUNK_BYTES",
+    "check_artifact_globs",
     "check_chunk",
     "check_name",
     "check_quota",
@@ -71,3 +72,20 @@ def expiry(*, now: float, ttl_s: float, default_ttl_s: float) -> float:
         raise InvalidArgument("ttl_s: between 0 (the hub's default) and 10 years")
     ttl = ttl_s or default_ttl_s
     return now + ttl if ttl > 0 else 0.0
+
+
+MAX_GLOBS = 64
+
+
+def check_artifact_globs(globs: list[str] | tuple[str, ...]) -> list[str]:
+    """Problems with a spec's output globs (relative to the task's cwd, no '..')."""
+    if len(globs) > MAX_GLOBS:
+        return [f"artifacts: at most {MAX_GLOBS} globs, got {len(globs)}"]
+    problems = []
+    for g in globs:
+        if not g or len(g) > 1024 or "\0" in g:
+            problems.append("artifacts: each glob is 1-1024 characters without NUL")
+        elif g.startswith("/") or ".." in g.split("/"):
+            problems.append(f"artifacts: {g!r} must be relative to the task's cwd, "
+                            "without '..'")
+    return problems

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cortex._proto.cortex.v1 import common_pb2 as pb
+from cortex.core.artifacts import check_artifact_globs
 from cortex.core.states import State
 from cortex.core.validation import check_shell, check_task
 from cortex.errors import InvalidArgument
@@ -147,5 +148,6 @@ def validate(spec: pb.TaskSpec) -> None:
     if spec.skill == "shell":
         sh = spec.shell
         problems += check_shell(sh.argv, sh.command, sh.env, sh.stdin)
+    problems += check_artifact_globs(list(spec.artifacts))
     if problems:
         raise InvalidArgument("; ".join(problems))

@@ -17,6 +17,7 @@ import random
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 
@@ -25,6 +26,7 @@ from cortex._proto.cortex.v1 import common_pb2 as pb
 from cortex._proto.cortex.v1 import node_pb2, node_pb2_grpc
 from cortex.core.states import State
 from cortex.errors import CortexError, InvalidArgument
+from cortex.node.artifacts import NodeArtifacts
 from cortex.node.cgroups import CgroupManager
 from cortex.node.config import NodeConfig
 from cortex.node.identity import HUB_SERVER_NAME, Identity
@@ -452,6 +454,8 @@ class Agent:
                 if held.cancel is not None:
                     run.cancel(*held.cancel)
                 outcome = _with_requested_timeout(await run.wait(), a.spec)
+                if a.spec.artifacts:
+                    outcome = await self._upload_outputs(held, outcome)
         self._mark_started(held)
         fin = node_pb2.Finished(state=int(outcome.state), reason=outcome.reason)  # type: ignore[arg-type]
         if outcome.exit_code is not None:
@@ -460,6 +464,24 @@ class Agent:
         self._emit(held, node_pb2.NodeEvent(time=time.time(), finished=fin))
         held.finished = True
         self._flush()
+
+    async def _upload_outputs(self, held: _Held, outcome: Outcome) -> Outcome:
+        """Upload the spec's output globs before the task reports its end (so a finished
+        task lists its files); a failed upload fails a task that had succeeded."""
+        spec = held.assign.spec
+        cwd = Path(spec.shell.cwd or os.getcwd())
+        try:
+            files = await NodeArtifacts(self._id).upload_outputs(
+                held.assign.task_id, cwd, list(spec.artifacts))
+        except CortexError as exc:
+            note = f"uploading artifacts failed: {exc}"
+            self._output(held, pb.SYSTEM, f"cortex: {note}\n".encode())
+            if outcome.state is State.SUCCEEDED:
+                return Outcome(State.FAILED, outcome.exit_code, note)
+            return outcome
+        if not files:
+            self._output(held, pb.SYSTEM, b"cortex: no file matched the artifact globs\n")
+        return outcome
 
     def _mark_started(self, held: _Held) -> None:
         if not held.started:

@@ -13,6 +13,7 @@ from typing import Any, TypedDict, Unpack
 
 from cortex._proto.cortex.v1 import common_pb2
 from cortex.core import validation
+from cortex.core.artifacts import check_artifact_globs
 from cortex.errors import InvalidArgument
 
 __all__ = [
@@ -53,6 +54,7 @@ class TaskOptions(TypedDict, total=False):
     skill: str                          # "shell" (default), "noop", ...
     max_output_bytes: int               # 0: hub default
     args: Mapping[str, Any] | None      # arguments of non-shell skills
+    artifacts: Sequence[str] | None     # output globs (relative to cwd) uploaded after the run
 
 
 _SHELL_ONLY = ("argv", "command", "env", "cwd", "stdin", "interactive", "pty")
@@ -126,6 +128,12 @@ def _fill_task(spec: common_pb2.TaskSpec, options: TaskOptions) -> list[str]:
         (spec, "max_output_bytes", max(max_output, 0)),
     ):
         _set(problems, target, name, value)
+    globs = options.get("artifacts") or ()
+    if isinstance(globs, str | bytes):
+        problems.append("artifacts must be a list of globs, e.g. ['out/*.tar.gz']")
+    else:
+        spec.artifacts.extend(globs)
+        problems += check_artifact_globs(list(globs))
     return problems + validation.check_task(
         skill=spec.skill, labels=spec.labels, timeout_s=spec.timeout_s,
         max_output_bytes=spec.max_output_bytes, priority=spec.priority,
