@@ -107,6 +107,10 @@ def run(
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print the task (and its output) as JSON instead of streaming.")
     ] = False,
+    artifact: Annotated[list[str] | None, typer.Option(
+        "--artifact", "-a", metavar="GLOB", help="Upload the files matching GLOB (relative "
+        "to the task's cwd) as artifacts after the run (repeatable); see cortex artifacts.",
+        show_default=False)] = None,
 ) -> None:
     interactive = interactive or tty
     _check_combinations(argv, shell, detach=detach, interactive=interactive, as_json=as_json)
@@ -118,7 +122,7 @@ def run(
             labels=usage(parse_labels, label, flag="'--label' / '-l'"), node_id=node,
             session_id=session, timeout=usage(_timeout, timeout, flag="'--timeout'"),
             priority=priority, idempotency_key=idempotency_key, max_attempts=retries + 1,
-            retry_on_failure=retries > 0,
+            retry_on_failure=retries > 0, artifacts=artifact,
         )
     except InvalidArgument as e:
         raise typer.BadParameter(str(e)) from None
@@ -184,7 +188,10 @@ async def _run_attached(config: ClientConfig, spec: TaskSpec, *, tty: bool,
     if as_json:
         print_json({"task": to_dict(final), "stdout": output.text(Stream.STDOUT),
                     "stderr": output.text(Stream.STDERR), "exit_status": exit_code_for(final)})
-    elif final.state != TaskState.SUCCEEDED and not (
+        return exit_code_for(final)
+    for f in final.files:
+        note(f"artifact {f.name} ({f.size} bytes): cortex artifacts get {final.id} {f.name}")
+    if final.state != TaskState.SUCCEEDED and not (
             final.state == TaskState.FAILED and final.has_exit_code):
         note(f"task {final.id} {state_name(final.state)}"
              + (f": {final.reason}" if final.reason else ""))
