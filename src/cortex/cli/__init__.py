@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cortex.cli import artifacts, mcp, nodes, run, serve, tasks, tokens
+from cortex.cli import artifacts, files, mcp, nodes, run, serve, tasks, tokens
 from cortex.cli._common import CortexGroup, Globals
 
 __all__ = ["app", "main"]
@@ -60,6 +60,7 @@ app.add_typer(tasks.app, name="tasks")
 app.add_typer(nodes.app, name="nodes")
 app.add_typer(tokens.app, name="token")
 app.add_typer(artifacts.app, name="artifacts")
+files.register(app)
 serve.register(app)
 mcp.register(app)
 

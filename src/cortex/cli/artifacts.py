@@ -27,7 +27,7 @@ from cortex.sdk import Client, ClientConfig, parse_duration
 from cortex.sdk._artifacts import File
 from cortex.sdk._artifacts import Progress as ProgressCallback
 
-__all__ = ["app"]
+__all__ = ["app", "progress_bar"]
 
 app = typer.Typer(help="List, fetch, upload and delete artifacts (files stored on the hub).",
                   no_args_is_help=True)
@@ -37,7 +37,8 @@ _err = Console(stderr=True)
 
 
 @contextlib.contextmanager
-def _bar(what: str, total: int, *, quiet: bool) -> Iterator[ProgressCallback | None]:
+def progress_bar(what: str, total: int, *, quiet: bool
+                 ) -> Iterator[ProgressCallback | None]:
     """A rich progress bar (bytes, rate, ETA) on stderr; yields the SDK's callback."""
     if quiet or not _err.is_terminal:
         yield None
@@ -160,7 +161,7 @@ async def _rm(config: ClientConfig, ids: list[str]) -> None:
 async def _put(config: ClientConfig, path: Path, size: int, task: str, name: str,
                ttl_s: float, *, quiet: bool) -> File:
     async with Client(config) as client:
-        with _bar(f"upload {path.name}", size, quiet=quiet) as progress:
+        with progress_bar(f"upload {path.name}", size, quiet=quiet) as progress:
             return await client.upload_artifact(path, task_id=task, name=name, ttl_s=ttl_s,
                                                 progress=progress)
 
@@ -180,7 +181,7 @@ async def _get(config: ClientConfig, ref: str, names: list[str], output: Path,
                                   "directory")
         paths = []
         for f in files:
-            with _bar(f.name, f.size, quiet=quiet) as progress:
+            with progress_bar(f.name, f.size, quiet=quiet) as progress:
                 paths.append(await client.download_artifact(
                     f, output, progress=progress, resume=resume))
         return paths
