@@ -110,7 +110,8 @@ async def upload(stub: Stub, path: Path, *,
     header = apb.WriteHeader(task_id=task_id, name=name or path.name, size=size,
                              sha256=digest, ttl_s=ttl_s,
                              media_type=media_type or _media_type(name or path.name))
-    return await _upload(stub, path, header, metadata, progress, retry_s, None)
+    return await _upload(stub, path, header, metadata, progress, retry_s, None,
+                         _upload_id(header))
 
 
 async def upload_growing(stub: Stub, path: Path,
@@ -122,15 +123,27 @@ async def upload_growing(stub: Stub, path: Path,
     `finished` is set and the end is reached, the upload completes with its digest."""
     header = apb.WriteHeader(task_id=task_id, name=name or path.name, size=-1, ttl_s=ttl_s,
                              media_type=media_type or _media_type(name or path.name))
-    return await _upload(stub, path, header, metadata, progress, retry_s, finished)
+    return await _upload(stub, path, header, metadata, progress, retry_s, finished,
+                         uuid.uuid4().hex)
+
+
+def _upload_id(header: apb.WriteHeader) -> str:
+    """Derived from what is uploaded, so a process that died mid-upload and runs again
+    (a restarted node, a re-run CLI) resumes where the hub got to instead of restarting."""
+    key = "\0".join((header.task_id, header.name, str(header.size), header.sha256,
+                     header.media_type, repr(header.ttl_s)))
+    return hashlib.sha256(key.encode()).hexdigest()[:40]
 
 
 async def _upload(stub: Stub, path: Path,
                   header: apb.WriteHeader, metadata: Metadata, progress: Progress | None,
-                  retry_s: float, finished: asyncio.Event | None) -> pb.File:
-    upload_id = uuid.uuid4().hex
+                  retry_s: float, finished: asyncio.Event | None, upload_id: str
+                  ) -> pb.File:
     retry = _Retry(retry_s)
-    offset = 0
+    status = await _query(stub, upload_id, metadata, retry)  # a previous run's bytes
+    if status.complete:
+        return status.file
+    offset = status.committed_size
     while True:
         # Only a growing file's digest is computed while sending (the hub needs it at the
         # end); after a cut it is rebuilt from the bytes the hub already holds.

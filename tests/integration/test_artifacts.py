@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -422,3 +423,64 @@ async def test_gc_removes_expired_and_unreferenced_blobs_only(tmp_path: Path) ->
             await client.stat_artifact(gone.artifact_id)
         back = await client.download_artifact(kept, tmp_path / "k.bin")
         assert back.read_bytes() == a.read_bytes()
+
+
+# -- a killed uploader resumes ----------------------------------------------------------------------
+
+UPLOADER = """
+import asyncio, sys
+from cortex.sdk import Client, ClientConfig
+cfg = ClientConfig(address=sys.argv[1], token=sys.argv[2], ca_pem=open(sys.argv[3], 'rb').read())
+last = 0
+def progress(done, total):
+    global last
+    if done - last >= 1 << 20:
+        last = done
+        print(done, flush=True)
+async def main():
+    async with Client(cfg) as c:
+        await c.upload_artifact(sys.argv[4], progress=progress)
+asyncio.run(main())
+"""
+
+
+async def test_an_uploader_killed_mid_transfer_resumes_on_the_next_run(
+        client: Client, hub: Hub, tmp_path: Path) -> None:
+    """kill -9 of the uploading process half way: running the same upload again continues
+    from what the hub committed (the upload id derives from the content), not from 0."""
+    size = 64 * 1024 * 1024
+    src = tmp_path / "big.bin"
+    digest = make_file(src, size, seed=11)
+    ca = tmp_path / "ca.pem"
+    assert hub.ca is not None
+    ca.write_bytes(hub.ca.cert_pem)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", UPLOADER, hub.address, hub.admin_token, str(ca), str(src),
+        stdout=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None
+    try:
+        while int((await proc.stdout.readline()) or b"-1") < size // 2:
+            assert proc.returncode is None, "the uploader ended before half way"
+    finally:
+        proc.kill()
+        await proc.wait()
+    seen: list[int] = []
+    file = await client.upload_artifact(src, progress=lambda d, t: seen.append(d))
+    assert file.sha256 == digest
+    assert seen[0] > size // 4, f"resumed from {seen[0] - CHUNK}, not from the hub's bytes"
+    back = await client.download_artifact(file, tmp_path / "back.bin")
+    assert hashlib.sha256(back.read_bytes()).hexdigest() == digest
+
+
+async def test_the_same_upload_after_its_artifact_was_deleted_is_stored_again(
+        client: Client, tmp_path: Path) -> None:
+    """Re-uploading identical content under the same name is idempotent while the artifact
+    exists, and stores a new one once it was deleted."""
+    src = tmp_path / "same.bin"
+    make_file(src, 5000)
+    first = await client.upload_artifact(src)
+    assert (await client.upload_artifact(src)).artifact_id == first.artifact_id
+    await client.delete_artifact(first.artifact_id)
+    again = await client.upload_artifact(src)
+    assert again.artifact_id != first.artifact_id
+    assert (await client.stat_artifact(again.artifact_id)).sha256 == first.sha256

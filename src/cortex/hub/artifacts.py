@@ -92,7 +92,9 @@ class ArtifactManager:
                               "moment") from None
         try:
             if up.file is not None:
-                return _done(up.file)
+                if await self._store.get_artifact(tenant, up.file.artifact_id) is not None:
+                    return _done(up.file)   # the same upload again: idempotent
+                up = self._restart(up)      # its artifact was deleted since: store anew
             deduped = await self._dedupe(tenant, up)
             if deduped is not None:
                 return deduped
@@ -106,8 +108,11 @@ class ArtifactManager:
         if up is None:
             raise NotFound(f"no upload {upload_id} on this hub (finished over a day ago, "
                            "never started, or of another tenant): start a new upload")
-        if up.file is not None:
+        if up.file is not None and \
+                await self._store.get_artifact(tenant, up.file.artifact_id) is not None:
             return _done(up.file)
+        if up.file is not None:
+            return apb.WriteResponse(committed_size=0)
         part = self._blobs.open_part(key)
         try:
             return apb.WriteResponse(committed_size=part.size)
@@ -259,6 +264,14 @@ class ArtifactManager:
         up.file, up.hasher = file, None
         self._blobs.save_meta(up.key, _meta(h, file))
         return file
+
+    def _restart(self, up: _Upload) -> _Upload:
+        self._forget(up)
+        fresh = _Upload(up.key, up.header)
+        fresh.lock = up.lock   # held by the caller
+        self._blobs.save_meta(up.key, _meta(up.header, None))
+        self._uploads[up.key] = fresh
+        return fresh
 
     def _forget(self, up: _Upload) -> None:
         self._blobs.discard(up.key)

@@ -30,8 +30,8 @@ from cortex.errors import Unavailable
 from cortex.hub._artifact_service import ArtifactServicer, client_tenant, node_tenant
 from cortex.hub._grpc_errors import StrictDecoding
 from cortex.hub.artifacts import ArtifactLimits, ArtifactManager
-from cortex.hub.blobs import DirBlobStore
 from cortex.hub.auth import Authenticator, issue_api_token, issue_join_token
+from cortex.hub.blobs import DirBlobStore
 from cortex.hub.config import HTTP_OFF, HubConfig
 from cortex.hub.http import HttpServer, HubSource, McpSettings, open_http
 from cortex.hub.nodes import NodeSessions

@@ -450,19 +450,18 @@ class PostgresStore(Store):
 
     async def get_artifact(self, tenant: str, artifact_id: str) -> pb.File | None:
         row = await self._fetchone(
-            f"SELECT {_ARTIFACT_COLUMNS} FROM artifacts WHERE tenant = %s AND id = %s",
+            "SELECT id, task_id, name, sha256, size, media_type, created_at, expires_at"
+            " FROM artifacts WHERE tenant = %s AND id = %s",
             (tenant, artifact_id))
         return None if row is None else _artifact(row)
 
     async def list_artifacts(self, tenant: str, *, task_id: str = "", limit: int = 100,
                              after_id: str = "") -> list[pb.File]:
-        where, args = "tenant = %s AND id > %s", [tenant, after_id]
-        if task_id:
-            where += " AND task_id = %s"
-            args.append(task_id)
         rows = await self._fetchall(
-            f"SELECT {_ARTIFACT_COLUMNS} FROM artifacts WHERE {where}"  # noqa: S608 - fixed text
-            " ORDER BY id LIMIT %s", (*args, limit))
+            "SELECT id, task_id, name, sha256, size, media_type, created_at, expires_at"
+            " FROM artifacts"
+            " WHERE tenant = %s AND id > %s AND (%s = '' OR task_id = %s) ORDER BY id LIMIT %s",
+            (tenant, after_id, task_id, task_id, limit))
         return [_artifact(r) for r in rows]
 
     async def delete_artifact(self, tenant: str, artifact_id: str) -> bool:
@@ -491,8 +490,6 @@ def _event_arrays(events: Sequence[pb.TaskEvent]) -> dict[str, list[Any]]:
     return {"seqs": [e.seq for e in events], "event_bodies": [e.SerializeToString()
                                                               for e in events]}
 
-
-_ARTIFACT_COLUMNS = "id, task_id, name, sha256, size, media_type, created_at, expires_at"
 
 
 def _artifact(row: Sequence[Any]) -> pb.File:

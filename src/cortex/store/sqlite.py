@@ -412,19 +412,18 @@ class SqliteStore(Store):
 
     async def get_artifact(self, tenant: str, artifact_id: str) -> pb.File | None:
         row = await self._call(lambda c: c.execute(
-            f"SELECT {_ARTIFACT_COLUMNS} FROM artifacts WHERE tenant = ? AND id = ?",
+            "SELECT id, task_id, name, sha256, size, media_type, created_at, expires_at"
+            " FROM artifacts WHERE tenant = ? AND id = ?",
             (tenant, artifact_id)).fetchone())
         return None if row is None else _artifact(row)
 
     async def list_artifacts(self, tenant: str, *, task_id: str = "", limit: int = 100,
                              after_id: str = "") -> list[pb.File]:
-        where, args = "tenant = ? AND id > ?", [tenant, after_id]
-        if task_id:
-            where += " AND task_id = ?"
-            args.append(task_id)
         rows = await self._call(lambda c: c.execute(
-            f"SELECT {_ARTIFACT_COLUMNS} FROM artifacts WHERE {where} ORDER BY id LIMIT ?",
-            (*args, limit)).fetchall())
+            "SELECT id, task_id, name, sha256, size, media_type, created_at, expires_at"
+            " FROM artifacts"
+            " WHERE tenant = ? AND id > ? AND (? = '' OR task_id = ?) ORDER BY id LIMIT ?",
+            (tenant, after_id, task_id, task_id, limit)).fetchall())
         return [_artifact(r) for r in rows]
 
     async def delete_artifact(self, tenant: str, artifact_id: str) -> bool:
@@ -448,8 +447,6 @@ class SqliteStore(Store):
             "SELECT DISTINCT sha256 FROM artifacts").fetchall())
         return {str(r[0]) for r in rows}
 
-
-_ARTIFACT_COLUMNS = "id, task_id, name, sha256, size, media_type, created_at, expires_at"
 
 
 def _artifact(row: Sequence[Any]) -> pb.File:
