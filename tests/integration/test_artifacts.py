@@ -401,7 +401,7 @@ async def test_corrupt_blob_is_detected_on_read(client: Client, hub: Hub,
     assert not (tmp_path / "out.bin").exists()
 
 
-# -- garbage collection ---------------------------------------------------------------------------
+# -- garbage collection --------------------------------------------------------------
 
 async def test_gc_removes_expired_and_unreferenced_blobs_only(tmp_path: Path) -> None:
     """GC deletes expired artifacts and blobs nothing references; shared blobs stay."""
@@ -425,7 +425,7 @@ async def test_gc_removes_expired_and_unreferenced_blobs_only(tmp_path: Path) ->
         assert back.read_bytes() == a.read_bytes()
 
 
-# -- a killed uploader resumes ----------------------------------------------------------------------
+# -- a killed uploader resumes ----------------------------------------------------------
 
 UPLOADER = """
 import asyncio, sys
