@@ -484,3 +484,42 @@ async def test_the_same_upload_after_its_artifact_was_deleted_is_stored_again(
     again = await client.upload_artifact(src)
     assert again.artifact_id != first.artifact_id
     assert (await client.stat_artifact(again.artifact_id)).sha256 == first.sha256
+
+
+# -- inputs ----------------------------------------------------------------------------
+
+async def test_inputs_are_downloaded_into_the_cwd_before_the_task(
+        client: Client, node: Agent, tmp_path: Path) -> None:
+    """`inputs={path: artifact}` places verified files in the task's cwd before it runs."""
+    src = tmp_path / "dataset.bin"
+    make_file(src, 200_000, seed=5)
+    file = await client.upload_artifact(src)
+    work = tmp_path / "work"
+    work.mkdir()
+    result = await client.run(argv=["sha256sum", "data/in.bin"], cwd=str(work),
+                              inputs={"data/in.bin": file.artifact_id})
+    assert result.ok, result.task.reason
+    assert result.stdout.split()[0].decode() == file.sha256
+
+
+async def test_inputs_that_escape_the_cwd_fail_the_task_before_it_runs(
+        client: Client, node: Agent, tmp_path: Path) -> None:
+    """An input through a symlinked directory out of the cwd fails the task, writing
+    nothing outside; an unknown artifact fails it naming the id; '..' fails submit."""
+    src = tmp_path / "x.bin"
+    make_file(src, 1000)
+    file = await client.upload_artifact(src)
+    work, outside = tmp_path / "work", tmp_path / "outside"
+    work.mkdir()
+    outside.mkdir()
+    (work / "link").symlink_to(outside)
+    result = await client.run(argv=["true"], cwd=str(work),
+                              inputs={"link/sub/x.bin": file.artifact_id})
+    assert result.task.state == TaskState.FAILED
+    assert "outside the task's directory" in result.task.reason
+    assert list(outside.iterdir()) == []
+    result = await client.run(argv=["true"], cwd=str(work), inputs={"y.bin": "a-missing"})
+    assert result.task.state == TaskState.FAILED
+    assert "a-missing" in result.task.reason
+    with pytest.raises(InvalidArgument, match="artifact name"):
+        await client.submit(argv=["true"], inputs={"../y.bin": file.artifact_id})

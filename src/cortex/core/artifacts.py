@@ -11,6 +11,7 @@ __all__ = [
     "MAX_CHUNK_BYTES",
     "check_artifact_globs",
     "check_chunk",
+    "check_inputs",
     "check_name",
     "check_quota",
     "check_upload_id",
@@ -88,4 +89,19 @@ def check_artifact_globs(globs: list[str] | tuple[str, ...]) -> list[str]:
         elif g.startswith("/") or ".." in g.split("/"):
             problems.append(f"artifacts: {g!r} must be relative to the task's cwd, "
                             "without '..'")
+    return problems
+
+
+def check_inputs(inputs: list[tuple[str, str]]) -> list[str]:
+    """Problems with a spec's (artifact id, relative path) inputs."""
+    if len(inputs) > MAX_GLOBS:
+        return [f"inputs: at most {MAX_GLOBS} files, got {len(inputs)}"]
+    problems = []
+    for artifact_id, path in inputs:
+        if not artifact_id or len(artifact_id) > 128 or not artifact_id.isascii():
+            problems.append(f"inputs: {artifact_id!r} is not an artifact id")
+        try:
+            check_name(path)
+        except InvalidArgument as exc:
+            problems.append(f"inputs: {exc}")
     return problems

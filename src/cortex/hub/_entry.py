@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cortex._proto.cortex.v1 import common_pb2 as pb
-from cortex.core.artifacts import check_artifact_globs
+from cortex.core.artifacts import check_artifact_globs, check_inputs
 from cortex.core.states import State
 from cortex.core.validation import check_shell, check_task
 from cortex.errors import InvalidArgument
@@ -149,5 +149,6 @@ def validate(spec: pb.TaskSpec) -> None:
         sh = spec.shell
         problems += check_shell(sh.argv, sh.command, sh.env, sh.stdin)
     problems += check_artifact_globs(list(spec.artifacts))
+    problems += check_inputs([(i.artifact_id, i.path) for i in spec.inputs])
     if problems:
         raise InvalidArgument("; ".join(problems))

@@ -17,7 +17,6 @@ import random
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
 
@@ -435,6 +434,8 @@ class Agent:
         timeout = a.remaining_s if a.remaining_s > 0 else None
         if held.cancel is not None:
             outcome = Outcome(held.cancel[0], None, held.cancel[1])
+        elif a.spec.inputs and (note := await NodeArtifacts(self._id).fetch_inputs(a.spec)):
+            outcome = Outcome(State.FAILED, None, note)
         else:
             try:
                 run = await self._supervisor.start(
@@ -468,19 +469,12 @@ class Agent:
     async def _upload_outputs(self, held: _Held, outcome: Outcome) -> Outcome:
         """Upload the spec's output globs before the task reports its end (so a finished
         task lists its files); a failed upload fails a task that had succeeded."""
-        spec = held.assign.spec
-        cwd = Path(spec.shell.cwd or os.getcwd())
-        try:
-            files = await NodeArtifacts(self._id).upload_outputs(
-                held.assign.task_id, cwd, list(spec.artifacts))
-        except CortexError as exc:
-            note = f"uploading artifacts failed: {exc}"
+        note = await NodeArtifacts(self._id).store_outputs(held.assign.task_id,
+                                                           held.assign.spec)
+        if note:
             self._output(held, pb.SYSTEM, f"cortex: {note}\n".encode())
-            if outcome.state is State.SUCCEEDED:
-                return Outcome(State.FAILED, outcome.exit_code, note)
-            return outcome
-        if not files:
-            self._output(held, pb.SYSTEM, b"cortex: no file matched the artifact globs\n")
+        if note.startswith("uploading") and outcome.state is State.SUCCEEDED:
+            return Outcome(State.FAILED, outcome.exit_code, note)
         return outcome
 
     def _mark_started(self, held: _Held) -> None:

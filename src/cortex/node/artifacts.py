@@ -24,8 +24,8 @@ from cortex import _transfer
 from cortex._proto.cortex.v1 import artifacts_pb2 as apb
 from cortex._proto.cortex.v1 import artifacts_pb2_grpc
 from cortex._proto.cortex.v1 import common_pb2 as pb
-from cortex.core.artifacts import check_artifact_globs
-from cortex.errors import InvalidArgument, PermissionDenied
+from cortex.core.artifacts import check_artifact_globs, check_name
+from cortex.errors import CortexError, InvalidArgument, PermissionDenied
 from cortex.node.identity import HUB_SERVER_NAME, Identity
 
 __all__ = ["NodeArtifacts", "resolve_outputs"]
@@ -108,6 +108,39 @@ class NodeArtifacts:
             files.append(await self.upload_file(path, task_id=task_id, name=name))
         return files
 
+    async def fetch_inputs(self, spec: pb.TaskSpec) -> str:
+        """Download a task's inputs into its cwd; what went wrong ("" when nothing)."""
+        try:
+            await self.download_inputs(_cwd(spec), [(i.artifact_id, i.path)
+                                                    for i in spec.inputs])
+        except CortexError as exc:
+            return f"downloading inputs failed: {exc}"
+        return ""
+
+    async def store_outputs(self, task_id: str, spec: pb.TaskSpec) -> str:
+        """Upload what a task's output globs match; a note for the task's output ("" when
+        all went well), starting with "uploading" when the upload failed."""
+        try:
+            files = await self.upload_outputs(task_id, _cwd(spec), list(spec.artifacts))
+        except CortexError as exc:
+            return f"uploading artifacts failed: {exc}"
+        return "" if files else "no file matched the artifact globs"
+
+    async def download_inputs(self, cwd: Path, inputs: list[tuple[str, str]]) -> None:
+        """Fetch (artifact id, relative path) inputs into `cwd`; a path that would land
+        outside it (through '..' or a symlinked directory) is refused."""
+        root = await asyncio.to_thread(cwd.resolve)
+        for artifact_id, rel in inputs:
+            check_name(rel)
+            dest = root / rel
+            # Checked before creating anything: a symlinked directory must not lead out.
+            parent = Path(await asyncio.to_thread(os.path.realpath, dest.parent))
+            if not parent.is_relative_to(root):
+                raise PermissionDenied(f"input {rel!r} would land in {parent}, outside the "
+                                       f"task's directory {root}")
+            await asyncio.to_thread(parent.mkdir, parents=True, exist_ok=True)
+            await self.download(artifact_id, parent / dest.name)
+
     async def download(self, artifact_id: str, dest: Path) -> Path:
         """Fetch an artifact of this node's tenant to `dest` (verified, resumable)."""
         async with self._stub() as stub:
@@ -117,3 +150,7 @@ class NodeArtifacts:
                 raise _transfer.error(exc) from exc
             os.makedirs(dest.parent, exist_ok=True)
             return await _transfer.download(stub, file, dest, retry_s=self._retry_s)
+
+
+def _cwd(spec: pb.TaskSpec) -> Path:
+    return Path(spec.shell.cwd or os.getcwd())

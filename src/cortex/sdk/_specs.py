@@ -13,7 +13,7 @@ from typing import Any, TypedDict, Unpack
 
 from cortex._proto.cortex.v1 import common_pb2
 from cortex.core import validation
-from cortex.core.artifacts import check_artifact_globs
+from cortex.core.artifacts import check_artifact_globs, check_inputs
 from cortex.errors import InvalidArgument
 
 __all__ = [
@@ -55,6 +55,7 @@ class TaskOptions(TypedDict, total=False):
     max_output_bytes: int               # 0: hub default
     args: Mapping[str, Any] | None      # arguments of non-shell skills
     artifacts: Sequence[str] | None     # output globs (relative to cwd) uploaded after the run
+    inputs: Mapping[str, str] | None    # {path relative to cwd: artifact id} fetched before
 
 
 _SHELL_ONLY = ("argv", "command", "env", "cwd", "stdin", "interactive", "pty")
@@ -134,6 +135,10 @@ def _fill_task(spec: common_pb2.TaskSpec, options: TaskOptions) -> list[str]:
     else:
         spec.artifacts.extend(globs)
         problems += check_artifact_globs(list(globs))
+    inputs = dict(options.get("inputs") or {})
+    for path, artifact_id in inputs.items():
+        spec.inputs.add(path=path, artifact_id=artifact_id)
+    problems += check_inputs([(a, p) for p, a in inputs.items()])
     return problems + validation.check_task(
         skill=spec.skill, labels=spec.labels, timeout_s=spec.timeout_s,
         max_output_bytes=spec.max_output_bytes, priority=spec.priority,

@@ -262,6 +262,7 @@ class TaskSpec(_message.Message):
     NODE_ID_FIELD_NUMBER: _builtins.int
     MAX_OUTPUT_BYTES_FIELD_NUMBER: _builtins.int
     ARTIFACTS_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
     skill: _builtins.str
     """"shell" (default), "noop", later "browser", ..."""
     session_id: _builtins.str
@@ -296,6 +297,10 @@ class TaskSpec(_message.Message):
         after the run and listed in Task.files.
         """
 
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___InputFile]:
+        """Artifacts downloaded (verified) into the task's cwd before it starts."""
+
     def __init__(
         self,
         *,
@@ -312,14 +317,38 @@ class TaskSpec(_message.Message):
         node_id: _builtins.str = ...,
         max_output_bytes: _builtins.int = ...,
         artifacts: _abc.Iterable[_builtins.str] | None = ...,
+        inputs: _abc.Iterable[Global___InputFile] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "resources", b"resources", "retry", b"retry", "shell", b"shell"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "artifacts", b"artifacts", "idempotency_key", b"idempotency_key", "labels", b"labels", "max_output_bytes", b"max_output_bytes", "node_id", b"node_id", "priority", b"priority", "resources", b"resources", "retry", b"retry", "session_id", b"session_id", "shell", b"shell", "skill", b"skill", "timeout_s", b"timeout_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "artifacts", b"artifacts", "idempotency_key", b"idempotency_key", "inputs", b"inputs", "labels", b"labels", "max_output_bytes", b"max_output_bytes", "node_id", b"node_id", "priority", b"priority", "resources", b"resources", "retry", b"retry", "session_id", b"session_id", "shell", b"shell", "skill", b"skill", "timeout_s", b"timeout_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TaskSpec: _TypeAlias = TaskSpec  # noqa: Y015
+
+@_typing.final
+class InputFile(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARTIFACT_ID_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    artifact_id: _builtins.str
+    path: _builtins.str
+    """relative to the task's cwd, no '..'"""
+    def __init__(
+        self,
+        *,
+        artifact_id: _builtins.str = ...,
+        path: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_id", b"artifact_id", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InputFile: _TypeAlias = InputFile  # noqa: Y015
 
 @_typing.final
 class Task(_message.Message):
