@@ -59,6 +59,12 @@ def register(app: typer.Typer) -> None:
         heartbeat_interval: float = typer.Option(2.0, help="Seconds between node heartbeats."),
         default_timeout: float = typer.Option(86400.0, help="Task deadline when none given."),
         max_output: int = typer.Option(64 * 1024 * 1024, help="Output bytes kept per task."),
+        artifact_dir: Path | None = typer.Option(None, help="Blob directory (shareable by "
+                                                 "several hubs); default <data-dir>/artifacts."),
+        artifact_quota: int = typer.Option(100 * 1024**3, help="Artifact bytes per tenant; "
+                                           "0 = unlimited."),
+        artifact_ttl: float = typer.Option(30 * 86400.0, help="Seconds an artifact is kept "
+                                           "when its upload names no ttl; 0 = keep."),
         verbose: bool = typer.Option(False, "--verbose", "-v"),
     ) -> None:
         """Run a hub in the foreground (Ctrl-C stops it cleanly)."""
@@ -70,7 +76,9 @@ def register(app: typer.Typer) -> None:
                         node_port=node_port, http_port=http_port, http_host=http_host,
                         store=store, advertise=tuple(advertise),
                         lost_after_s=lost_after, heartbeat_interval_s=heartbeat_interval,
-                        default_timeout_s=default_timeout, max_output_bytes=max_output)
+                        default_timeout_s=default_timeout, max_output_bytes=max_output,
+                        artifact_dir=artifact_dir, artifact_quota_bytes=artifact_quota,
+                        artifact_ttl_s=artifact_ttl)
         _run(run_hub(cfg))
 
     @app.command("node")
