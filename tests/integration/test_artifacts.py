@@ -523,3 +523,37 @@ async def test_inputs_that_escape_the_cwd_fail_the_task_before_it_runs(
     assert "a-missing" in result.task.reason
     with pytest.raises(InvalidArgument, match="artifact name"):
         await client.submit(argv=["true"], inputs={"../y.bin": file.artifact_id})
+
+
+# -- the node API other skills use ------------------------------------------------------------
+
+async def test_node_publishes_a_growing_file_as_it_grows(client: Client, node: Agent,
+                                                         tmp_path: Path) -> None:
+    """NodeArtifacts.upload_growing sends a file while it is appended to and completes,
+    verified, once told the file is finished; it belongs to the given task."""
+    from cortex.node.artifacts import NodeArtifacts
+    from cortex.node.identity import load_identity
+
+    ident = load_identity(tmp_path / "n1")
+    assert ident is not None
+    task = await client.submit(skill="noop")
+    path = tmp_path / "video.webm"
+    path.write_bytes(b"")
+    finished = asyncio.Event()
+    upload = asyncio.create_task(NodeArtifacts(ident).upload_growing(
+        path, finished, task_id=task.id, name="video.webm"))
+    written = bytearray()
+    for i in range(20):
+        piece = bytes([i]) * 50_000
+        with path.open("ab") as f:
+            f.write(piece)
+        written += piece
+        await asyncio.sleep(0.01)   # the writer's pace; the uploader follows the file
+    finished.set()
+    file = await upload
+    assert file.size == len(written)
+    assert file.sha256 == hashlib.sha256(written).hexdigest()
+    assert file.media_type == "video/webm"
+    assert [f.artifact_id for f in await client.list_artifacts(task.id)] == [file.artifact_id]
+    back = await client.download_artifact(file, tmp_path / "back.webm")
+    assert back.read_bytes() == bytes(written)
