@@ -123,7 +123,7 @@ class ArtifactManager:
         key = _key(tenant, check_upload_id(first.upload_id))
         up = self._uploads.get(key) or self._load(key)
         if up is not None:
-            if first.HasField("header") and first.header != up.header:
+            if first.HasField("header") and _normalized(first.header) != up.header:
                 raise InvalidArgument(f"upload {first.upload_id} was started with another "
                                       "header: resume with the same one or pick a new id")
             return up
@@ -136,11 +136,8 @@ class ArtifactManager:
         return up
 
     async def _check_header(self, tenant: str, h: apb.WriteHeader) -> apb.WriteHeader:
-        checked = apb.WriteHeader()
-        checked.CopyFrom(h)
+        checked = _normalized(h)
         check_name(h.name)
-        checked.media_type = h.media_type or mimetypes.guess_type(h.name)[0] \
-            or "application/octet-stream"
         if len(checked.media_type) > 255:
             raise InvalidArgument("media_type: at most 255 characters")
         if h.size < -1:
@@ -164,7 +161,8 @@ class ArtifactManager:
         up = _Upload(key, header)
         if meta.get("file"):
             up.file = pb.File.FromString(bytes.fromhex(meta["file"]))
-        self._uploads[key] = up
+        else:
+            self._uploads[key] = up   # in progress: one _Upload (and lock) per upload
         return up
 
     async def _dedupe(self, tenant: str, up: _Upload) -> apb.WriteResponse | None:
@@ -263,6 +261,8 @@ class ArtifactManager:
         await self._store.insert_artifact(tenant, file)
         up.file, up.hasher = file, None
         self._blobs.save_meta(up.key, _meta(h, file))
+        # Done: the meta file answers repeats; streams already waiting hold `up` itself.
+        self._uploads.pop(up.key, None)
         return file
 
     def _restart(self, up: _Upload) -> _Upload:
@@ -336,12 +336,22 @@ class ArtifactManager:
                 self._blobs.delete(digest)
                 deleted += 1
         swept = self._blobs.sweep_uploads(older_than=now - self._limits.upload_ttl_s)
-        if swept:
-            self._uploads.clear()   # reloaded from meta files on demand
+        for key, up in list(self._uploads.items()):
+            if not up.lock.locked() and self._blobs.load_meta(key) is None:
+                del self._uploads[key]   # swept: forget the abandoned upload here too
         report = GcReport(expired, deleted, freed, swept)
         if expired or deleted or swept:
             log.info("artifact gc: %s", report)
         return report
+
+
+def _normalized(h: apb.WriteHeader) -> apb.WriteHeader:
+    """The header as the hub stores it (media type filled in from the name)."""
+    out = apb.WriteHeader()
+    out.CopyFrom(h)
+    out.media_type = h.media_type or mimetypes.guess_type(h.name)[0] \
+        or "application/octet-stream"
+    return out
 
 
 def _key(tenant: str, upload_id: str) -> str:
