@@ -217,11 +217,8 @@ async def _requests(path: Path, upload_id: str, header: apb.WriteHeader, offset:
                     async with asyncio.timeout(_GROW_POLL_S):
                         await finished.wait()
                 continue
-            if finished is not None:   # set after our last read: read to the real end
-                rest = f.read()
-                if rest:
-                    f.seek(offset)
-                    continue
+            if finished is not None and os.fstat(f.fileno()).st_size > offset:
+                continue   # it grew between our last read and `finished`: read to the end
             break
         if total >= 0 and offset != total:
             raise InvalidArgument(f"{path} changed size during the upload ({total} -> "
