@@ -557,3 +557,27 @@ async def test_node_publishes_a_growing_file_as_it_grows(client: Client, node: A
     assert [f.artifact_id for f in await client.list_artifacts(task.id)] == [file.artifact_id]
     back = await client.download_artifact(file, tmp_path / "back.webm")
     assert back.read_bytes() == bytes(written)
+
+
+async def test_another_tenants_content_cannot_be_claimed_by_its_hash(
+        raw_channel: grpc.aio.Channel, client: Client, hub: Hub, tmp_path: Path) -> None:
+    """Dedupe without the bytes works only inside a tenant: tenant B naming A's sha256 and
+    size must still send the content, and finishing without it is refused."""
+    src = tmp_path / "secret.bin"
+    make_file(src, 10_000, seed=9)
+    mine = await client.upload_artifact(src)
+    await hub.store.ensure_tenant("other", now=time.time())
+    token = await issue_api_token(hub.store, tenant="other", role="admin", name="o",
+                                  now=time.time())
+    uid = uuid.uuid4().hex
+    h = apb.WriteHeader(name="stolen.bin", size=mine.size, sha256=mine.sha256)
+
+    async def gen() -> AsyncIterator[apb.WriteRequest]:
+        yield apb.WriteRequest(upload_id=uid, header=h)
+        yield apb.WriteRequest(upload_id=uid, write_offset=0, finish_write=True)
+
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub(raw_channel).Write(gen(), metadata=(("authorization", f"Bearer {token}"),))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "ended at 0 bytes" in (info.value.details() or "")
+    assert await hub.store.list_artifacts("other") == []

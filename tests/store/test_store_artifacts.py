@@ -81,3 +81,12 @@ async def test_expiry_removes_only_due_artifacts_and_digests_follow(store: Store
     assert await store.expire_artifacts_all_tenants(now=NOW + 50) == 1
     assert await store.get_artifact(A, "a-1") is None
     assert await store.artifact_digests_all_tenants() == {"2" * 64, "3" * 64}
+
+
+async def test_tenant_has_digest_is_per_tenant(store: Store) -> None:
+    """A digest known to tenant A is unknown to tenant B (dedupe never crosses tenants)."""
+    await _tenants(store)
+    await store.insert_artifact(A, art("a-1", digest="4" * 64))
+    assert await store.tenant_has_digest(A, "4" * 64)
+    assert not await store.tenant_has_digest(B, "4" * 64)
+    assert not await store.tenant_has_digest(A, "5" * 64)

@@ -169,6 +169,8 @@ class ArtifactManager:
         h = up.header
         if not h.sha256 or h.size < 0 or self._blobs.size(h.sha256) != h.size:
             return None
+        if not await self._store.tenant_has_digest(tenant, h.sha256):
+            return None   # proof of possession: another tenant's content needs its bytes
         async with self._gc_lock:
             self._blobs.touch(h.sha256)
             self._blobs.discard(up.key)

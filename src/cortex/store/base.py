@@ -177,3 +177,9 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def artifact_digests_all_tenants(self) -> set[str]:
         """The sha256 of every blob an artifact still references (GC keeps these)."""
+
+    @abc.abstractmethod
+    async def tenant_has_digest(self, tenant: str, sha256: str) -> bool:
+        """Whether one of the tenant's artifacts has this content (dedupe without the
+        bytes is allowed only then: another tenant's blob must never be claimable by its
+        hash alone)."""

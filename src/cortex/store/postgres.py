@@ -481,6 +481,12 @@ class PostgresStore(Store):
                 "DELETE FROM artifacts WHERE expires_at > 0 AND expires_at <= %s", (now,))
             return int(cur.rowcount)
 
+    async def tenant_has_digest(self, tenant: str, sha256: str) -> bool:
+        row = await self._fetchone(
+            "SELECT 1 FROM artifacts WHERE tenant = %s AND sha256 = %s LIMIT 1",
+            (tenant, sha256))
+        return row is not None
+
     async def artifact_digests_all_tenants(self) -> set[str]:
         rows = await self._fetchall("SELECT DISTINCT sha256 FROM artifacts", ())
         return {str(r[0]) for r in rows}

@@ -442,6 +442,12 @@ class SqliteStore(Store):
             "DELETE FROM artifacts WHERE expires_at > 0 AND expires_at <= ?", (now,)))
         return int(cur.rowcount)
 
+    async def tenant_has_digest(self, tenant: str, sha256: str) -> bool:
+        row = await self._call(lambda c: c.execute(
+            "SELECT 1 FROM artifacts WHERE tenant = ? AND sha256 = ? LIMIT 1",
+            (tenant, sha256)).fetchone())
+        return row is not None
+
     async def artifact_digests_all_tenants(self) -> set[str]:
         rows = await self._call(lambda c: c.execute(
             "SELECT DISTINCT sha256 FROM artifacts").fetchall())
