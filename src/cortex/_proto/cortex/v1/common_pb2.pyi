@@ -294,7 +294,8 @@ class TaskSpec(_message.Message):
     @_builtins.property
     def artifacts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Output globs relative to the task's cwd; matching files are uploaded as artifacts
-        after the run and listed in Task.files.
+        after the run and listed in Task.files. (Numbered 20+ to stay clear of fields other
+        branches add after 12.)
         """
 
     @_builtins.property
@@ -405,7 +406,7 @@ class Task(_message.Message):
 
     @_builtins.property
     def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___File]:
-        """artifacts of the task (filled by Get)"""
+        """artifacts of the task (filled by Get; 30: clear of 21+)"""
 
     def __init__(
         self,
