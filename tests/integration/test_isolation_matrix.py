@@ -15,6 +15,7 @@ a row here — or a row without a cell for some caller — fails `test_matrix_is
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,6 +31,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from cortex._proto.cortex.v1 import (
     admin_pb2,
     admin_pb2_grpc,
+    artifacts_pb2,
+    artifacts_pb2_grpc,
     enroll_pb2,
     enroll_pb2_grpc,
     tasks_pb2,
@@ -54,6 +57,7 @@ SERVICES = {
     "cortex.v1.TaskService": tasks_pb2.DESCRIPTOR,
     "cortex.v1.AdminService": admin_pb2.DESCRIPTOR,
     "cortex.v1.EnrollService": enroll_pb2.DESCRIPTOR,
+    "cortex.v1.ArtifactService": artifacts_pb2.DESCRIPTOR,
     "grpc.health.v1.Health": health_pb2.DESCRIPTOR,
 }
 # Endpoints that take no API token by design, and why (their rows still have every cell).
@@ -99,6 +103,13 @@ EXPECTED: dict[str, dict[str, str]] = {
     "/cortex.v1.AdminService/CreateApiToken": row(OK, D, D, D, OK, D, *ANON),
     "/cortex.v1.AdminService/ListApiTokens": row(SEES, D, D, D, SEES, D, *ANON),
     "/cortex.v1.AdminService/RevokeApiToken": row(OK, D, D, D, OK, D, *ANON),
+    "/cortex.v1.ArtifactService/Write": row(OK, OK, OK, D, OK, OK, *ANON),
+    # An upload id is per tenant: another tenant (or the hub-admin's) has no such upload.
+    "/cortex.v1.ArtifactService/QueryWriteStatus": row(OK, OK, OK, D, NF, NF, *ANON),
+    "/cortex.v1.ArtifactService/Read": row(OK, OK, OK, OK, NF, NF, *ANON),
+    "/cortex.v1.ArtifactService/Stat": row(OK, OK, OK, OK, NF, NF, *ANON),
+    "/cortex.v1.ArtifactService/List": row(SEES, SEES, SEES, SEES, BLIND, BLIND, *ANON),
+    "/cortex.v1.ArtifactService/Delete": row(OK, OK, OK, D, NF, NF, *ANON),
     "/cortex.v1.EnrollService/GetTrustBundle": row(*_ALL_OK),
     "/cortex.v1.EnrollService/Enroll": row(*("INVALID_ARGUMENT",) * 9),
     "/grpc.health.v1.Health/Check": row(*_ALL_OK),
@@ -156,6 +167,7 @@ class World:
     acme_token_id: str
     channel: grpc.aio.Channel
     http: httpx2.AsyncClient
+    artifact_id: str = ""
     counter: list[int] = field(default_factory=lambda: [0])
 
     def unique(self, prefix: str) -> str:
@@ -199,7 +211,10 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
                 hub.address, creds, options=[("grpc.ssl_target_name_override", "cortex-hub")])
             async with httpx2.AsyncClient() as http:
                 try:
-                    yield World(hub, tokens, done.id, node_id, rec.id, channel, http)
+                    w = World(hub, tokens, done.id, node_id, rec.id, channel, http)
+                    _, stored = await _upload(w, "admin")
+                    w.artifact_id = stored.file.artifact_id
+                    yield w
                 finally:
                     await channel.close(None)
 
@@ -388,6 +403,69 @@ async def _revoke_token(w: World, c: str) -> str:
         tenant=ACME, name=w.unique("victim"), role="viewer"), metadata=w.md("admin"))
     return await _code(_admin(w).RevokeApiToken(admin_pb2.RevokeApiTokenRequest(
         tenant=ACME, id=victim.token.id), metadata=w.md(c)))
+
+
+def _artifacts(w: World) -> Any:
+    return artifacts_pb2_grpc.ArtifactServiceStub(w.channel)
+
+
+async def _upload(w: World, caller: str, *, finish: bool = True) -> tuple[str, Any]:
+    upload_id = w.unique("upload")
+    data = upload_id.encode()
+
+    async def requests() -> AsyncIterator[artifacts_pb2.WriteRequest]:
+        yield artifacts_pb2.WriteRequest(
+            upload_id=upload_id, header=artifacts_pb2.WriteHeader(
+                name=f"{upload_id}.txt", size=len(data) if finish else -1),
+            write_offset=0, data=data, finish_write=finish,
+            sha256=hashlib.sha256(data).hexdigest() if finish else "")
+
+    resp = await _artifacts(w).Write(requests(), metadata=w.md(caller))
+    return upload_id, resp
+
+
+@probe("/cortex.v1.ArtifactService/Write")
+async def _art_write(w: World, c: str) -> str:
+    return await _code(_upload(w, c))
+
+
+@probe("/cortex.v1.ArtifactService/QueryWriteStatus")
+async def _art_query(w: World, c: str) -> str:
+    upload_id, _ = await _upload(w, "admin", finish=False)
+    return await _code(_artifacts(w).QueryWriteStatus(
+        artifacts_pb2.QueryWriteStatusRequest(upload_id=upload_id), metadata=w.md(c)))
+
+
+@probe("/cortex.v1.ArtifactService/Read")
+async def _art_read(w: World, c: str) -> str:
+    async def drain() -> None:
+        async for _ in _artifacts(w).Read(artifacts_pb2.ReadRequest(
+                artifact_id=w.artifact_id), metadata=w.md(c)):
+            pass
+    return await _code(drain())
+
+
+@probe("/cortex.v1.ArtifactService/Stat")
+async def _art_stat(w: World, c: str) -> str:
+    return await _code(_artifacts(w).Stat(artifacts_pb2.StatArtifactRequest(
+        artifact_id=w.artifact_id), metadata=w.md(c)))
+
+
+@probe("/cortex.v1.ArtifactService/List")
+async def _art_list(w: World, c: str) -> str:
+    try:
+        resp = await _artifacts(w).List(artifacts_pb2.ListArtifactsRequest(limit=1000),
+                                        metadata=w.md(c))
+    except grpc.aio.AioRpcError as exc:
+        return exc.code().name
+    return _sees(any(f.artifact_id == w.artifact_id for f in resp.files))
+
+
+@probe("/cortex.v1.ArtifactService/Delete")
+async def _art_delete(w: World, c: str) -> str:
+    _, victim = await _upload(w, "admin")
+    return await _code(_artifacts(w).Delete(artifacts_pb2.DeleteArtifactRequest(
+        artifact_id=victim.file.artifact_id), metadata=w.md(c)))
 
 
 @probe("/cortex.v1.EnrollService/GetTrustBundle")

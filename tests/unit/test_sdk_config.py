@@ -465,8 +465,8 @@ def test_public_surface_is_pinned() -> None:
 
     assert sorted(cortex.sdk.__all__) == sorted([
         "TERMINAL_STATES", "Attachment", "Client", "ClientConfig", "ConfigError",
-        "ConfigOverrides", "Conflict", "CortexError", "InvalidArgument", "JoinToken", "Node",
-        "NodeLoad", "NodeState", "NotFound", "OutputCallback", "OutputStream",
+        "ConfigOverrides", "Conflict", "CortexError", "File", "InvalidArgument", "JoinToken",
+        "Node", "NodeLoad", "NodeState", "NotFound", "OutputCallback", "OutputStream",
         "PermissionDenied", "RemoteError", "Result", "SyncAttachment", "SyncClient", "Task",
         "TaskEvent", "TaskOptions", "TaskSpec", "TaskState", "Unavailable", "build_spec",
         "parse_duration", "parse_env", "parse_labels", "parse_node_state", "parse_task_state",

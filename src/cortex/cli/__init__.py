@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cortex.cli import mcp, nodes, run, serve, tasks, tenants, tokens
+from cortex.cli import artifacts, files, mcp, nodes, run, serve, tasks, tenants, tokens
 from cortex.cli._common import CortexGroup, Globals
 
 __all__ = ["app", "main"]
@@ -61,6 +61,8 @@ app.add_typer(nodes.app, name="nodes")
 app.add_typer(tokens.app, name="token")
 app.add_typer(tenants.tenants, name="tenant")
 app.add_typer(tenants.pools, name="pool")
+app.add_typer(artifacts.app, name="artifacts")
+files.register(app)
 serve.register(app)
 mcp.register(app)
 

@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -121,11 +122,21 @@ def run(
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print the task (and its output) as JSON instead of streaming.")
     ] = False,
+    artifact: Annotated[list[str] | None, typer.Option(
+        "--artifact", "-a", metavar="GLOB", help="Upload the files matching GLOB (relative "
+        "to the task's cwd) as artifacts after the run (repeatable); see cortex artifacts.",
+        show_default=False)] = None,
+    input_: Annotated[list[str] | None, typer.Option(
+        "--input", metavar="FILE[:PATH]", help="Upload FILE and place it at PATH (default: "
+        "its name) in the task's cwd before it starts (repeatable).", show_default=False)
+    ] = None,
 ) -> None:
     interactive = interactive or tty
     _check_combinations(argv, shell, detach=detach, interactive=interactive, as_json=as_json,
                         cancel_on_disconnect=cancel_on_disconnect)
     rows, cols = _terminal_size() if tty else (0, 0)
+    inputs = run_async(_upload_inputs(client_config(ctx), _input_pairs(input_))) \
+        if input_ else None
     try:
         spec = build_spec(
             argv=argv, command=shell, env=usage(parse_env, env, flag="'--env' / '-e'"),
@@ -134,7 +145,7 @@ def run(
             session_id=session, timeout=usage(_timeout, timeout, flag="'--timeout'"),
             priority=priority, idempotency_key=idempotency_key, max_attempts=retries + 1,
             retry_on_failure=retries > 0, pool=pool, cpus=cpus, memory_mib=memory, gpus=gpus,
-            cancel_on_disconnect=cancel_on_disconnect,
+            cancel_on_disconnect=cancel_on_disconnect, artifacts=artifact, inputs=inputs,
         )
     except InvalidArgument as e:
         raise typer.BadParameter(str(e)) from None
@@ -168,6 +179,26 @@ def _check_combinations(argv: list[str] | None, shell: str | None, *, detach: bo
     if as_json and interactive:
         raise typer.BadParameter("--json prints one document at the end; it cannot be "
                                  "combined with -i/-t", param_hint="'--json'")
+
+
+def _input_pairs(specs: list[str]) -> list[tuple[Path, str]]:
+    pairs = []
+    for item in specs:
+        local, _, dest = item.partition(":")
+        path = Path(local)
+        if not path.is_file():
+            raise typer.BadParameter(f"{local}: not a readable local file",
+                                     param_hint="'--input'")
+        pairs.append((path, dest or path.name))
+    return pairs
+
+
+async def _upload_inputs(config: ClientConfig, pairs: list[tuple[Path, str]]
+                         ) -> dict[str, str]:
+    """Upload each file; {path in the task's cwd: artifact id}."""
+    async with Client(config) as client:
+        return {dest: (await client.upload_artifact(path)).artifact_id
+                for path, dest in pairs}
 
 
 def _timeout(value: str | None) -> float | None:
@@ -204,7 +235,10 @@ async def _run_attached(config: ClientConfig, spec: TaskSpec, *, tty: bool,
     if as_json:
         print_json({"task": to_dict(final), "stdout": output.text(Stream.STDOUT),
                     "stderr": output.text(Stream.STDERR), "exit_status": exit_code_for(final)})
-    elif final.state != TaskState.SUCCEEDED and not (
+        return exit_code_for(final)
+    for f in final.files:
+        note(f"artifact {f.name} ({f.size} bytes): cortex artifacts get {final.id} {f.name}")
+    if final.state != TaskState.SUCCEEDED and not (
             final.state == TaskState.FAILED and final.has_exit_code):
         note(f"task {final.id} {state_name(final.state)}"
              + (f": {final.reason}" if final.reason else ""))

@@ -59,6 +59,12 @@ def register(app: typer.Typer) -> None:
         heartbeat_interval: float = typer.Option(2.0, help="Seconds between node heartbeats."),
         default_timeout: float = typer.Option(86400.0, help="Task deadline when none given."),
         max_output: int = typer.Option(64 * 1024 * 1024, help="Output bytes kept per task."),
+        artifact_dir: Path | None = typer.Option(None, help="Blob directory (shareable by "
+                                                 "several hubs); default <data-dir>/artifacts."),
+        artifact_quota: int = typer.Option(100 * 1024**3, help="Artifact bytes per tenant; "
+                                           "0 = unlimited."),
+        artifact_ttl: float = typer.Option(30 * 86400.0, help="Seconds an artifact is kept "
+                                           "when its upload names no ttl; 0 = keep."),
         verbose: bool = typer.Option(False, "--verbose", "-v"),
     ) -> None:
         """Run a hub in the foreground (Ctrl-C stops it cleanly)."""
@@ -70,7 +76,9 @@ def register(app: typer.Typer) -> None:
                         node_port=node_port, http_port=http_port, http_host=http_host,
                         store=store, advertise=tuple(advertise),
                         lost_after_s=lost_after, heartbeat_interval_s=heartbeat_interval,
-                        default_timeout_s=default_timeout, max_output_bytes=max_output)
+                        default_timeout_s=default_timeout, max_output_bytes=max_output,
+                        artifact_dir=artifact_dir, artifact_quota_bytes=artifact_quota,
+                        artifact_ttl_s=artifact_ttl)
         _run(run_hub(cfg))
 
     @app.command("node")
@@ -82,6 +90,8 @@ def register(app: typer.Typer) -> None:
         label: list[str] = typer.Option([], "--label", "-l", help="key=value, repeatable."),
         slots: int = typer.Option(64, help="Tasks run at once."),
         drain_grace: float = typer.Option(30.0, help="Seconds running tasks get on SIGTERM."),
+        fs_root: list[str] = typer.Option([], "--fs-root", help="A directory cortex cp / "
+                                          "cortex fs may touch (repeatable; none = refused)."),
         verbose: bool = typer.Option(False, "--verbose", "-v"),
     ) -> None:
         """Run a node agent: enroll once with --hub/--token, then dial out and serve tasks."""
@@ -90,7 +100,8 @@ def register(app: typer.Typer) -> None:
 
         _setup_logging(verbose)
         cfg = NodeConfig(data_dir=data_dir or _home(None) / "node", hub=hub, token=token,
-                         labels=_labels(label), slots=slots, drain_grace_s=drain_grace)
+                         labels=_labels(label), slots=slots, drain_grace_s=drain_grace,
+                         fs_roots=tuple(os.path.abspath(r) for r in fs_root))
         if name:
             cfg = dataclasses.replace(cfg, name=name)
         _run(run_node(cfg))
@@ -104,14 +115,19 @@ def register(app: typer.Typer) -> None:
         http_port: int = typer.Option(7445, help="HTTP port (health, metrics, MCP at /mcp); "
                                       "0 picks a free one, -1 turns it off."),
         home: Path | None = typer.Option(None, help="Data dir (default $CORTEX_HOME)."),
+        fs_root: list[str] = typer.Option([], "--fs-root", help="A directory cortex cp / "
+                                          "cortex fs may touch on the local node "
+                                          "(repeatable; none = refused)."),
         verbose: bool = typer.Option(False, "--verbose", "-v"),
     ) -> None:
         """Start the embedded default: a hub (SQLite) and one local node, over mTLS."""
         _setup_logging(verbose)
-        _run(_up(_home(home), host, port, node_port, http_port))
+        _run(_up(_home(home), host, port, node_port, http_port,
+                 tuple(os.path.abspath(r) for r in fs_root)))
 
 
-async def _up(home: Path, host: str, port: int, node_port: int, http_port: int) -> None:
+async def _up(home: Path, host: str, port: int, node_port: int, http_port: int,
+              fs_roots: tuple[str, ...] = ()) -> None:
     from cortex.hub.config import HubConfig
     from cortex.hub.server import Hub
     from cortex.node.config import NodeConfig
@@ -123,7 +139,7 @@ async def _up(home: Path, host: str, port: int, node_port: int, http_port: int) 
                         http_port=http_port))
     await hub.start()
     local = f"127.0.0.1:{hub.port}" if host in ("0.0.0.0", "::") else hub.address  # noqa: S104
-    node_cfg = NodeConfig(data_dir=home / "node", hub=local, name="local")
+    node_cfg = NodeConfig(data_dir=home / "node", hub=local, name="local", fs_roots=fs_roots)
     ident = load_identity(node_cfg.data_dir)
     if ident is None:
         node_cfg = dataclasses.replace(node_cfg, token=await hub.join_token())

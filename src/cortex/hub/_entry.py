@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cortex._proto.cortex.v1 import common_pb2 as pb
+from cortex.core.artifacts import check_artifact_globs, check_inputs
 from cortex.core.states import State
 from cortex.core.validation import check_resources, check_shell, check_task
 from cortex.errors import InvalidArgument
@@ -153,5 +154,7 @@ def validate(spec: pb.TaskSpec) -> None:
                                 browser_sessions=r.browser_sessions)
     if len(spec.pool) > 63:
         problems.append("pool: at most 63 characters")
+    problems += check_artifact_globs(list(spec.artifacts))
+    problems += check_inputs([(i.artifact_id, i.path) for i in spec.inputs])
     if problems:
         raise InvalidArgument("; ".join(problems))

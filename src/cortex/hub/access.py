@@ -55,6 +55,12 @@ ACCESS: Mapping[str, frozenset[str]] = {
     "/cortex.v1.AdminService/CreateApiToken": _TENANT_ADMIN,
     "/cortex.v1.AdminService/ListApiTokens": _TENANT_ADMIN,
     "/cortex.v1.AdminService/RevokeApiToken": _TENANT_ADMIN,
+    "/cortex.v1.ArtifactService/Write": _RUN,
+    "/cortex.v1.ArtifactService/QueryWriteStatus": _RUN,
+    "/cortex.v1.ArtifactService/Read": _READ,
+    "/cortex.v1.ArtifactService/Stat": _READ,
+    "/cortex.v1.ArtifactService/List": _READ,
+    "/cortex.v1.ArtifactService/Delete": _RUN,
 }
 
 

@@ -43,6 +43,11 @@ class HubConfig:
     node_cert_ttl_s: float = 24 * 3600.0
     shutdown_grace_s: float = 5.0
     client_file: Path | None = None         # where to write client.json (None: next to home)
+    # Artifacts (docs/artifacts.md): blobs in a directory (shareable by several hubs).
+    artifact_dir: Path | None = None        # default <data_dir>/artifacts
+    artifact_quota_bytes: int = 100 * 1024**3   # per tenant; 0 = unlimited
+    artifact_ttl_s: float = 30 * 86400.0    # retention when an upload names none; 0 = keep
+    artifact_gc_interval_s: float = 3600.0  # expiry + unreferenced-blob sweep period
 
     def __post_init__(self) -> None:
         for name in ("heartbeat_interval_s", "lost_after_s", "default_timeout_s",
@@ -59,10 +64,18 @@ class HubConfig:
                                   f"or {HTTP_OFF} to turn the HTTP port off")
         if self.max_message_bytes < 1024 * 1024:
             raise InvalidArgument("hub config: max_message_bytes must be at least 1 MiB")
+        if self.artifact_quota_bytes < 0 or self.artifact_ttl_s < 0 \
+                or self.artifact_gc_interval_s <= 0:
+            raise InvalidArgument("hub config: artifact_quota_bytes and artifact_ttl_s must "
+                                  "be >= 0 (0 = unlimited / keep), artifact_gc_interval_s > 0")
 
     @property
     def http_listen_host(self) -> str:
         return self.http_host or self.host
+
+    @property
+    def artifact_root(self) -> Path:
+        return self.artifact_dir or self.data_dir / "artifacts"
 
     @property
     def store_url(self) -> str:

@@ -22,15 +22,19 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from cortex import __version__
 from cortex._proto.cortex.v1 import (
     admin_pb2_grpc,
+    artifacts_pb2_grpc,
     enroll_pb2_grpc,
     node_pb2_grpc,
     tasks_pb2_grpc,
 )
 from cortex.errors import Unavailable
+from cortex.hub._artifact_service import ArtifactServicer, client_tenant, node_tenant
 from cortex.hub._grpc_errors import StrictDecoding
 from cortex.hub.access import HUB_ADMIN
 from cortex.hub.admin import AdminServicer
+from cortex.hub.artifacts import ArtifactLimits, ArtifactManager
 from cortex.hub.auth import Authenticator, issue_api_token, issue_join_token
+from cortex.hub.blobs import DirBlobStore
 from cortex.hub.config import HTTP_OFF, HubConfig
 from cortex.hub.http import HttpServer, HubSource, McpSettings, open_http
 from cortex.hub.nodes import NodeSessions
@@ -55,6 +59,7 @@ class Hub:
         self.registry = Registry()
         self.tasks = TaskManager(self.store, self.registry, config, time.time, time.monotonic)
         self.auth = Authenticator(self.store)   # one per hub: a revocation clears its cache
+        self.artifacts: ArtifactManager | None = None
         self.port = 0
         self.node_port = 0
         self.http_port: int | None = None   # None: HTTP is off (config http_port -1)
@@ -77,6 +82,10 @@ class Hub:
                                                        extra_names=cfg.advertise)
         await self.store.open()
         await self.store.ensure_tenant(DEFAULT_TENANT, now=time.time())
+        self.artifacts = ArtifactManager(
+            self.store, DirBlobStore(cfg.artifact_root), ArtifactLimits(
+                quota_bytes=cfg.artifact_quota_bytes, default_ttl_s=cfg.artifact_ttl_s),
+            time.time)
         self.admin_token = await self._admin_token()
         await self.tasks.recover()
         try:
@@ -162,6 +171,10 @@ class Hub:
             EnrollServicer(store=self.store, ca=self.ca, config=cfg,
                            node_port=lambda: self.node_port), client_srv)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, client_srv)
+        if self.artifacts is None:
+            raise RuntimeError("the artifact manager is built before the servers start")
+        artifacts_pb2_grpc.add_ArtifactServiceServicer_to_server(ArtifactServicer(
+            self.artifacts, client_tenant(self.auth)), client_srv)
         creds = grpc.ssl_server_credentials([(key_pem, chain_pem)])
         self.port = _bind(client_srv, cfg.host, cfg.port, creds)
 
@@ -170,6 +183,8 @@ class Hub:
                                 config=cfg)
         node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(sessions), node_srv)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, node_srv)
+        artifacts_pb2_grpc.add_ArtifactServiceServicer_to_server(ArtifactServicer(
+            self.artifacts, node_tenant(), may_delete=False), node_srv)
         node_creds = grpc.ssl_server_credentials(
             [(key_pem, chain_pem)], root_certificates=self.ca.cert_pem,
             require_client_auth=True)
@@ -180,6 +195,7 @@ class Hub:
         self._loops = [
             asyncio.create_task(self.tasks.run_dispatcher(), name="dispatcher"),
             asyncio.create_task(self._reap_loop(), name="reaper"),
+            asyncio.create_task(self._artifact_gc_loop(), name="artifact-gc"),
         ]
 
     @property
@@ -237,6 +253,15 @@ class Hub:
                 await self.tasks.reap()
             except Exception:  # a failed pass must not stop reaping; the next one retries
                 log.exception("reaper pass failed")
+
+    async def _artifact_gc_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.artifact_gc_interval_s)
+            try:
+                if self.artifacts is not None:
+                    await self.artifacts.gc()
+            except Exception:  # a failed pass must not stop GC; the next one retries
+                log.exception("artifact gc pass failed")
 
     async def close(self, grace: float | None = None) -> None:
         """Stop taking requests, let in-flight ones finish within the grace, stop loops.

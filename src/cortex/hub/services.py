@@ -94,7 +94,10 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
     async def Get(self, request: tasks_pb2.GetTaskRequest,
                   context: Ctx) -> pb.Task:
         who = await self._principal(context, "Get")
-        return await self._tasks.get(who.tenant, _id(request.task_id), with_attempts=True)
+        task = await self._tasks.get(who.tenant, _id(request.task_id), with_attempts=True)
+        task.files.extend(await self._store.list_artifacts(who.tenant, task_id=task.id,
+                                                           limit=1000))
+        return task
 
     @unary
     async def List(self, request: tasks_pb2.ListTasksRequest,

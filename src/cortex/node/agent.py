@@ -25,6 +25,7 @@ from cortex._proto.cortex.v1 import common_pb2 as pb
 from cortex._proto.cortex.v1 import node_pb2, node_pb2_grpc
 from cortex.core.states import State
 from cortex.errors import CortexError, InvalidArgument
+from cortex.node.artifacts import NodeArtifacts
 from cortex.node.cgroups import CgroupManager
 from cortex.node.config import NodeConfig
 from cortex.node.identity import HUB_SERVER_NAME, Identity
@@ -435,6 +436,8 @@ class Agent:
         timeout = a.remaining_s if a.remaining_s > 0 else None
         if held.cancel is not None:
             outcome = Outcome(held.cancel[0], None, held.cancel[1])
+        elif a.spec.inputs and (note := await NodeArtifacts(self._id).fetch_inputs(a.spec)):
+            outcome = Outcome(State.FAILED, None, note)
         else:
             try:
                 run = await self._supervisor.start(
@@ -454,6 +457,8 @@ class Agent:
                 if held.cancel is not None:
                     run.cancel(*held.cancel)
                 outcome = _with_requested_timeout(await run.wait(), a.spec)
+                if a.spec.artifacts:
+                    outcome = await self._upload_outputs(held, outcome)
         self._mark_started(held)
         fin = node_pb2.Finished(state=int(outcome.state), reason=outcome.reason)  # type: ignore[arg-type]
         if outcome.exit_code is not None:
@@ -462,6 +467,17 @@ class Agent:
         self._emit(held, node_pb2.NodeEvent(time=time.time(), finished=fin))
         held.finished = True
         self._flush()
+
+    async def _upload_outputs(self, held: _Held, outcome: Outcome) -> Outcome:
+        """Upload the spec's output globs before the task reports its end (so a finished
+        task lists its files); a failed upload fails a task that had succeeded."""
+        note = await NodeArtifacts(self._id).store_outputs(held.assign.task_id,
+                                                           held.assign.spec)
+        if note:
+            self._output(held, pb.SYSTEM, f"cortex: {note}\n".encode())
+        if note.startswith("uploading") and outcome.state is State.SUCCEEDED:
+            return Outcome(State.FAILED, outcome.exit_code, note)
+        return outcome
 
     def _mark_started(self, held: _Held) -> None:
         if not held.started:

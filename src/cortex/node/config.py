@@ -30,6 +30,8 @@ class NodeConfig:
     flush_interval_s: float = 0.002      # output batching window under load
     max_message_bytes: int = 16 * 1024 * 1024
     use_cgroups: bool = True
+    # Directories the `fs` skill (cortex cp / cortex fs) may touch; none = fs refused.
+    fs_roots: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.slots < 1:
@@ -37,3 +39,7 @@ class NodeConfig:
         for name in ("drain_grace_s", "kill_grace_s", "reconnect_max_s", "flush_interval_s"):
             if getattr(self, name) < 0:
                 raise InvalidArgument(f"node config: {name} must not be negative")
+        for root in self.fs_roots:
+            if not os.path.isabs(root) or not os.path.isdir(root):
+                raise InvalidArgument(f"node config: fs root {root!r} must be an absolute "
+                                      "path of an existing directory")

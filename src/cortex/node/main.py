@@ -10,8 +10,10 @@ import signal
 
 from cortex.errors import InvalidArgument
 from cortex.node.agent import Agent
+from cortex.node.artifacts import NodeArtifacts
 from cortex.node.cgroups import CgroupManager
 from cortex.node.config import NodeConfig
+from cortex.node.fs import FsSkill
 from cortex.node.identity import Identity, load_identity
 from cortex.node.journal import Journal
 from cortex.node.supervisor import Supervisor
@@ -55,6 +57,7 @@ def build_agent(config: NodeConfig, ident: Identity) -> tuple[Agent, Journal]:
         "shell": shell,
         "noop": NoopSkill(),
         "pyeval": WorkerSkill("pyeval", workers),
+        "fs": FsSkill(NodeArtifacts(ident), config.fs_roots),
     }
     journal = Journal(config.data_dir / "journal.db")
     agent = Agent(config, ident, Supervisor(skills), sorted(skills), journal, cgroups=cgroups,

@@ -50,6 +50,7 @@ __all__ = [
     "ConfigOverrides",
     "Conflict",
     "CortexError",
+    "File",
     "InvalidArgument",
     "JoinToken",
     "NewApiToken",
@@ -85,6 +86,7 @@ __all__ = [
 
 # Protocol messages users hold; re-exported so nobody imports cortex._proto.
 Task = common_pb2.Task
+File = common_pb2.File                  # an artifact: name, size, sha256, media type, id
 TaskSpec = common_pb2.TaskSpec
 TaskEvent = common_pb2.TaskEvent
 Node = common_pb2.Node

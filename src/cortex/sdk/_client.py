@@ -15,6 +15,7 @@ from cortex._proto.cortex.v1 import common_pb2, tasks_pb2, tasks_pb2_grpc
 from cortex.core.states import TERMINAL
 from cortex.errors import CortexError, InvalidArgument, Unavailable
 from cortex.sdk._admin import Admin
+from cortex.sdk._artifacts import ArtifactMethods
 from cortex.sdk._attach import Attachment
 from cortex.sdk._backoff import Backoff
 from cortex.sdk._config import ClientConfig, ConfigOverrides
@@ -88,8 +89,13 @@ class Result:
     def ok(self) -> bool:
         return self.task.state == common_pb2.SUCCEEDED
 
+    @property
+    def files(self) -> list[common_pb2.File]:
+        """Artifacts of the task (fetch with `Client.download_artifact`)."""
+        return list(self.task.files)
 
-class Client:
+
+class Client(ArtifactMethods):
     """Async client of one hub. ``async with Client() as client:`` or `Client.connect`.
 
     With no config, `ClientConfig.from_env` resolves one (flags given here as keywords >

@@ -13,6 +13,7 @@ from typing import Any, TypedDict, Unpack
 
 from cortex._proto.cortex.v1 import common_pb2
 from cortex.core import validation
+from cortex.core.artifacts import check_artifact_globs, check_inputs
 from cortex.errors import InvalidArgument
 
 __all__ = [
@@ -59,6 +60,8 @@ class TaskOptions(TypedDict, total=False):
     gpus: int
     browser_sessions: int
     cancel_on_disconnect: bool          # cancel it when the submitting client goes away
+    artifacts: Sequence[str] | None     # output globs (relative to cwd) uploaded after the run
+    inputs: Mapping[str, str] | None    # {path relative to cwd: artifact id} fetched before
 
 
 _SHELL_ONLY = ("argv", "command", "env", "cwd", "stdin", "interactive", "pty")
@@ -141,6 +144,16 @@ def _fill_task(spec: common_pb2.TaskSpec, options: TaskOptions) -> list[str]:
     r = spec.resources
     problems += validation.check_resources(cpus=r.cpus, memory_mib=r.memory_mib, gpus=r.gpus,
                                            browser_sessions=r.browser_sessions)
+    globs = options.get("artifacts") or ()
+    if isinstance(globs, str | bytes):
+        problems.append("artifacts must be a list of globs, e.g. ['out/*.tar.gz']")
+    else:
+        spec.artifacts.extend(globs)
+        problems += check_artifact_globs(list(globs))
+    inputs = dict(options.get("inputs") or {})
+    for path, artifact_id in inputs.items():
+        spec.inputs.add(path=path, artifact_id=artifact_id)
+    problems += check_inputs([(a, p) for p, a in inputs.items()])
     return problems + validation.check_task(
         skill=spec.skill, labels=spec.labels, timeout_s=spec.timeout_s,
         max_output_bytes=spec.max_output_bytes, priority=spec.priority,

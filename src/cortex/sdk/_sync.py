@@ -6,11 +6,13 @@ import asyncio
 import concurrent.futures
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar, Unpack, cast
 
 from cortex._proto.cortex.v1 import common_pb2
 from cortex.sdk._admin import SyncAdmin
+from cortex.sdk._artifacts import Progress
 from cortex.sdk._attach import Attachment
 from cortex.sdk._client import Client, JoinToken, OutputCallback, Result
 from cortex.sdk._config import ClientConfig, ConfigOverrides
@@ -229,6 +231,28 @@ class SyncClient:
     def admin(self) -> SyncAdmin:
         """Blocking twin of `Client.admin`."""
         return SyncAdmin(self._run, self._client.admin)
+
+    # -- artifacts (see Client.upload_artifact & co.) ---------------------------------------
+    def upload_artifact(self, path: str | Path, *, task_id: str = "", name: str = "",
+                        media_type: str = "", ttl_s: float = 0.0,
+                        progress: Progress | None = None) -> common_pb2.File:
+        return self._run(self._client.upload_artifact(
+            path, task_id=task_id, name=name, media_type=media_type, ttl_s=ttl_s,
+            progress=progress))
+
+    def download_artifact(self, artifact: common_pb2.File | str, dest: str | Path, *,
+                          progress: Progress | None = None, resume: bool = True) -> Path:
+        return self._run(self._client.download_artifact(artifact, dest, progress=progress,
+                                                        resume=resume))
+
+    def stat_artifact(self, artifact_id: str) -> common_pb2.File:
+        return self._run(self._client.stat_artifact(artifact_id))
+
+    def list_artifacts(self, task_id: str = "") -> list[common_pb2.File]:
+        return self._run(self._client.list_artifacts(task_id))
+
+    def delete_artifact(self, artifact_id: str) -> None:
+        self._run(self._client.delete_artifact(artifact_id))
 
     def _run(self, coro: Coroutine[Any, Any, _T]) -> _T:
         if self._loop is None:

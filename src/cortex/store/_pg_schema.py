@@ -6,7 +6,7 @@ the applied version is recorded (``PRAGMA user_version`` there, a table here); o
 serving both would either hide those differences behind a lowest common denominator or
 grow a dialect layer bigger than the migrations. So each backend keeps its own ordered
 tuple of scripts, kept *in step*: migration N means the same change on both backends
-(1 = the foundation, 2 = pinned sessions, 3 = tenancy: weights, quotas, pools). A new
+(1 = the foundation, 2 = pinned sessions, 3 = tenancy, 4 = artifacts). A new
 migration is added to both tuples in the same change, and the contract suite proves
 that both stores still behave alike.
 
@@ -130,6 +130,23 @@ MIGRATIONS: tuple[str, ...] = (
     INSERT INTO pools(tenant, name, created_at) SELECT id, 'default', created_at FROM tenants;
     ALTER TABLE join_tokens ADD COLUMN pool TEXT NOT NULL DEFAULT 'default';
     CREATE INDEX api_tokens_tenant ON api_tokens(tenant);
+    """,
+    # 4: artifacts (issue #5): metadata of files whose content is a sha256 blob
+    """
+    CREATE TABLE artifacts (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL REFERENCES tenants(id),
+        task_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        size BIGINT NOT NULL,
+        media_type TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX artifacts_tenant_task ON artifacts(tenant, task_id, id);
+    CREATE INDEX artifacts_sha256 ON artifacts(sha256);
+    CREATE INDEX artifacts_expiry ON artifacts(expires_at) WHERE expires_at > 0;
     """,
 )
 

@@ -97,4 +97,21 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE join_tokens ADD COLUMN pool TEXT NOT NULL DEFAULT 'default';
     CREATE INDEX api_tokens_tenant ON api_tokens(tenant);
     """,
+    # 4: artifacts (issue #5): metadata of files whose content is a sha256 blob
+    """
+    CREATE TABLE artifacts (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL REFERENCES tenants(id),
+        task_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        media_type TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    CREATE INDEX artifacts_tenant_task ON artifacts(tenant, task_id, id);
+    CREATE INDEX artifacts_sha256 ON artifacts(sha256);
+    CREATE INDEX artifacts_expiry ON artifacts(expires_at) WHERE expires_at > 0;
+    """,
 )

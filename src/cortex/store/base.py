@@ -209,3 +209,38 @@ class Store(abc.ABC):
     async def read_events(
         self, tenant: str, task_id: str, *, after_seq: int, limit: int
     ) -> list[pb.TaskEvent]: ...
+
+    # -- artifacts (issue #5) -----------------------------------------------------------
+    @abc.abstractmethod
+    async def insert_artifact(self, tenant: str, file: pb.File) -> None:
+        """Record a stored artifact (its blob is already in the blob store)."""
+
+    @abc.abstractmethod
+    async def get_artifact(self, tenant: str, artifact_id: str) -> pb.File | None: ...
+
+    @abc.abstractmethod
+    async def list_artifacts(self, tenant: str, *, task_id: str = "", limit: int = 100,
+                             after_id: str = "") -> list[pb.File]:
+        """Artifacts in id order (of one task when `task_id` is given), after `after_id`."""
+
+    @abc.abstractmethod
+    async def delete_artifact(self, tenant: str, artifact_id: str) -> bool:
+        """Forget an artifact; False when it did not exist (its blob is left to GC)."""
+
+    @abc.abstractmethod
+    async def artifact_bytes(self, tenant: str) -> int:
+        """Bytes of the tenant's artifacts, counted per artifact (what the quota limits)."""
+
+    @abc.abstractmethod
+    async def expire_artifacts_all_tenants(self, *, now: float) -> int:
+        """Delete every artifact whose expires_at passed; returns how many."""
+
+    @abc.abstractmethod
+    async def artifact_digests_all_tenants(self) -> set[str]:
+        """The sha256 of every blob an artifact still references (GC keeps these)."""
+
+    @abc.abstractmethod
+    async def tenant_has_digest(self, tenant: str, sha256: str) -> bool:
+        """Whether one of the tenant's artifacts has this content (dedupe without the
+        bytes is allowed only then: another tenant's blob must never be claimable by its
+        hash alone)."""

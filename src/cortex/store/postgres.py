@@ -535,10 +535,67 @@ class PostgresStore(Store):
         return [pb.TaskEvent.FromString(r[0]) for r in rows]
 
 
+    # -- artifacts (issue #5) ----------------------------------------------------------
+    async def insert_artifact(self, tenant: str, file: pb.File) -> None:
+        await self._execute(
+            "INSERT INTO artifacts(id, tenant, task_id, name, sha256, size, media_type,"
+            " created_at, expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (file.artifact_id, tenant, file.task_id, file.name, file.sha256, file.size,
+             file.media_type, file.created_at, file.expires_at))
+
+    async def get_artifact(self, tenant: str, artifact_id: str) -> pb.File | None:
+        row = await self._fetchone(
+            "SELECT id, task_id, name, sha256, size, media_type, created_at, expires_at"
+            " FROM artifacts WHERE tenant = %s AND id = %s",
+            (tenant, artifact_id))
+        return None if row is None else _artifact(row)
+
+    async def list_artifacts(self, tenant: str, *, task_id: str = "", limit: int = 100,
+                             after_id: str = "") -> list[pb.File]:
+        rows = await self._fetchall(
+            "SELECT id, task_id, name, sha256, size, media_type, created_at, expires_at"
+            " FROM artifacts"
+            " WHERE tenant = %s AND id > %s AND (%s = '' OR task_id = %s) ORDER BY id LIMIT %s",
+            (tenant, after_id, task_id, task_id, limit))
+        return [_artifact(r) for r in rows]
+
+    async def delete_artifact(self, tenant: str, artifact_id: str) -> bool:
+        async with self._connection() as conn:
+            cur = await conn.execute("DELETE FROM artifacts WHERE tenant = %s AND id = %s",
+                                     (tenant, artifact_id))
+            return bool(cur.rowcount)
+
+    async def artifact_bytes(self, tenant: str) -> int:
+        row = await self._fetchone(
+            "SELECT coalesce(sum(size), 0) FROM artifacts WHERE tenant = %s", (tenant,))
+        return 0 if row is None else int(row[0])
+
+    async def expire_artifacts_all_tenants(self, *, now: float) -> int:
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                "DELETE FROM artifacts WHERE expires_at > 0 AND expires_at <= %s", (now,))
+            return int(cur.rowcount)
+
+    async def tenant_has_digest(self, tenant: str, sha256: str) -> bool:
+        row = await self._fetchone(
+            "SELECT 1 FROM artifacts WHERE tenant = %s AND sha256 = %s LIMIT 1",
+            (tenant, sha256))
+        return row is not None
+
+    async def artifact_digests_all_tenants(self) -> set[str]:
+        rows = await self._fetchall("SELECT DISTINCT sha256 FROM artifacts", ())
+        return {str(r[0]) for r in rows}
+
+
 def _event_arrays(events: Sequence[pb.TaskEvent]) -> dict[str, list[Any]]:
     return {"seqs": [e.seq for e in events], "event_bodies": [e.SerializeToString()
                                                               for e in events]}
 
+
+
+def _artifact(row: Sequence[Any]) -> pb.File:
+    return pb.File(artifact_id=row[0], task_id=row[1], name=row[2], sha256=row[3],
+                   size=row[4], media_type=row[5], created_at=row[6], expires_at=row[7])
 
 async def _fetch_count(conn: _Conn, query: str, args: Mapping[str, Any]) -> int:
     cur = await conn.execute(query, args)

@@ -504,6 +504,62 @@ class SqliteStore(Store):
         return [pb.TaskEvent.FromString(r[0]) for r in rows]
 
 
+    # -- artifacts (issue #5) ----------------------------------------------------------
+    async def insert_artifact(self, tenant: str, file: pb.File) -> None:
+        await self._call(lambda c: c.execute(
+            "INSERT INTO artifacts VALUES (?,?,?,?,?,?,?,?,?)",
+            (file.artifact_id, tenant, file.task_id, file.name, file.sha256, file.size,
+             file.media_type, file.created_at, file.expires_at)))
+
+    async def get_artifact(self, tenant: str, artifact_id: str) -> pb.File | None:
+        row = await self._call(lambda c: c.execute(
+            "SELECT id, task_id, name, sha256, size, media_type, created_at, expires_at"
+            " FROM artifacts WHERE tenant = ? AND id = ?",
+            (tenant, artifact_id)).fetchone())
+        return None if row is None else _artifact(row)
+
+    async def list_artifacts(self, tenant: str, *, task_id: str = "", limit: int = 100,
+                             after_id: str = "") -> list[pb.File]:
+        rows = await self._call(lambda c: c.execute(
+            "SELECT id, task_id, name, sha256, size, media_type, created_at, expires_at"
+            " FROM artifacts"
+            " WHERE tenant = ? AND id > ? AND (? = '' OR task_id = ?) ORDER BY id LIMIT ?",
+            (tenant, after_id, task_id, task_id, limit)).fetchall())
+        return [_artifact(r) for r in rows]
+
+    async def delete_artifact(self, tenant: str, artifact_id: str) -> bool:
+        cur = await self._call(lambda c: c.execute(
+            "DELETE FROM artifacts WHERE tenant = ? AND id = ?", (tenant, artifact_id)))
+        return bool(cur.rowcount)
+
+    async def artifact_bytes(self, tenant: str) -> int:
+        row = await self._call(lambda c: c.execute(
+            "SELECT coalesce(sum(size), 0) FROM artifacts WHERE tenant = ?",
+            (tenant,)).fetchone())
+        return int(row[0])
+
+    async def expire_artifacts_all_tenants(self, *, now: float) -> int:
+        cur = await self._call(lambda c: c.execute(
+            "DELETE FROM artifacts WHERE expires_at > 0 AND expires_at <= ?", (now,)))
+        return int(cur.rowcount)
+
+    async def tenant_has_digest(self, tenant: str, sha256: str) -> bool:
+        row = await self._call(lambda c: c.execute(
+            "SELECT 1 FROM artifacts WHERE tenant = ? AND sha256 = ? LIMIT 1",
+            (tenant, sha256)).fetchone())
+        return row is not None
+
+    async def artifact_digests_all_tenants(self) -> set[str]:
+        rows = await self._call(lambda c: c.execute(
+            "SELECT DISTINCT sha256 FROM artifacts").fetchall())
+        return {str(r[0]) for r in rows}
+
+
+
+def _artifact(row: Sequence[Any]) -> pb.File:
+    return pb.File(artifact_id=row[0], task_id=row[1], name=row[2], sha256=row[3],
+                   size=row[4], media_type=row[5], created_at=row[6], expires_at=row[7])
+
 def _migrate(conn: sqlite3.Connection) -> None:
     (version,) = conn.execute("PRAGMA user_version").fetchone()
     if version > len(MIGRATIONS):

@@ -263,6 +263,8 @@ class TaskSpec(_message.Message):
     MAX_OUTPUT_BYTES_FIELD_NUMBER: _builtins.int
     POOL_FIELD_NUMBER: _builtins.int
     CANCEL_ON_DISCONNECT_FIELD_NUMBER: _builtins.int
+    ARTIFACTS_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
     skill: _builtins.str
     """"shell" (default), "noop", later "browser", ..."""
     session_id: _builtins.str
@@ -297,6 +299,17 @@ class TaskSpec(_message.Message):
     def retry(self) -> Global___RetryPolicy: ...
     @_builtins.property
     def resources(self) -> Global___Resources: ...
+    @_builtins.property
+    def artifacts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Output globs relative to the task's cwd; matching files are uploaded as artifacts
+        after the run and listed in Task.files. (Numbered 20+ to stay clear of fields other
+        branches add after 12.)
+        """
+
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___InputFile]:
+        """Artifacts downloaded (verified) into the task's cwd before it starts."""
+
     def __init__(
         self,
         *,
@@ -314,14 +327,39 @@ class TaskSpec(_message.Message):
         max_output_bytes: _builtins.int = ...,
         pool: _builtins.str = ...,
         cancel_on_disconnect: _builtins.bool = ...,
+        artifacts: _abc.Iterable[_builtins.str] | None = ...,
+        inputs: _abc.Iterable[Global___InputFile] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "resources", b"resources", "retry", b"retry", "shell", b"shell"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "cancel_on_disconnect", b"cancel_on_disconnect", "idempotency_key", b"idempotency_key", "labels", b"labels", "max_output_bytes", b"max_output_bytes", "node_id", b"node_id", "pool", b"pool", "priority", b"priority", "resources", b"resources", "retry", b"retry", "session_id", b"session_id", "shell", b"shell", "skill", b"skill", "timeout_s", b"timeout_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "artifacts", b"artifacts", "cancel_on_disconnect", b"cancel_on_disconnect", "idempotency_key", b"idempotency_key", "inputs", b"inputs", "labels", b"labels", "max_output_bytes", b"max_output_bytes", "node_id", b"node_id", "pool", b"pool", "priority", b"priority", "resources", b"resources", "retry", b"retry", "session_id", b"session_id", "shell", b"shell", "skill", b"skill", "timeout_s", b"timeout_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TaskSpec: _TypeAlias = TaskSpec  # noqa: Y015
+
+@_typing.final
+class InputFile(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARTIFACT_ID_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    artifact_id: _builtins.str
+    path: _builtins.str
+    """relative to the task's cwd, no '..'"""
+    def __init__(
+        self,
+        *,
+        artifact_id: _builtins.str = ...,
+        path: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_id", b"artifact_id", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InputFile: _TypeAlias = InputFile  # noqa: Y015
 
 @_typing.final
 class Task(_message.Message):
@@ -347,6 +385,7 @@ class Task(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     CANCEL_REQUESTED_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     tenant: _builtins.str
     state: Global___TaskState.ValueType
@@ -375,6 +414,10 @@ class Task(_message.Message):
     def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attempt]:
         """filled by Get"""
 
+    @_builtins.property
+    def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___File]:
+        """artifacts of the task (filled by Get; 30: clear of 21+)"""
+
     def __init__(
         self,
         *,
@@ -398,14 +441,59 @@ class Task(_message.Message):
         attempts: _abc.Iterable[Global___Attempt] | None = ...,
         version: _builtins.int = ...,
         cancel_requested: _builtins.bool = ...,
+        files: _abc.Iterable[Global___File] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned_at", b"assigned_at", "attempt", b"attempt", "attempts", b"attempts", "cancel_requested", b"cancel_requested", "created_at", b"created_at", "deadline", b"deadline", "exit_code", b"exit_code", "finished_at", b"finished_at", "has_exit_code", b"has_exit_code", "id", b"id", "last_seq", b"last_seq", "node_id", b"node_id", "output_bytes", b"output_bytes", "output_truncated", b"output_truncated", "reason", b"reason", "spec", b"spec", "started_at", b"started_at", "state", b"state", "tenant", b"tenant", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned_at", b"assigned_at", "attempt", b"attempt", "attempts", b"attempts", "cancel_requested", b"cancel_requested", "created_at", b"created_at", "deadline", b"deadline", "exit_code", b"exit_code", "files", b"files", "finished_at", b"finished_at", "has_exit_code", b"has_exit_code", "id", b"id", "last_seq", b"last_seq", "node_id", b"node_id", "output_bytes", b"output_bytes", "output_truncated", b"output_truncated", "reason", b"reason", "spec", b"spec", "started_at", b"started_at", "state", b"state", "tenant", b"tenant", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Task: _TypeAlias = Task  # noqa: Y015
+
+@_typing.final
+class File(_message.Message):
+    """A file stored on the hub as an artifact (see artifacts.proto)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    MEDIA_TYPE_FIELD_NUMBER: _builtins.int
+    ARTIFACT_ID_FIELD_NUMBER: _builtins.int
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    size: _builtins.int
+    sha256: _builtins.str
+    """hex digest of the content"""
+    media_type: _builtins.str
+    artifact_id: _builtins.str
+    task_id: _builtins.str
+    created_at: _builtins.float
+    expires_at: _builtins.float
+    """0 = kept until deleted"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        size: _builtins.int = ...,
+        sha256: _builtins.str = ...,
+        media_type: _builtins.str = ...,
+        artifact_id: _builtins.str = ...,
+        task_id: _builtins.str = ...,
+        created_at: _builtins.float = ...,
+        expires_at: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_id", b"artifact_id", "created_at", b"created_at", "expires_at", b"expires_at", "media_type", b"media_type", "name", b"name", "sha256", b"sha256", "size", b"size", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___File: _TypeAlias = File  # noqa: Y015
 
 @_typing.final
 class Attempt(_message.Message):
