@@ -213,3 +213,18 @@ async def test_a_shared_pool_is_split_between_tenants_by_weight(
                     await t.cancel(i)
     with pytest.raises(NotFound, match="no tenant 'ghost'"):
         await client.admin.create_pool("p2", shared_with=["ghost"])
+
+
+async def test_nodes_report_gpus_and_tasks_wanting_more_than_any_node_say_so(
+        hub: Hub, client: Client, tmp_path: Path) -> None:
+    """A node started with gpus=2 reports them; a 1-GPU task runs there; a 3-GPU task
+    waits with a reason naming the largest node."""
+    async with running_node(hub, tmp_path / "n", gpus=2):
+        (node,) = await client.list_nodes()
+        assert node.capacity.gpus == 2
+        assert (await client.run(argv=["true"], gpus=1)).ok
+        big = await client.submit(argv=["true"], gpus=3)
+        reason = await eventually(lambda: _reason_if(client, big.id, "no matching node"),
+                                  "the 3-GPU task's reason")
+        assert reason == "no matching node has 3 GPUs (the most any has is 2)"
+        await client.cancel(big.id)

@@ -243,3 +243,34 @@ def test_a_pin_that_contradicts_the_session_node_is_refused_with_both_named() ->
     assert decision.node_id is None
     assert "node a" in decision.reason
     assert "node b" in decision.reason
+
+
+def _sized(node_id: str, *, cpus: float, free: float, gpus: int = 0, gpus_free: int = 0,
+           pool: str = "default") -> NodeView:
+    return NodeView(id=node_id, labels={}, skills=frozenset({"shell"}), slots=4, running=0,
+                    pool=pool, cpus=cpus, cpus_free=free, memory_mib=1024,
+                    memory_free_mib=1024, gpus=gpus, gpus_free=gpus_free)
+
+
+def test_resources_pick_a_node_with_enough_free() -> None:
+    """A task needing 2 CPUs goes where 2 are free, not merely where 2 exist."""
+    nodes = [_sized("n-a", cpus=4, free=1), _sized("n-b", cpus=4, free=3)]
+    assert place(TaskRequirements(skill="shell", cpus=2), nodes) == Placement("n-b")
+
+
+def test_more_than_any_node_has_is_said_plainly_and_busy_is_transient() -> None:
+    """Needing more than any node's capacity names the largest; needing more than is free
+    now is a 'busy' reason (not stored: it passes)."""
+    nodes = [_sized("n-a", cpus=4, free=0, gpus=1, gpus_free=1)]
+    never = place(TaskRequirements(skill="shell", gpus=2), nodes)
+    assert never.reason == "no matching node has 2 GPUs (the most any has is 1)"
+    later = place(TaskRequirements(skill="shell", cpus=2), nodes)
+    assert later.reason.startswith("busy: no matching node has 2 CPU cores free now")
+
+
+def test_pool_narrows_the_candidates() -> None:
+    """A pool requirement places only on nodes of that pool, and says so when none is."""
+    nodes = [_sized("n-a", cpus=2, free=2), _sized("n-b", cpus=2, free=2, pool="gpu")]
+    assert place(TaskRequirements(skill="shell", pool="gpu"), nodes) == Placement("n-b")
+    none = place(TaskRequirements(skill="shell", pool="arm"), nodes)
+    assert none.reason == "no node of pool 'arm' is connected"

@@ -89,6 +89,8 @@ def register(app: typer.Typer) -> None:
         name: str = typer.Option("", help="Node name (default: hostname)."),
         label: list[str] = typer.Option([], "--label", "-l", help="key=value, repeatable."),
         slots: int = typer.Option(64, help="Tasks run at once."),
+        gpus: int | None = typer.Option(None, min=0, help="GPUs this node offers (default: "
+                                        "the /dev/nvidia<N> devices it has)."),
         drain_grace: float = typer.Option(30.0, help="Seconds running tasks get on SIGTERM."),
         fs_root: list[str] = typer.Option([], "--fs-root", help="A directory cortex cp / "
                                           "cortex fs may touch (repeatable; none = refused)."),
@@ -100,7 +102,8 @@ def register(app: typer.Typer) -> None:
 
         _setup_logging(verbose)
         cfg = NodeConfig(data_dir=data_dir or _home(None) / "node", hub=hub, token=token,
-                         labels=_labels(label), slots=slots, drain_grace_s=drain_grace,
+                         labels=_labels(label), slots=slots, gpus=gpus,
+                         drain_grace_s=drain_grace,
                          fs_roots=tuple(os.path.abspath(r) for r in fs_root))
         if name:
             cfg = dataclasses.replace(cfg, name=name)

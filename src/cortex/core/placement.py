@@ -23,7 +23,10 @@ class NodeView:
     running: int                # tasks assigned or running there now
     draining: bool = False
     pool: str = "default"
-    # What is left of the node's reported capacity after the tasks it holds now.
+    # The node's reported capacity, and what is left of it after the tasks it holds now.
+    cpus: float = 0.0
+    memory_mib: int = 0
+    gpus: int = 0
     cpus_free: float = 0.0
     memory_free_mib: int = 0
     gpus_free: int = 0
@@ -82,13 +85,18 @@ def place(req: TaskRequirements, nodes: Iterable[NodeView]) -> Placement:
     if not ready:
         return Placement(None, "every matching node is draining")
     for what, need, have in _RESOURCES:
-        wanted_amount = getattr(req, need)
-        if wanted_amount:
-            fits = [n for n in ready if getattr(n, have) + 1e-9 >= wanted_amount]
-            if not fits:
-                return Placement(None, f"busy: no matching node has {wanted_amount:g} {what} "
-                                       f"free now")
-            ready = fits
+        amount = getattr(req, need)
+        if not amount:
+            continue
+        big = [n for n in ready if getattr(n, need) + 1e-9 >= amount]
+        if not big:
+            most = max(getattr(n, need) for n in ready)
+            return Placement(None, f"no matching node has {amount:g} {what} "
+                                   f"(the most any has is {most:g})")
+        fits = [n for n in big if getattr(n, have) + 1e-9 >= amount]
+        if not fits:
+            return Placement(None, f"busy: no matching node has {amount:g} {what} free now")
+        ready = fits
     free = [n for n in ready if n.running < n.slots]
     if not free:
         return Placement(None, "every matching node is busy (all slots in use)")

@@ -25,6 +25,7 @@ from cortex._proto.cortex.v1 import common_pb2 as pb
 from cortex._proto.cortex.v1 import node_pb2, node_pb2_grpc
 from cortex.core.states import State
 from cortex.errors import CortexError, InvalidArgument
+from cortex.node._host import count_gpus, host_capacity
 from cortex.node.artifacts import NodeArtifacts
 from cortex.node.cgroups import CgroupManager
 from cortex.node.config import NodeConfig
@@ -83,6 +84,7 @@ class Agent:
         self._cgroups = cgroups
         self._workers = workers
         self._limit_enforcement = limit_enforcement
+        self._gpus = config.gpus if config.gpus is not None else count_gpus()
         self._held: dict[tuple[str, int], _Held] = {}
         self._outbox: asyncio.Queue[node_pb2.NodeMessage] | None = None
         self._dirty = asyncio.Event()
@@ -256,13 +258,11 @@ class Agent:
             raise ConnectionError("the hub ended the stream")
 
     def _hello(self) -> node_pb2.Hello:
-        cpus = os.cpu_count() or 1
-        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
         return node_pb2.Hello(
             name=self._config.name, version=__version__, labels=self._labels(),
             skills=self._skills, boot_id=self._boot_id,
             limit_enforcement=self._limit_enforcement,
-            capacity=pb.Resources(cpus=cpus, memory_mib=mem, slots=self._config.slots),
+            capacity=host_capacity(slots=self._config.slots, gpus=self._gpus),
             held=[node_pb2.HeldTask(task_id=t, attempt=a) for t, a in self._held],
         )
 
@@ -597,3 +597,4 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, grpc.aio.AioRpcError):
         return f"{exc.code().name}: {exc.details()}"
     return str(exc) or type(exc).__name__
+

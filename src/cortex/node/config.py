@@ -24,6 +24,7 @@ class NodeConfig:
     name: str = field(default_factory=socket.gethostname)
     labels: dict[str, str] = field(default_factory=dict)
     slots: int = 64                      # tasks run at once
+    gpus: int | None = None              # GPUs to report; None = count /dev/nvidia<N>
     drain_grace_s: float = 30.0          # on SIGTERM, running tasks get this long to finish
     kill_grace_s: float = 2.0            # SIGTERM -> SIGKILL when a task is cancelled
     reconnect_max_s: float = 10.0        # backoff cap between reconnect attempts
