@@ -49,7 +49,7 @@ def fleet(tmp_path: Path) -> Iterator[tuple[Cli, Path]]:
     node = None
     try:
         cli = Cli(hub)
-        token = cli.ok("token", "create").strip()
+        token = cli.ok("token", "join").strip()
         node = NodeProcess(tmp_path / "node", hub.address, token,
                            extra=("--name", "fsnode", "--fs-root", str(root)))
         node.start()

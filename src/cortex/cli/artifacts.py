@@ -37,7 +37,7 @@ _err = Console(stderr=True)
 
 
 @contextlib.contextmanager
-def progress_bar(what: str, total: int, *, quiet: bool
+def progress_bar(what: str, total: int | None, *, quiet: bool
                  ) -> Iterator[ProgressCallback | None]:
     """A rich progress bar (bytes, rate, ETA) on stderr; yields the SDK's callback."""
     if quiet or not _err.is_terminal:
@@ -48,8 +48,8 @@ def progress_bar(what: str, total: int, *, quiet: bool
                   transient=True) as progress:
         bar = progress.add_task(what, total=total)
 
-        def update(done: int, _total: int) -> None:
-            progress.update(bar, completed=done)
+        def update(done: int, total_now: int) -> None:
+            progress.update(bar, completed=done, total=total or total_now or None)
 
         yield update
 

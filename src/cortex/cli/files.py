@@ -7,8 +7,6 @@ is a node id or name; the node only touches paths inside its ``--fs-root`` direc
 
 from __future__ import annotations
 
-import contextlib
-import json
 import re
 import sys
 from pathlib import Path
@@ -19,8 +17,8 @@ from rich.table import Table
 
 from cortex.cli._common import client_config, out_console, print_json, run_async
 from cortex.cli.artifacts import progress_bar
-from cortex.errors import CortexError, InvalidArgument, NotFound, RemoteError
-from cortex.sdk import Client, ClientConfig, Result
+from cortex.errors import InvalidArgument
+from cortex.sdk import Client, ClientConfig
 
 __all__ = ["fs_app", "register"]
 
@@ -95,60 +93,32 @@ def fs_rm(ctx: typer.Context, target: Target,
     run_async(_fs(client_config(ctx), target, {"op": "rm", "recursive": recursive}))
 
 
-async def _node_id(client: Client, node: str) -> str:
-    nodes = await client.list_nodes()
-    found = [n.id for n in nodes if node in (n.id, n.name)]
-    if not found:
-        raise NotFound(f"no node {node!r} (cortex nodes ls shows ids and names)")
-    if len(found) > 1:
-        raise InvalidArgument(f"{len(found)} nodes are named {node!r}: use the id "
-                              f"({', '.join(found)})")
-    return found[0]
-
-
-async def _run_fs(client: Client, node: str, args: dict[str, Any]) -> Result:
-    result = await client.run(skill="fs", args=args, node_id=await _node_id(client, node))
-    if not result.ok:
-        raise RemoteError(f"on node {node}: {result.task.reason or 'fs operation failed'}")
-    return result
-
-
 async def _fs(config: ClientConfig, target: str, args: dict[str, Any]
               ) -> list[dict[str, Any]]:
     remote = _REMOTE.match(target)
     if remote is None:
         raise InvalidArgument(f"{target!r}: give NODE:/absolute/path")
+    node, path = remote[1], remote[2]
     async with Client(config) as client:
-        result = await _run_fs(client, remote[1], {**args, "path": remote[2]})
-    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+        if args["op"] == "ls":
+            return await client.list_dir(node, path)
+        if args["op"] == "stat":
+            return [await client.stat_path(node, path)]
+        await client.remove_path(node, path, recursive=bool(args.get("recursive")))
+        return []
 
 
 async def _upload(config: ClientConfig, local: Path, size: int, node: str, path: str, *,
                   quiet: bool) -> str:
     async with Client(config) as client:
-        node_id = await _node_id(client, node)
         with progress_bar(f"upload {local.name}", size, quiet=quiet) as progress:
-            file = await client.upload_artifact(local, ttl_s=_STAGING_TTL_S,
-                                                progress=progress)
-        try:
-            result = await _run_fs(client, node_id, {
-                "op": "push", "path": path, "artifact_id": file.artifact_id,
-                "name": local.name})
-        finally:
-            with contextlib.suppress(CortexError):
-                await client.delete_artifact(file.artifact_id)
-    return f"{node}:{json.loads(result.stdout.splitlines()[0])['path']}"
+            written = await client.copy_to_node(local, node, path, progress=progress)
+    return f"{node}:{written}"
 
 
 async def _download(config: ClientConfig, node: str, path: str, dest: Path,
                     dest_is_dir: bool, *, quiet: bool) -> Path:
+    target = dest / Path(path).name if dest_is_dir else dest
     async with Client(config) as client:
-        result = await _run_fs(client, node, {"op": "pull", "path": path})
-        (file,) = result.files
-        target = dest / Path(path).name if dest_is_dir else dest
-        try:
-            with progress_bar(file.name, file.size, quiet=quiet) as progress:
-                return await client.download_artifact(file, target, progress=progress)
-        finally:
-            with contextlib.suppress(CortexError):
-                await client.delete_artifact(file.artifact_id)
+        with progress_bar(Path(path).name, None, quiet=quiet) as progress:
+            return await client.copy_from_node(node, path, target, progress=progress)

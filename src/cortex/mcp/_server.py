@@ -25,6 +25,8 @@ Cortex runs shell commands on a fleet of machines (nodes) for you.
   task_status, and cancel_task. Nothing here blocks for more than 50 s.
 - Interactive programs: start_task(interactive=true), then write_stdin and task_output.
 - list_tasks finds earlier tasks. Output is capped; markers say how to read the rest.
+- Files: list_artifacts / fetch_artifact for what tasks stored; list_files, read_file and
+  write_file for files on a node (inside the directories it allows).
 """
 
 _READ = ToolAnnotations(read_only_hint=True, open_world_hint=False)
@@ -42,6 +44,11 @@ _TOOLS: dict[str, tuple[str, ToolAnnotations]] = {
     "cancel_task": ("Cancel a task", _CANCEL),
     "write_stdin": ("Write to a task's stdin", _WRITE),
     "list_tasks": ("List tasks", _READ),
+    "list_artifacts": ("List artifacts", _READ),
+    "fetch_artifact": ("Fetch an artifact", _READ),
+    "list_files": ("List files on a node", _READ),
+    "read_file": ("Read a file on a node", _READ),
+    "write_file": ("Write a file on a node", _WRITE),
 }
 assert tuple(_TOOLS) == TOOL_NAMES  # noqa: S101 - a new tool needs its title and annotations
 

@@ -21,6 +21,7 @@ from pydantic import Field
 from cortex.errors import Conflict, CortexError
 from cortex.mcp._binding import Resolve
 from cortex.mcp._errors import ToolError, tool_errors
+from cortex.mcp._file_tools import FileTools
 from cortex.mcp._models import (
     Cancelled,
     NodeList,
@@ -61,7 +62,8 @@ _ACTIVE = (TaskState.QUEUED, TaskState.ASSIGNED, TaskState.RUNNING)
 
 TOOL_NAMES = (
     "list_nodes", "run_command", "start_task", "task_status", "task_output", "cancel_task",
-    "write_stdin", "list_tasks",
+    "write_stdin", "list_tasks", "list_artifacts", "fetch_artifact", "list_files",
+    "read_file", "write_file",
 )
 
 # Parameter types, shared by the tools that take them; descriptions are what models read.
@@ -89,7 +91,7 @@ Interactive = Annotated[bool, Field(description=(
     "input as they run: REPLs, prompts, cat)."))]
 
 
-class CortexTools:
+class CortexTools(FileTools):
     """The MCP tools; `resolve` names the client (and stdin pipes) serving each call."""
 
     def __init__(self, resolve: Resolve) -> None:

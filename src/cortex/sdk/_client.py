@@ -20,6 +20,7 @@ from cortex.sdk._attach import Attachment
 from cortex.sdk._backoff import Backoff
 from cortex.sdk._config import ClientConfig, ConfigOverrides
 from cortex.sdk._errors import translate
+from cortex.sdk._files import NodeFileMethods
 from cortex.sdk._specs import (
     Pairs,
     TaskOptions,
@@ -95,7 +96,7 @@ class Result:
         return list(self.task.files)
 
 
-class Client(ArtifactMethods):
+class Client(ArtifactMethods, NodeFileMethods):
     """Async client of one hub. ``async with Client() as client:`` or `Client.connect`.
 
     With no config, `ClientConfig.from_env` resolves one (flags given here as keywords >
