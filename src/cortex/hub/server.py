@@ -31,6 +31,7 @@ from cortex.hub.pki import CertificateAuthority, write_private
 from cortex.hub.registry import Registry
 from cortex.hub.services import EnrollServicer, NodeServicer, TaskServicer
 from cortex.hub.tasks import TaskManager
+from cortex.hub.web import Dashboard
 from cortex.store import Store, open_store
 
 __all__ = ["Hub"]
@@ -57,6 +58,7 @@ class Hub:
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._serving_pair: tuple[bytes, bytes] = (b"", b"")
         self._http: HttpServer | None = None
+        self.dashboard = Dashboard(tasks=self.tasks, registry=self.registry, store=self.store)
         self._ready = False   # what /readyz reports: gRPC serving, not shutting down
 
     async def start(self) -> None:
@@ -105,7 +107,8 @@ class Hub:
         mcp = McpSettings(hub_address=self._dial_address, ca_pem=self.ca.cert_pem,
                           authenticate=authenticate)
         http = open_http(host=cfg.http_listen_host, port=cfg.http_port,
-                         ready=lambda: self._ready, source=source, mcp=mcp)
+                         ready=lambda: self._ready, source=source, mcp=mcp,
+                         dashboard=self.dashboard.routes())
         self.http_port = http.port
         return http
 
@@ -237,6 +240,7 @@ class Hub:
         for conn in self.registry.all():
             conn.close()
         await asyncio.gather(*(srv.stop(grace) for srv in self._servers))
+        self.dashboard.close()   # live log streams end; browsers resume on another hub
         if self._http is not None:
             await self._http.close(grace)
         for loop in self._loops:
