@@ -186,18 +186,20 @@ class Dashboard:
         return RedirectResponse(f"{PREFIX}/tasks", status_code=303)
 
     async def _login_form(self, request: Request, *, status: int = 200,
-                          message: str = "") -> Response:
+                          message: str = "", next_page: str | None = None) -> Response:
         secret = secrets.token_urlsafe(32)
+        target = _safe_next(request) if next_page is None else next_page
         response = self._render(request, "login.html", None, status=status, message=message,
-                                login_csrf=secret, next=_safe_next(request))
+                                login_csrf=secret, next=target if _is_local(target) else "")
         _set_cookie(response, request, LOGIN_COOKIE, secret, path=f"{PREFIX}/login",
                     max_age=3600)
         return response
 
     async def _login(self, request: Request) -> Response:
         form = await _form(request)
+        target = str(form.get("next") or "")
         if not same_secret(str(form.get("csrf", "")), request.cookies.get(LOGIN_COOKIE, "")):
-            return await self._login_form(request, status=403, message=(
+            return await self._login_form(request, status=403, next_page=target, message=(
                 "the login form expired or came from another site: try again"))
         if not _same_origin(request):
             return _plain(403, "cross-origin POST refused: use the dashboard's own forms")
@@ -206,12 +208,13 @@ class Dashboard:
             who = await self._auth.authenticate((("authorization", f"Bearer {token}"),),
                                                 now=self._clock(), mono=self._mono())
         except PermissionDenied as exc:
-            return await self._login_form(request, status=401, message=str(exc))
+            return await self._login_form(request, status=401, message=str(exc),
+                                          next_page=target)
         session = self.sessions.create(token, now=self._clock())
         log.info("dashboard login: token %s of tenant %s (%s)", who.token_id, who.tenant,
                  who.role, extra={"tenant": who.tenant})
-        response = RedirectResponse(str(form.get("next") or "") if _is_local(
-            str(form.get("next") or "")) else f"{PREFIX}/tasks", status_code=303)
+        response = RedirectResponse(target if _is_local(target) else f"{PREFIX}/tasks",
+                                    status_code=303)
         _set_cookie(response, request, SESSION_COOKIE, session.id, path=PREFIX,
                     max_age=int(self.sessions.lifetime_s))
         response.delete_cookie(LOGIN_COOKIE, path=f"{PREFIX}/login")
@@ -244,7 +247,8 @@ class Dashboard:
                                      with_attempts=True)
         # ARTIFACTS: the artifacts branch adds `files` to tasks; shown once it exists.
         files = list(getattr(task, "files", ()))
-        return self._render(request, "task.html", viewer, task=task, files=files,
+        name = "_task_details.html" if request.query_params.get("fragment") else "task.html"
+        return self._render(request, name, viewer, task=task, files=files,
                             spec=_data.spec_json(task), finished=task.finished_at > 0,
                             active=task.state in (pb.QUEUED, pb.ASSIGNED, pb.RUNNING))
 
