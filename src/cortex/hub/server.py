@@ -103,7 +103,8 @@ class Hub:
 
         source = HubSource(hub_id=cfg.hub_id, version=__version__, nodes=self.registry.all,
                            active_tasks=self.tasks.active_tasks, clock=time.time,
-                           stats=lambda: self.tasks.stats)
+                           stats=lambda: self.tasks.stats,
+                           dashboard_sessions=lambda: len(self.dashboard.sessions))
         mcp = McpSettings(hub_address=self._dial_address, ca_pem=self.ca.cert_pem,
                           authenticate=authenticate)
         http = open_http(host=cfg.http_listen_host, port=cfg.http_port,
