@@ -285,6 +285,8 @@ class Dashboard:
         task_id = request.path_params["task_id"]
         reason = f"cancelled from the dashboard (token {viewer.principal.token_id})"
         await self._tasks.cancel(viewer.principal.tenant, task_id, reason)
+        log.info("dashboard: token %s cancelled %s", viewer.principal.token_id, task_id,
+                 extra={"task_id": task_id, "tenant": viewer.principal.tenant})
         return RedirectResponse(f"{PREFIX}/tasks/{task_id}", status_code=303)
 
     async def _retry(self, request: Request, viewer: Viewer) -> Response:
@@ -294,6 +296,8 @@ class Dashboard:
         spec.CopyFrom(old.spec)
         spec.idempotency_key = ""   # the same key would hand back the old task
         task, _ = await self._tasks.submit(viewer.principal.tenant, spec)
+        log.info("dashboard: token %s retried %s as %s", viewer.principal.token_id, old.id,
+                 task.id, extra={"task_id": task.id, "tenant": viewer.principal.tenant})
         return RedirectResponse(f"{PREFIX}/tasks/{task.id}", status_code=303)
 
 
