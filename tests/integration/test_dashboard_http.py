@@ -392,3 +392,47 @@ async def test_the_log_stream_is_live_and_ends_when_the_task_is_cancelled(
                 break
     assert cancelled
     assert sse_messages(seen)[-1] == {"event": "end", "data": "cancelled"}
+
+
+@pytest.mark.asyncio
+async def test_live_streams_are_bounded_and_counted_until_they_end(
+        hub: Hub, node: Agent, web: Browser, client: Client,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the bound a new stream gets 503 with Retry-After; a closed one frees its place."""
+    monkeypatch.setattr("cortex.hub.web._routes.MAX_STREAMS", 1)
+    task = await client.submit(argv=[PY, "-c", FOREVER])
+    await web.login(hub.admin_token)
+    path = f"{PREFIX}/tasks/{task.id}/events"
+    seen = ""
+    async with web.http.stream("GET", path) as first:
+        # Read to the end (breaking out would close the response and hang up).
+        async for chunk in first.aiter_text():
+            if not seen:
+                assert hub.dashboard.streams.now == 1
+                refused = await web.http.get(path)
+                assert refused.status_code == 503
+                assert refused.headers["retry-after"] == "5"
+                assert "live logs" in refused.text
+                await client.cancel(task.id)   # the task ends, so this stream ends
+            seen += chunk
+    assert sse_messages(seen)[-1] == {"event": "end", "data": "cancelled"}
+    assert hub.dashboard.streams.now == 0
+    again = await web.http.get(path)
+    assert again.status_code == 200
+
+
+@pytest.mark.asyncio
+async def test_closing_the_dashboard_ends_its_live_streams(
+        hub: Hub, node: Agent, web: Browser, client: Client) -> None:
+    """When the hub stops, open log streams end (browsers resume later by Last-Event-ID)
+    instead of holding the shutdown for its whole grace period."""
+    task = await client.submit(argv=[PY, "-c", FOREVER])
+    await web.login(hub.admin_token)
+    seen = ""
+    async with web.http.stream("GET", f"{PREFIX}/tasks/{task.id}/events") as res:
+        async for chunk in res.aiter_text():
+            seen += chunk
+            if "event: output" in seen and not hub.dashboard.closing.is_set():
+                hub.dashboard.close()
+    assert "event: end" not in seen      # the stream ended without the task ending
+    assert (await client.get(task.id)).state == 3   # running

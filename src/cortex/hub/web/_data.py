@@ -20,6 +20,7 @@ from cortex.store.base import Store, TaskQuery
 
 __all__ = [
     "PAGE",
+    "STATE_NAMES",
     "TaskFilter",
     "age",
     "command_of",
@@ -37,6 +38,7 @@ PAGE = 50            # tasks per page
 _BATCH = 200         # tasks read from the store at a time while filtering
 _SCAN = 2000         # tasks read per page at most; past it the page ends with "more"
 _STATES = {s.label: s for s in State}
+STATE_NAMES = tuple(_STATES)
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,7 +37,7 @@ from cortex.hub.registry import Registry
 from cortex.hub.tasks import TaskManager
 from cortex.hub.web import _data
 from cortex.hub.web._sessions import Session, Sessions, same_secret
-from cortex.hub.web._sse import task_events
+from cortex.hub.web._sse import OpenStreams, task_events
 from cortex.store.base import Store
 
 __all__ = ["PREFIX", "SESSION_COOKIE", "Dashboard"]
@@ -58,6 +58,8 @@ _HEADERS = {
     "Cache-Control": "no-store",
 }
 _MAX_FORM = 64 * 1024
+MAX_STREAMS = 512
+"""Live log streams open at once on one hub; past it a stream is refused with 503."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +95,7 @@ class Dashboard:
         self._mono = mono
         self.sessions = Sessions()
         self.closing = asyncio.Event()   # set when the hub stops: live streams end
+        self.streams = OpenStreams()     # live log streams being sent
         env = jinja2.Environment(loader=jinja2.PackageLoader("cortex.hub.web", "templates"),
                                  autoescape=True, undefined=jinja2.StrictUndefined)
         env.filters.update(when=_data.when, state=_data.state_label, command=_data.command_of,
@@ -196,7 +199,10 @@ class Dashboard:
         return response
 
     async def _login(self, request: Request) -> Response:
-        form = await _form(request)
+        try:
+            form = await _form(request)
+        except InvalidArgument as exc:
+            return _plain(400, str(exc))
         target = str(form.get("next") or "")
         if not same_secret(str(form.get("csrf", "")), request.cookies.get(LOGIN_COOKIE, "")):
             return await self._login_form(request, status=403, next_page=target, message=(
@@ -240,10 +246,11 @@ class Dashboard:
         query = {k: v for k, v in request.query_params.items() if k not in ("fragment",)}
         return self._render(request, name, viewer, tasks=tasks, flt=flt, now=self._clock(),
                             next_token=next_token, query=query,
-                            states=[s for s in _data._STATES])
+                            states=_data.STATE_NAMES)
 
     async def _task(self, request: Request, viewer: Viewer) -> Response:
-        task = await self._tasks.get(viewer.principal.tenant, request.path_params["task_id"],
+        task = await self._tasks.get(viewer.principal.tenant,
+                                     _task_id(request.path_params["task_id"]),
                                      with_attempts=True)
         # ARTIFACTS: the artifacts branch adds `files` to tasks; shown once it exists.
         files = list(getattr(task, "files", ()))
@@ -273,16 +280,19 @@ class Dashboard:
             return _plain(400, f"Last-Event-ID / after must be an event sequence number, "
                                f"not {raw[:40]!r}")
         try:
-            await self._tasks.get(viewer.principal.tenant, task_id)
+            await self._tasks.get(viewer.principal.tenant, _task_id(task_id))
         except NotFound as exc:
             return _plain(404, str(exc))
+        if self.streams.now >= MAX_STREAMS:
+            return _plain(503, f"this hub already serves {MAX_STREAMS} live logs: close some "
+                               "task pages, or retry shortly", retry_after=5)
         return task_events(self._tasks, viewer.principal.tenant, task_id,
-                           after_seq=int(raw), closing=self.closing)
+                           after_seq=int(raw), closing=self.closing, streams=self.streams)
 
     # -- actions -----------------------------------------------------------------------
     async def _cancel(self, request: Request, viewer: Viewer) -> Response:
         _may_write(viewer)
-        task_id = request.path_params["task_id"]
+        task_id = _task_id(request.path_params["task_id"])
         reason = f"cancelled from the dashboard (token {viewer.principal.token_id})"
         await self._tasks.cancel(viewer.principal.tenant, task_id, reason)
         log.info("dashboard: token %s cancelled %s", viewer.principal.token_id, task_id,
@@ -291,7 +301,8 @@ class Dashboard:
 
     async def _retry(self, request: Request, viewer: Viewer) -> Response:
         _may_write(viewer)
-        old = await self._tasks.get(viewer.principal.tenant, request.path_params["task_id"])
+        old = await self._tasks.get(viewer.principal.tenant,
+                                    _task_id(request.path_params["task_id"]))
         spec = pb.TaskSpec()
         spec.CopyFrom(old.spec)
         spec.idempotency_key = ""   # the same key would hand back the old task
@@ -299,6 +310,12 @@ class Dashboard:
         log.info("dashboard: token %s retried %s as %s", viewer.principal.token_id, old.id,
                  task.id, extra={"task_id": task.id, "tenant": viewer.principal.tenant})
         return RedirectResponse(f"{PREFIX}/tasks/{task.id}", status_code=303)
+
+
+def _task_id(value: str) -> str:
+    if not value or len(value) > 128 or not value.isascii():
+        raise NotFound(f"no task {value[:40]!r}: task ids look like t-0123456789abcdefghij")
+    return value
 
 
 def _may_write(viewer: Viewer) -> None:
@@ -338,9 +355,12 @@ def _to_login(request: Request) -> Response:
     return RedirectResponse(f"{PREFIX}/login?next={quote(target, safe='')}", status_code=303)
 
 
-def _plain(status: int, text: str) -> Response:
+def _plain(status: int, text: str, *, retry_after: int = 0) -> Response:
+    headers = dict(_HEADERS)
+    if retry_after:
+        headers["Retry-After"] = str(retry_after)
     return HTMLResponse(text + "\n", status_code=status, media_type="text/plain",
-                        headers=dict(_HEADERS))
+                        headers=headers)
 
 
 def _set_cookie(response: Response, request: Request, name: str, value: str, *, path: str,

@@ -24,17 +24,35 @@ from cortex._proto.cortex.v1 import common_pb2 as pb
 from cortex.core.states import State
 from cortex.hub.tasks import TaskManager
 
-__all__ = ["KEEPALIVE_S", "format_event", "task_events"]
+__all__ = ["KEEPALIVE_S", "OpenStreams", "format_event", "task_events"]
 
 KEEPALIVE_S = 15.0
 _RETRY_MS = 1000
 _CLASSES = {pb.STDOUT: "stdout", pb.STDERR: "stderr", pb.PTY: "pty", pb.SYSTEM: "system"}
 
 
+class OpenStreams:
+    """How many streams are being sent right now (counted from their first byte to their
+    end, however they end: finished, client gone, hub closing)."""
+
+    def __init__(self) -> None:
+        self.now = 0
+
+    async def count(self, stream: AsyncIterator[str]) -> AsyncIterator[str]:
+        self.now += 1
+        try:
+            async for chunk in stream:
+                yield chunk
+        finally:
+            self.now -= 1
+
+
 def task_events(tasks: TaskManager, tenant: str, task_id: str, *, after_seq: int,
-                closing: asyncio.Event) -> StreamingResponse:
+                closing: asyncio.Event, streams: OpenStreams) -> StreamingResponse:
+    """The stream of one task's events after `after_seq`, counted in `streams`."""
     return StreamingResponse(
-        _stream(tasks, tenant, task_id, after_seq, closing), media_type="text/event-stream",
+        streams.count(_stream(tasks, tenant, task_id, after_seq, closing)),
+        media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
