@@ -436,3 +436,19 @@ async def test_closing_the_dashboard_ends_its_live_streams(
                 hub.dashboard.close()
     assert "event: end" not in seen      # the stream ended without the task ending
     assert (await client.get(task.id)).state == 3   # running
+
+
+@pytest.mark.asyncio
+async def test_an_oversized_form_is_refused_with_400(hub: Hub, web: Browser,
+                                                     client: Client) -> None:
+    """Forms past 64 KiB are refused before they are parsed, on login and on actions."""
+    task = await client.submit(argv=["true"])
+    big = {"token": "x" * 70_000, "csrf": "y"}
+    res = await web.http.post(f"{PREFIX}/login", data=big)
+    assert res.status_code == 400
+    assert "form too large" in res.text
+    await web.login(hub.admin_token)
+    res = await web.http.post(f"{PREFIX}/tasks/{task.id}/cancel",
+                              data={"csrf": web.csrf, "pad": "z" * 70_000})
+    assert res.status_code == 400
+    assert (await client.get(task.id)).state == 1   # still queued

@@ -161,7 +161,10 @@ class Dashboard:
                                    f"at {PREFIX}/login")
             if not _same_origin(request):
                 return _plain(403, "cross-origin POST refused: use the dashboard's own forms")
-            form = await _form(request)
+            try:
+                form = await _form(request)
+            except InvalidArgument as exc:
+                return _plain(400, str(exc))
             given = request.headers.get("x-csrf-token") or str(form.get("csrf", ""))
             if not same_secret(given, viewer.session.csrf):
                 return _plain(403, "missing or wrong CSRF token: reload the page and try "
@@ -325,8 +328,10 @@ def _may_write(viewer: Viewer) -> None:
 
 
 async def _form(request: Request) -> dict[str, Any]:
-    if int(request.headers.get("content-length") or 0) > _MAX_FORM:
-        raise InvalidArgument("form too large")
+    length = request.headers.get("content-length") or "0"
+    if not length.isdigit() or int(length) > _MAX_FORM:
+        raise InvalidArgument(f"form too large (at most {_MAX_FORM} bytes): the dashboard's "
+                              "forms are small; this request did not come from them")
     form = await request.form(max_files=0, max_fields=32)
     return dict(form)
 
