@@ -49,8 +49,9 @@ $(STAMP): pyproject.toml | $(PY)
 
 venv: $(STAMP)
 
+# Chromium for the dashboard's browser tests (tests/e2e/test_dashboard_browser.py).
 system-deps:
-	@bash scripts/ensure_system_deps.sh
+	@CORTEX_NEED_BROWSER=1 bash scripts/ensure_system_deps.sh
 
 postgres:
 	@bash scripts/ensure_postgres.sh

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import grpc
 import httpx2
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from starlette.routing import Mount
 
 from cortex._proto.cortex.v1 import (
     admin_pb2,
@@ -43,6 +45,7 @@ from cortex.hub.access import ACCESS
 from cortex.hub.auth import issue_api_token, issue_api_token_record
 from cortex.hub.http._app import build_app
 from cortex.hub.server import Hub
+from cortex.hub.web import Dashboard
 from cortex.sdk import Client, ClientConfig
 from cortex.store.base import TenantRecord
 from cortex.testing import running_hub, running_node
@@ -70,6 +73,8 @@ PUBLIC = {
     "GET /healthz": "liveness probe",
     "GET /readyz": "readiness probe",
     "GET /metrics": "Prometheus scrape (bind the HTTP port to the monitoring network)",
+    "GET /ui/login": "the dashboard's login form",
+    "GET /ui/static/{path}": "the dashboard's vendored htmx and CSS",
 }
 
 D, NF, OK, SEES, BLIND = "PERMISSION_DENIED", "NOT_FOUND", "OK", "OK:sees", "OK:blind"
@@ -119,6 +124,29 @@ EXPECTED: dict[str, dict[str, str]] = {
     "GET /healthz": row(*("200",) * 9),
     "GET /readyz": row(*("200",) * 9),
     "GET /metrics": row(*("200",) * 9),
+    # The dashboard: each caller logs in with its token; pages need the session cookie
+    # (303 to the login page without one), actions a CSRF token too (401 without a session).
+    "GET /": row(*("307",) * 9),
+    "GET /ui": row(*("307",) * 9),
+    "GET /ui/": row(*("303",) * 9),
+    "GET /ui/login": row(*("200",) * 9),
+    "POST /ui/login": row("303", "303", "303", "303", "303", "303", "401", "401", "401"),
+    "POST /ui/logout": row("303", "303", "303", "303", "303", "303", "401", "401", "401"),
+    "GET /ui/nodes": row(SEES, SEES, SEES, SEES, BLIND, BLIND, "303", "303", "303"),
+    "GET /ui/tasks": row(SEES, SEES, SEES, SEES, BLIND, BLIND, "303", "303", "303"),
+    "GET /ui/tasks/{task_id}": row("200", "200", "200", "200", "404", "404", "303", "303",
+                                   "303"),
+    "GET /ui/tasks/{task_id}/events": row("200", "200", "200", "200", "404", "404", "401",
+                                          "401", "401"),
+    "GET /ui/tasks/{task_id}/files/{artifact_id}": row("200", "200", "200", "200", "404",
+                                                       "404", "303", "303", "303"),
+    "POST /ui/tasks/{task_id}/cancel": row("303", "303", "303", "403", "404", "404", "401",
+                                           "401", "401"),
+    "POST /ui/tasks/{task_id}/retry": row("303", "303", "303", "403", "404", "404", "401",
+                                          "401", "401"),
+    # Each admin sees its own tenant's page ("other" sees tenant other's).
+    "GET /ui/tenant": row("200", "403", "403", "403", "200", "200", "303", "303", "303"),
+    "GET /ui/static/{path}": row(*("200",) * 9),
     # MCP over streamable HTTP: list_nodes bound by the caller's token.
     "DELETE|GET|POST /mcp": row(SEES, SEES, SEES, SEES, BLIND, BLIND, "401", "401", "401"),
 }
@@ -133,9 +161,21 @@ def served_rpcs() -> set[str]:
 
 
 def http_routes() -> set[str]:
-    app = build_app(ready=lambda: True, metrics=str, mcp=_NoApp())
-    return {f"{'|'.join(sorted(r.methods - {'HEAD'}))} {r.path}"  # type: ignore[attr-defined]
-            for r in app.routes}
+    """Every route of the hub's HTTP app, dashboard included ("METHODS /path")."""
+    dashboard = Dashboard(tasks=None, registry=None, store=None)  # type: ignore[arg-type]
+    app = build_app(ready=lambda: True, metrics=str, mcp=_NoApp(), dashboard=dashboard.routes())
+    return set(_flatten(app.routes, ""))
+
+
+def _flatten(routes: Any, prefix: str) -> Iterator[str]:
+    for r in routes:
+        if isinstance(r, Mount):
+            if r.routes:
+                yield from _flatten(r.routes, prefix + r.path)
+            else:   # static files
+                yield f"GET {prefix}{r.path}/{{path}}"
+        else:
+            yield f"{'|'.join(sorted(r.methods - {'HEAD'}))} {prefix}{r.path}"
 
 
 class _NoApp:
@@ -168,6 +208,8 @@ class World:
     channel: grpc.aio.Channel
     http: httpx2.AsyncClient
     artifact_id: str = ""
+    task_artifact: str = ""     # an artifact of finished_task
+    ui: dict[str, httpx2.AsyncClient] = field(default_factory=dict)
     counter: list[int] = field(default_factory=lambda: [0])
 
     def unique(self, prefix: str) -> str:
@@ -214,9 +256,28 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
                     w = World(hub, tokens, done.id, node_id, rec.id, channel, http)
                     _, stored = await _upload(w, "admin")
                     w.artifact_id = stored.file.artifact_id
-                    yield w
+                    w.task_artifact = await _task_output(w, hub, tokens["admin"], tmp_path)
+                    try:
+                        yield w
+                    finally:
+                        for client in w.ui.values():
+                            await client.aclose()
                 finally:
                     await channel.close(None)
+
+
+async def _task_output(w: World, hub: Hub, token: str, tmp_path: Path) -> str:
+    """Make acme's finished task one with an output artifact; that artifact's id."""
+    assert hub.ca is not None
+    work = tmp_path / "work"
+    work.mkdir()
+    async with Client(ClientConfig(address=hub.address, token=token,
+                                   ca_pem=hub.ca.cert_pem)) as acme:
+        done = await acme.run(command="echo out > out.txt", cwd=str(work),
+                              artifacts=["out.txt"])
+    assert done.ok
+    w.finished_task = done.task.id
+    return done.files[0].artifact_id
 
 
 def _no_quota() -> Any:
@@ -540,6 +601,100 @@ async def _mcp(w: World, c: str) -> str:
                 res = await mcp.call_tool("list_nodes", {})
                 text = "".join(getattr(part, "text", "") for part in res.content)
     return text if text == "MCP_ERROR" else _sees(w.node_id in text)
+
+
+# -- the dashboard: each caller logs in with its token (a session cookie), then calls ------
+
+_CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+async def ui(w: World, caller: str) -> httpx2.AsyncClient:
+    """A browser-like HTTP client of the dashboard, logged in as `caller` if it can be."""
+    if caller in w.ui:
+        return w.ui[caller]
+    assert w.hub.http_address is not None
+    base = f"http://{w.hub.http_address}"
+    http = httpx2.AsyncClient(base_url=base, headers={"Origin": base})
+    w.ui[caller] = http
+    form = await http.get("/ui/login")
+    (secret,) = _CSRF.findall(form.text)
+    await http.post("/ui/login", data={"token": w.tokens.get(caller, ""), "csrf": secret})
+    return http
+
+
+async def _ui_csrf(http: httpx2.AsyncClient) -> str:
+    page = await http.get("/ui/tasks")
+    found = _CSRF.findall(page.text)
+    return found[0] if found else "none"
+
+
+def _ui_get(path: Callable[[World], str], *, sees: Callable[[World], str] | None = None
+            ) -> Probe:
+    async def get(w: World, c: str) -> str:
+        res = await (await ui(w, c)).get(path(w))
+        if sees is not None and res.status_code == 200:
+            return _sees(sees(w) in res.text)
+        return str(res.status_code)
+    return get
+
+
+def _ui_post(path: Callable[[World], Awaitable[str]]) -> Probe:
+    async def post(w: World, c: str) -> str:
+        http = await ui(w, c)
+        res = await http.post(await path(w), data={"csrf": await _ui_csrf(http)})
+        return str(res.status_code)
+    return post
+
+
+async def _queued_acme_task(w: World) -> str:
+    sub = await _tasks(w).Submit(tasks_pb2.SubmitRequest(spec=_NOWHERE), metadata=w.md("admin"))
+    return f"/ui/tasks/{sub.task.id}/cancel"
+
+
+async def _fresh_login(w: World, c: str) -> str:
+    assert w.hub.http_address is not None
+    base = f"http://{w.hub.http_address}"
+    async with httpx2.AsyncClient(base_url=base, headers={"Origin": base}) as http:
+        form = await http.get("/ui/login")
+        (secret,) = _CSRF.findall(form.text)
+        res = await http.post("/ui/login", data={"token": w.tokens.get(c, ""), "csrf": secret})
+        return str(res.status_code)
+
+
+async def _logout(w: World, c: str) -> str:
+    assert w.hub.http_address is not None
+    base = f"http://{w.hub.http_address}"
+    async with httpx2.AsyncClient(base_url=base, headers={"Origin": base}) as http:
+        form = await http.get("/ui/login")
+        (secret,) = _CSRF.findall(form.text)
+        await http.post("/ui/login", data={"token": w.tokens.get(c, ""), "csrf": secret})
+        res = await http.post("/ui/logout", data={"csrf": await _ui_csrf(http)})
+        return str(res.status_code)
+
+
+PROBES["GET /"] = _ui_get(lambda w: "/")
+PROBES["GET /ui"] = _ui_get(lambda w: "/ui")
+PROBES["GET /ui/"] = _ui_get(lambda w: "/ui/")
+PROBES["GET /ui/login"] = _ui_get(lambda w: "/ui/login")
+PROBES["POST /ui/login"] = _fresh_login
+PROBES["POST /ui/logout"] = _logout
+PROBES["GET /ui/nodes"] = _ui_get(lambda w: "/ui/nodes", sees=lambda w: w.node_id)
+PROBES["GET /ui/tasks"] = _ui_get(lambda w: "/ui/tasks", sees=lambda w: w.finished_task)
+PROBES["GET /ui/tasks/{task_id}"] = _ui_get(lambda w: f"/ui/tasks/{w.finished_task}")
+PROBES["GET /ui/tasks/{task_id}/events"] = _ui_get(
+    lambda w: f"/ui/tasks/{w.finished_task}/events")
+PROBES["GET /ui/tasks/{task_id}/files/{artifact_id}"] = _ui_get(
+    lambda w: f"/ui/tasks/{w.finished_task}/files/{w.task_artifact}")
+PROBES["POST /ui/tasks/{task_id}/cancel"] = _ui_post(_queued_acme_task)
+
+
+async def _retry_path(w: World) -> str:
+    return f"/ui/tasks/{w.finished_task}/retry"
+
+
+PROBES["POST /ui/tasks/{task_id}/retry"] = _ui_post(_retry_path)
+PROBES["GET /ui/tenant"] = _ui_get(lambda w: "/ui/tenant")
+PROBES["GET /ui/static/{path}"] = _ui_get(lambda w: "/ui/static/htmx.min.js")
 
 
 @pytest.mark.asyncio

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import logging
 import os
 import signal
 import sys
@@ -20,10 +19,19 @@ from cortex.errors import CortexError
 __all__ = ["register"]
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+def _setup_logging(verbose: bool, log_format: str = "text") -> None:
+    from cortex.logfmt import FORMATS, setup_logging
+
+    if log_format not in FORMATS:
+        raise typer.BadParameter(f"{log_format!r}: pick one of {', '.join(FORMATS)}",
+                                 param_hint="'--log-format'")
+    setup_logging(verbose=verbose, fmt=log_format)
+
+
+def _log_format_option() -> Any:
+    return typer.Option("text", "--log-format", envvar="CORTEX_LOG_FORMAT",
+                        help="Log lines on stderr: text, or json (one object per line, "
+                             "with task_id/node_id when known).")
 
 
 def _labels(values: list[str]) -> dict[str, str]:
@@ -66,12 +74,13 @@ def register(app: typer.Typer) -> None:
         artifact_ttl: float = typer.Option(30 * 86400.0, help="Seconds an artifact is kept "
                                            "when its upload names no ttl; 0 = keep."),
         verbose: bool = typer.Option(False, "--verbose", "-v"),
+        log_format: str = _log_format_option(),
     ) -> None:
         """Run a hub in the foreground (Ctrl-C stops it cleanly)."""
         from cortex.hub.config import HubConfig
         from cortex.hub.main import run_hub
 
-        _setup_logging(verbose)
+        _setup_logging(verbose, log_format)
         cfg = HubConfig(data_dir=data_dir or _home(None) / "hub", host=host, port=port,
                         node_port=node_port, http_port=http_port, http_host=http_host,
                         store=store, advertise=tuple(advertise),
@@ -95,12 +104,13 @@ def register(app: typer.Typer) -> None:
         fs_root: list[str] = typer.Option([], "--fs-root", help="A directory cortex cp / "
                                           "cortex fs may touch (repeatable; none = refused)."),
         verbose: bool = typer.Option(False, "--verbose", "-v"),
+        log_format: str = _log_format_option(),
     ) -> None:
         """Run a node agent: enroll once with --hub/--token, then dial out and serve tasks."""
         from cortex.node.config import NodeConfig
         from cortex.node.main import run_node
 
-        _setup_logging(verbose)
+        _setup_logging(verbose, log_format)
         cfg = NodeConfig(data_dir=data_dir or _home(None) / "node", hub=hub, token=token,
                          labels=_labels(label), slots=slots, gpus=gpus,
                          drain_grace_s=drain_grace,
@@ -122,9 +132,10 @@ def register(app: typer.Typer) -> None:
                                           "cortex fs may touch on the local node "
                                           "(repeatable; none = refused)."),
         verbose: bool = typer.Option(False, "--verbose", "-v"),
+        log_format: str = _log_format_option(),
     ) -> None:
         """Start the embedded default: a hub (SQLite) and one local node, over mTLS."""
-        _setup_logging(verbose)
+        _setup_logging(verbose, log_format)
         _run(_up(_home(home), host, port, node_port, http_port,
                  tuple(os.path.abspath(r) for r in fs_root)))
 
@@ -165,8 +176,8 @@ async def _up(home: Path, host: str, port: int, node_port: int, http_port: int,
         async with asyncio.TaskGroup() as tg:
             tg.create_task(agent.run())
             await agent.connected.wait()
-            http = (f"\n  HTTP (health, /metrics, MCP at /mcp): http://{hub.http_address}"
-                    if hub.http_address else "")
+            http = (f"\n  HTTP (dashboard at /ui, /metrics, MCP at /mcp): "
+                    f"http://{hub.http_address}" if hub.http_address else "")
             print(f"cortex is up in {time.monotonic() - started:.1f} s: hub {hub.address}, "
                   f"node {ident.node_id} connected.{http}\n"
                   f"  In another terminal: export PATH=\"{Path(sys.executable).parent}:$PATH\""

@@ -42,6 +42,7 @@ from cortex.hub.pki import CertificateAuthority, write_private
 from cortex.hub.registry import Registry
 from cortex.hub.services import EnrollServicer, NodeServicer, TaskServicer
 from cortex.hub.tasks import TaskManager
+from cortex.hub.web import Dashboard
 from cortex.store import Store, open_store
 from cortex.store.base import DEFAULT_POOL
 
@@ -71,6 +72,8 @@ class Hub:
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._serving_pair: tuple[bytes, bytes] = (b"", b"")
         self._http: HttpServer | None = None
+        self.dashboard = Dashboard(tasks=self.tasks, registry=self.registry, store=self.store,
+                                   auth=self.auth, artifacts=lambda: self.artifacts)
         self._ready = False   # what /readyz reports: gRPC serving, not shutting down
 
     async def start(self) -> None:
@@ -119,11 +122,13 @@ class Hub:
 
         source = HubSource(hub_id=cfg.hub_id, version=__version__, nodes=self.registry.all,
                            active_tasks=self.tasks.active_tasks, clock=time.time,
-                           stats=lambda: self.tasks.stats)
+                           stats=lambda: self.tasks.stats,
+                           dashboard_sessions=lambda: len(self.dashboard.sessions))
         mcp = McpSettings(hub_address=self._dial_address, ca_pem=self.ca.cert_pem,
                           authenticate=authenticate)
         http = open_http(host=cfg.http_listen_host, port=cfg.http_port,
-                         ready=lambda: self._ready, source=source, mcp=mcp)
+                         ready=lambda: self._ready, source=source, mcp=mcp,
+                         dashboard=self.dashboard.routes())
         self.http_port = http.port
         return http
 
@@ -275,6 +280,7 @@ class Hub:
         for conn in self.registry.all():
             conn.close()
         await asyncio.gather(*(srv.stop(grace) for srv in self._servers))
+        self.dashboard.close()   # live log streams end; browsers resume on another hub
         if self._http is not None:
             await self._http.close(grace)
         for loop in self._loops:

@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cortex.hub.http._exposition import CONTENT_TYPE
@@ -16,10 +16,11 @@ __all__ = ["build_app"]
 
 
 def build_app(*, ready: Callable[[], bool], metrics: Callable[[], str],
-              mcp: ASGIApp | None) -> Starlette:
+              mcp: ASGIApp | None, dashboard: list[BaseRoute] | None = None) -> Starlette:
     """`/healthz` (the process serves), `/readyz` (`ready()`), `/metrics` (`metrics()`, the
-    exposition text) and, unless `mcp` is None, MCP's streamable HTTP at `/mcp` (503
-    while not ready: its calls go through the gRPC ports, which are then draining)."""
+    exposition text), unless `mcp` is None MCP's streamable HTTP at `/mcp` (503
+    while not ready: its calls go through the gRPC ports, which are then draining), and
+    unless `dashboard` is None the dashboard's routes under `/ui` (`/` redirects there)."""
 
     async def healthz(_: Request) -> Response:
         return PlainTextResponse("ok\n")
@@ -32,14 +33,26 @@ def build_app(*, ready: Callable[[], bool], metrics: Callable[[], str],
     async def scrape(_: Request) -> Response:
         return Response(metrics(), media_type=CONTENT_TYPE)
 
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", scrape, methods=["GET"]),
     ]
     if mcp is not None:
         routes.append(Route("/mcp", _WhenReady(mcp, ready), methods=["GET", "POST", "DELETE"]))
+    routes += _dashboard_routes(dashboard)
     return Starlette(routes=routes)
+
+
+def _dashboard_routes(dashboard: list[BaseRoute] | None) -> list[BaseRoute]:
+    if dashboard is None:
+        return []
+
+    async def to_ui(_: Request) -> Response:
+        return RedirectResponse("/ui/", status_code=307)
+
+    return [Route("/", to_ui, methods=["GET"]), Route("/ui", to_ui, methods=["GET"]),
+            Mount("/ui", routes=dashboard)]
 
 
 class _WhenReady:

@@ -37,6 +37,7 @@ class HubSource:
     clock: Callable[[], float]
     mcp_clients: Callable[[], int] | None = None
     stats: Callable[[], TaskStats] | None = None
+    dashboard_sessions: Callable[[], int] | None = None
 
 
 def collect(src: HubSource) -> list[Family]:
@@ -50,6 +51,11 @@ def collect(src: HubSource) -> list[Family]:
                      "API tokens with an open hub client for MCP over HTTP.")
         mcp.add(src.mcp_clients())
         families.append(mcp)
+    if src.dashboard_sessions is not None:
+        ui = Family("cortex_dashboard_sessions", "gauge",
+                    "Logged-in web dashboard sessions on this hub (all tenants).")
+        ui.add(src.dashboard_sessions())
+        families.append(ui)
     return families + _process()
 
 

@@ -6,6 +6,8 @@ import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from starlette.routing import BaseRoute
+
 from cortex.hub.http._app import build_app
 from cortex.hub.http._exposition import render
 from cortex.hub.http._metrics import HubSource, collect
@@ -27,14 +29,16 @@ class McpSettings:
 
 
 def open_http(*, host: str, port: int, ready: Callable[[], bool], source: HubSource,
-              mcp: McpSettings | None) -> HttpServer:
-    """The hub's HTTP server, bound (so its port is known) but not yet serving."""
+              mcp: McpSettings | None, dashboard: list[BaseRoute] | None = None
+              ) -> HttpServer:
+    """The hub's HTTP server, bound (so its port is known) but not yet serving; `dashboard`
+    is the web dashboard's routes, served under /ui."""
     loader = None
     if mcp is not None:
         loader = McpLoader(DeferredMcp(), _MCP_MODULE, _mcp_factory(mcp, host))
         source = dataclasses.replace(source, mcp_clients=loader.route.clients)
     app = build_app(ready=ready, metrics=lambda: render(collect(source)),
-                    mcp=loader.route if loader else None)
+                    mcp=loader.route if loader else None, dashboard=dashboard)
     return HttpServer(HttpServer.bind(host, port), app, mcp=loader)
 
 
