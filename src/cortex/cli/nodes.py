@@ -54,12 +54,15 @@ def list_nodes(
         return
     now = time.time()
     table = Table(box=None, pad_edge=False)
-    for column in ("ID", "NAME", "POOL", "STATE", "LABELS", "SKILLS", "CPUS", "MEMORY", "LOAD",
+    pools = any((n.pool or "default") != "default" for n in nodes)  # a column only if useful
+    for column in ("ID", "NAME", *(("POOL",) if pools else ()), "STATE", "LABELS", "SKILLS",
+                   "CPUS", "MEMORY", "LOAD",
                    "RUNNING", "VERSION", "LAST SEEN"):
         table.add_column(column, overflow="fold")
     for n in nodes:
         table.add_row(
-            n.id, n.name or "-", n.pool or "default", _state(n), format_labels(n.labels),
+            n.id, n.name or "-", *((n.pool or "default",) if pools else ()), _state(n),
+            format_labels(n.labels),
             ", ".join(n.skills) or "-",
             f"{n.capacity.cpus:g}" if n.capacity.cpus else "-",
             _mib(n.capacity.memory_mib), f"{n.load.load1:.2f}", str(n.running_tasks),
