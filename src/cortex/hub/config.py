@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cortex.core.certpolicy import CertPolicy
 from cortex.errors import InvalidArgument
 
 __all__ = ["HTTP_OFF", "HubConfig", "default_home"]
@@ -38,7 +39,10 @@ class HubConfig:
     timeout_grace_s: float = 10.0           # after a deadline, wait this long for the kill
     max_output_bytes: int = 64 * 1024 * 1024    # per task; past it a marker, then dropped
     max_message_bytes: int = 16 * 1024 * 1024   # gRPC frames, both directions
-    node_cert_ttl_s: float = 24 * 3600.0
+    node_cert_ttl_s: float = 24 * 3600.0       # node certificate lifetime (5 s - 7 days)
+    # How long after its certificate expired a node may still re-enroll with it (0 = never;
+    # then it needs a new join token).
+    reenroll_grace_s: float = 72 * 3600.0
     shutdown_grace_s: float = 5.0
     client_file: Path | None = None         # where to write client.json (None: next to home)
 
@@ -55,8 +59,14 @@ class HubConfig:
         if not HTTP_OFF <= self.http_port <= 65535:
             raise InvalidArgument("hub config: http_port must be a TCP port (0-65535), "
                                   f"or {HTTP_OFF} to turn the HTTP port off")
+        self.cert_policy  # noqa: B018 - validates the certificate lifetimes now
         if self.max_message_bytes < 1024 * 1024:
             raise InvalidArgument("hub config: max_message_bytes must be at least 1 MiB")
+
+    @property
+    def cert_policy(self) -> CertPolicy:
+        return CertPolicy(lifetime_s=self.node_cert_ttl_s,
+                          reenroll_grace_s=self.reenroll_grace_s)
 
     @property
     def http_listen_host(self) -> str:

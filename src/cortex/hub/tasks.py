@@ -579,3 +579,20 @@ class TaskManager(Following):
 
     def statistics(self) -> dict[str, int]:
         return {"active": len(self._active), "queued": len(self._queued)}
+
+    async def lose_node_tasks(self, tenant: str, node_id: str, reason: str) -> int:
+        """Fail over every assigned or running task of a node at once (it was revoked):
+        each becomes `lost` and is retried per its policy. How many were lost."""
+        lost = 0
+        for entry in list(self._active.values()):
+            task = entry.task
+            if task.tenant != tenant or task.node_id != node_id:
+                continue
+            async with entry.lock:
+                if entry.task.node_id == node_id and entry.task.state in (pb.ASSIGNED,
+                                                                          pb.RUNNING):
+                    await self._lose(entry, reason)
+                    lost += 1
+        self._registry.gone_since.pop(node_id, None)
+        self.wake()
+        return lost

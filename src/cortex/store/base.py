@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from cortex._proto.cortex.v1 import common_pb2 as pb
 
-__all__ = ["ApiTokenRecord", "JoinTokenRecord", "Store", "TaskQuery"]
+__all__ = ["ApiTokenRecord", "CertificateRecord", "JoinTokenRecord", "Store", "TaskQuery"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,3 +148,43 @@ class Store(abc.ABC):
     async def read_events(
         self, tenant: str, task_id: str, *, after_seq: int, limit: int
     ) -> list[pb.TaskEvent]: ...
+
+    # -- certificate lifecycle ---------------------------------------------------------
+    @abc.abstractmethod
+    async def record_issued_certificate(self, tenant: str, cert: CertificateRecord) -> None:
+        """Record a node certificate with its issuer label and pool."""
+
+    @abc.abstractmethod
+    async def get_certificate(self, tenant: str, serial: str) -> CertificateRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_certificates(self, tenant: str, *, valid_at: float
+                                ) -> list[CertificateRecord]:
+        """The tenant's unrevoked certificates still valid at `valid_at`, newest first."""
+
+    @abc.abstractmethod
+    async def revoke_node(self, tenant: str, node_id: str, *, reason: str, now: float
+                          ) -> int:
+        """Record the node as revoked and revoke its certificates; how many were revoked.
+        Revoking twice keeps the first record."""
+
+    @abc.abstractmethod
+    async def node_revoked_at(self, tenant: str, node_id: str) -> float:
+        """When the node was revoked, 0.0 if it was not."""
+
+    @abc.abstractmethod
+    async def certificate_issuers_all_tenants(self, *, now: float) -> dict[str, float]:
+        """For each issuer label, the latest not_after of its unrevoked certificates still
+        valid at `now` (what CA retirement waits for)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateRecord:
+    serial: str
+    tenant: str
+    node_id: str
+    not_before: float
+    not_after: float
+    revoked_at: float = 0.0
+    issuer: str = ""        # "<intermediate>/<root>" that signed it
+    pool: str = "default"
