@@ -153,7 +153,8 @@ class NodeSessions:
     async def _close(self, conn: NodeConn) -> None:
         conn.close()
         if self._registry.detach(conn, now=self._monotonic()):
-            conn.node.state = pb.OFFLINE
+            if conn.node.state != pb.REVOKED:
+                conn.node.state = pb.OFFLINE
             conn.node.last_seen = time.time()
             try:
                 await asyncio.shield(self._store.upsert_node(conn.tenant, _persisted(conn.node)))

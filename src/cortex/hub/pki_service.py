@@ -21,6 +21,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from cortex._proto.cortex.v1 import common_pb2 as pb
 from cortex._proto.cortex.v1 import pki_pb2, pki_pb2_grpc
 from cortex.core import certpolicy
 from cortex.errors import InvalidArgument, NotFound, PermissionDenied
@@ -172,14 +173,18 @@ class Lifecycle:
     # -- revocation ---------------------------------------------------------------------
     async def revoke(self, tenant: str, node_id: str, reason: str
                      ) -> pki_pb2.RevokeNodeResponse:
-        if await self._store.get_node(tenant, node_id) is None:
+        node = await self._store.get_node(tenant, node_id)
+        if node is None:
             raise NotFound(f"no node {node_id} in this tenant: see `cortex nodes ls`")
         why = reason or "revoked by an administrator"
         count = await self._store.revoke_node(tenant, node_id, reason=why, now=self._clock())
         conn = self._registry.get(node_id)
         connected = conn is not None and conn.tenant == tenant
         if conn is not None and connected:
+            conn.node.state = pb.REVOKED  # what the stream's close records
             conn.close()  # the stream ends now; its reconnects are refused by `admit`
+        node.state = pb.REVOKED
+        await self._store.upsert_node(tenant, node)
         lost = await self._tasks.lose_node_tasks(tenant, node_id, f"node revoked: {why}")
         log.warning("node %s revoked (%s): %d certificates, %d tasks lost", node_id, why,
                     count, lost)

@@ -29,6 +29,7 @@ from cortex.node.cgroups import CgroupManager
 from cortex.node.config import NodeConfig
 from cortex.node.identity import HUB_SERVER_NAME, Identity
 from cortex.node.journal import Journal
+from cortex.node.renewal import Renewer
 from cortex.node.supervisor import Supervisor
 from cortex.skills.base import Outcome, TaskRun
 from cortex.skills.worker import WorkerPool
@@ -91,6 +92,14 @@ class Agent:
         self._boot_id = uuid.uuid4().hex
         self._runs: asyncio.TaskGroup | None = None
         self.connected = asyncio.Event()
+        self._channel_now: grpc.aio.Channel | None = None  # the connected stream's channel
+        self.renewer = Renewer(data_dir=config.data_dir, name=config.name,
+                               identity=lambda: self._id, replace=self._set_identity,
+                               channel=lambda: self._channel_now)
+
+    def _set_identity(self, identity: Identity) -> None:
+        """A renewed certificate: the next connection presents it; this one keeps going."""
+        self._id = identity
 
     # -- lifecycle -----------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -113,12 +122,14 @@ class Agent:
             async with asyncio.TaskGroup() as tg:
                 conn = tg.create_task(self._connect_loop())
                 flusher = tg.create_task(self._flush_loop())
+                renewer = tg.create_task(self.renewer.run())
                 await self._stopping.wait()
                 self._send_heartbeat()
                 await self._drain()
                 await self._settle()
                 conn.cancel()
                 flusher.cancel()
+                renewer.cancel()
         self._journal.prune()
         if self._workers is not None:
             await self._workers.aclose()  # every task ended; sessions end with the agent
@@ -203,6 +214,7 @@ class Agent:
                 log.warning("hub connection: %s", _describe(group.exceptions[0]))
             finally:
                 self._outbox = None
+                self._channel_now = None
                 self.connected.clear()
             failures = 0 if time.monotonic() - started > 30 else failures + 1
             cap = min(self._config.reconnect_max_s, 0.2 * 2 ** min(failures, 10))
@@ -239,6 +251,7 @@ class Agent:
             self._reconcile(first.welcome)
             outbox: asyncio.Queue[node_pb2.NodeMessage] = asyncio.Queue(_OUTBOX_BOUND)
             self._outbox = outbox
+            self._channel_now = channel
             self.connected.set()
             log.info("connected to hub %s as %s", first.welcome.hub_id, self._id.node_id)
             self._dirty.set()

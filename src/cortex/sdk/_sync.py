@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar, Unpack, cast
 
-from cortex._proto.cortex.v1 import common_pb2
+from cortex._proto.cortex.v1 import common_pb2, pki_pb2
 from cortex.sdk._attach import Attachment
 from cortex.sdk._client import Client, JoinToken, OutputCallback, Result
 from cortex.sdk._config import ClientConfig, ConfigOverrides
@@ -223,6 +223,15 @@ class SyncClient:
         self, *, ttl: float | str = 3600.0, labels: Pairs | None = None
     ) -> JoinToken:
         return self._run(self._client.create_join_token(ttl=ttl, labels=labels))
+
+    def revoke_node(self, node_id: str, *, reason: str = "") -> pki_pb2.RevokeNodeResponse:
+        return self._run(self._client.revoke_node(node_id, reason=reason))
+
+    def ca_status(self) -> pki_pb2.CaStatusResponse:
+        return self._run(self._client.ca_status())
+
+    def rotate_ca(self, *, root: bool = False) -> pki_pb2.CaStatusResponse:
+        return self._run(self._client.rotate_ca(root=root))
 
     def _run(self, coro: Coroutine[Any, Any, _T]) -> _T:
         if self._loop is None:
