@@ -226,7 +226,7 @@ async def test_revoke_cuts_the_stream_fails_tasks_over_and_refuses_the_node(
     node, and the revoked node can neither reconnect nor renew."""
     async with running_node(hub, tmp_path / "n2") as other, Client(config(hub)) as client:
         victim = node._id
-        task = await client.submit(argv=[PY, "-c", TICKER, "1"], max_attempts=2)
+        task = await client.submit(argv=[PY, "-c", TICKER, "3"], max_attempts=2)
         async for ev in client.watch(task.id):
             if ev.WhichOneof("kind") == "output":
                 break  # it runs: its first line arrived

@@ -549,12 +549,19 @@ class TaskManager(Following):
     async def _save(self, entry: Entry, new: pb.Task, events: list[pb.TaskEvent], *,
                     attempt: pb.Attempt | None = None) -> None:
         new.version = entry.task.version + 1
-        await self._store.save_task(entry.tenant, new, expected_version=entry.task.version,
-                                    events=events, attempt=attempt)
-        entry.task = new
-        entry.remember(events)
-        changed, entry.changed = entry.changed, asyncio.Event()
-        changed.set()
+
+        async def commit() -> None:
+            await self._store.save_task(entry.tenant, new, expected_version=entry.task.version,
+                                        events=events, attempt=attempt)
+            entry.task = new
+            entry.remember(events)
+            changed, entry.changed = entry.changed, asyncio.Event()
+            changed.set()
+
+        # Shielded: a caller cancelled mid-write (a node stream cut by revocation or a
+        # reconnect) must not leave the store one version ahead of memory, which would
+        # fail every later write of the task with Conflict.
+        await asyncio.shield(commit())
 
     def _finish(self, entry: Entry) -> None:
         task = entry.task
