@@ -126,8 +126,10 @@ async def test_renewal_with_an_injected_clock_keeps_the_stream_and_the_running_t
         assert new.key_pem != old.key_pem
         assert new.not_after > old.not_after - 1
         on_disk = load_identity(tmp_path / "n1")
-        assert on_disk is not None and on_disk.cert_pem == new.cert_pem
-        assert hub.registry.get(old.node_id) is conn and not conn.closed  # same stream
+        assert on_disk is not None
+        assert on_disk.cert_pem == new.cert_pem
+        assert hub.registry.get(old.node_id) is conn
+        assert not conn.closed
         done = await client.wait(task.id)
         assert done.state == TaskState.SUCCEEDED
         # The next connection presents the renewed certificate.
@@ -135,7 +137,8 @@ async def test_renewal_with_an_injected_clock_keeps_the_stream_and_the_running_t
         conn.close()
         await asyncio.wait_for(node.connected.wait(), 30)
         fresh = hub.registry.get(old.node_id)
-        assert fresh is not None and fresh is not conn
+        assert fresh is not None
+        assert fresh is not conn
         assert fresh.node.cert_not_after == pytest.approx(new.not_after)
         assert (await client.run(argv=["echo", "renewed"])).stdout == b"renewed\n"
 
@@ -196,7 +199,8 @@ async def test_an_expired_node_reenrolls_within_the_grace_and_reconnects(
     assert new.not_after > time.time()
     assert serial_of(new.cert_pem) != serial_of(chain)
     welcome = await open_stream(hub, new.key_pem, new.cert_pem, new.ca_pem)
-    assert welcome.WhichOneof("kind") == "welcome" and welcome.welcome.node_id == node_id
+    assert welcome.WhichOneof("kind") == "welcome"
+    assert welcome.welcome.node_id == node_id
 
 
 async def test_reenrollment_past_the_grace_needs_a_new_join_token(hub: Hub) -> None:
@@ -233,12 +237,16 @@ async def test_revoke_cuts_the_stream_fails_tasks_over_and_refuses_the_node(
         revoked_id = (await client.get(task.id)).node_id
         agent = node if revoked_id == victim.node_id else other
         ident = agent._id
+        live = hub.registry.get(revoked_id)
+        assert live is not None
         resp = await client.revoke_node(revoked_id, reason="stolen laptop")
-        assert resp.was_connected and resp.tasks_lost == 1 and resp.certificates_revoked >= 1
-        await asyncio.wait_for(_until(lambda: not agent.connected.is_set()), 5)
-        assert hub.registry.get(revoked_id) is None
+        assert resp.was_connected
+        assert resp.tasks_lost == 1
+        assert resp.certificates_revoked >= 1
+        assert live.closed  # the stream was cut before the call returned
         final = await client.wait(task.id)
-        assert final.state == TaskState.SUCCEEDED and final.attempt == 2
+        assert final.state == TaskState.SUCCEEDED
+        assert final.attempt == 2
         assert final.node_id != revoked_id
         nodes = {n.id: n.state for n in await client.list_nodes()}
         assert nodes[revoked_id] == NodeState.REVOKED
@@ -252,11 +260,6 @@ async def test_revoke_cuts_the_stream_fails_tasks_over_and_refuses_the_node(
                 await pki_pb2_grpc.NodeCertServiceStub(channel).Renew(pki_pb2.RenewRequest(
                     csr_pem=csr_for(ec.generate_private_key(ec.SECP256R1()))))
         assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
-
-
-async def _until(predicate: object) -> None:
-    while not predicate():  # type: ignore[operator]
-        await asyncio.sleep(0.01)
 
 
 async def test_only_admins_revoke_and_only_their_own_tenants_nodes(
@@ -306,7 +309,7 @@ async def test_rotation_with_tasks_running_throughout(hub: Hub, node: Agent,
         async with Client(config(hub, ca_pem=legacy_ca)) as old_client:
             assert len(await old_client.list_nodes()) == 1
         # The node renews onto the new chain and gets the new bundle, then reconnects.
-        now, clock, sleep = fake_clock(time.time())
+        _now, clock, sleep = fake_clock(time.time())
         renewer = Renewer(data_dir=tmp_path / "n1", name="n1", identity=lambda: node._id,
                           replace=node._set_identity, channel=lambda: node._channel_now,
                           clock=clock, sleep=sleep, child=local_child)  # type: ignore[arg-type]
@@ -348,7 +351,8 @@ async def test_old_single_ca_data_dir_is_migrated_and_old_identities_keep_workin
     async with running_hub(tmp_path / "hub") as hub:
         assert hub.ca is not None
         assert hub.ca.cert_pem == pem(cert)
-        assert (ca_dir / "int-1.key").exists() and (ca_dir / "state.json").exists()
+        assert (ca_dir / "int-1.key").exists()
+        assert (ca_dir / "state.json").exists()
         async with running_node(hub, tmp_path / "n1") as agent, \
                 Client(config(hub, ca_pem=pem(cert))) as client:
             assert agent._id.ca_pem == pem(cert)
