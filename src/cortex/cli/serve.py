@@ -59,6 +59,11 @@ def register(app: typer.Typer) -> None:
         heartbeat_interval: float = typer.Option(2.0, help="Seconds between node heartbeats."),
         default_timeout: float = typer.Option(86400.0, help="Task deadline when none given."),
         max_output: int = typer.Option(64 * 1024 * 1024, help="Output bytes kept per task."),
+        node_cert_ttl: float = typer.Option(86400.0, help="Node certificate lifetime, "
+                                            "seconds (5 s - 7 days); renewed at 50-67 %."),
+        reenroll_grace: float = typer.Option(259200.0, help="Seconds after expiry a node "
+                                             "may still re-enroll with its old certificate "
+                                             "(0 = never: it needs a new join token)."),
         verbose: bool = typer.Option(False, "--verbose", "-v"),
     ) -> None:
         """Run a hub in the foreground (Ctrl-C stops it cleanly)."""
@@ -70,7 +75,8 @@ def register(app: typer.Typer) -> None:
                         node_port=node_port, http_port=http_port, http_host=http_host,
                         store=store, advertise=tuple(advertise),
                         lost_after_s=lost_after, heartbeat_interval_s=heartbeat_interval,
-                        default_timeout_s=default_timeout, max_output_bytes=max_output)
+                        default_timeout_s=default_timeout, max_output_bytes=max_output,
+                        node_cert_ttl_s=node_cert_ttl, reenroll_grace_s=reenroll_grace)
         _run(run_hub(cfg))
 
     @app.command("node")

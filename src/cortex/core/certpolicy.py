@@ -22,6 +22,7 @@ from cortex.errors import InvalidArgument
 __all__ = [
     "MAX_LIFETIME_S",
     "MIN_LIFETIME_S",
+    "REENROLL_CONTEXT",
     "RENEW_WINDOW",
     "CertPolicy",
     "Reenroll",
@@ -38,6 +39,9 @@ MIN_LIFETIME_S = 5.0               # short enough for tests, long enough to rene
 MAX_LIFETIME_S = 7 * 86400.0       # a week: past that, revocation would matter too much
 RENEW_WINDOW = (0.50, 0.67)        # fraction of the lifetime at which a node renews
 BACKDATE_S = 60.0                  # NotBefore in the past: tolerates small clock skew
+# What a node signs with its expired key, before the new CSR, to re-enroll (domain
+# separation: such a signature can never be mistaken for anything else the key signed).
+REENROLL_CONTEXT = b"cortex-reenroll\0"
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,7 +37,7 @@ from cortex.store.base import CertificateRecord, Store
 __all__ = ["REENROLL_CONTEXT", "Lifecycle", "NodeCertServicer", "PkiServicer"]
 
 log = logging.getLogger("cortex.hub.pki")
-REENROLL_CONTEXT = b"cortex-reenroll\0"
+REENROLL_CONTEXT = certpolicy.REENROLL_CONTEXT
 _SERVER_RENEW_S = 7 * 86400.0   # reissue the hub's serving certificate this long before expiry
 _ADMIN = {"admin"}
 
@@ -99,7 +99,9 @@ class Lifecycle:
             now=_utc(now), ttl=dt.timedelta(seconds=self._policy.lifetime_s))
         rec = CertificateRecord(
             serial=format(cert.serial_number, "x"), tenant=ident.tenant, node_id=ident.node_id,
-            not_before=cert.not_valid_before_utc.timestamp(),
+            # Not the certificate's (whole seconds): a renewal within the second of the
+            # enrollment must still sort as the newer one.
+            not_before=now - certpolicy.BACKDATE_S,
             not_after=cert.not_valid_after_utc.timestamp(), issuer=self.ca.node_issuer,
             pool=ident.pool)
         await self._store.record_issued_certificate(ident.tenant, rec)
@@ -162,8 +164,10 @@ class Lifecycle:
         if decision is certpolicy.Reenroll.NOT_YET_VALID:
             raise PermissionDenied("the certificate is not valid yet: check the clocks")
         await self.admit(ident)
+        own = await self._store.get_certificate(ident.tenant, ident.serial)
         newer = [c for c in await self._store.list_certificates(ident.tenant, valid_at=0.0)
-                 if c.node_id == ident.node_id and c.not_before > ident.not_before]
+                 if c.node_id == ident.node_id and c.serial != ident.serial
+                 and own is not None and c.not_before > own.not_before]
         if newer:
             raise PermissionDenied("a newer certificate exists for this node: only the "
                                    "latest one may re-enroll")
@@ -222,7 +226,8 @@ class Lifecycle:
             certificates=[pki_pb2.NodeCertificate(
                 node_id=c.node_id, serial=c.serial, issuer=c.issuer, pool=c.pool,
                 not_before=c.not_before, not_after=c.not_after, current=c.issuer == current)
-                for c in await self._store.list_certificates(tenant, valid_at=now)],
+                for c in _latest_per_node(
+                    await self._store.list_certificates(tenant, valid_at=now))],
             node_cert_ttl_s=self._policy.lifetime_s,
             reenroll_grace_s=self._policy.reenroll_grace_s)
 
@@ -287,6 +292,15 @@ class NodeCertServicer(pki_pb2_grpc.NodeCertServiceServicer):
                        context: Ctx) -> pki_pb2.RenewResponse:
         return await self._life.reenroll(request.certificate_pem, request.csr_pem,
                                          request.proof)
+
+
+def _latest_per_node(certs: list[CertificateRecord]) -> list[CertificateRecord]:
+    """The newest certificate of each node (what it presents once it reconnects)."""
+    out: dict[str, CertificateRecord] = {}
+    for c in certs:
+        if c.node_id not in out or c.not_before > out[c.node_id].not_before:
+            out[c.node_id] = c
+    return sorted(out.values(), key=lambda c: c.node_id)
 
 
 def _utc(ts: float) -> dt.datetime:

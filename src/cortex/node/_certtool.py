@@ -13,11 +13,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from cortex._proto.cortex.v1 import pki_pb2, pki_pb2_grpc
+from cortex.core import certpolicy
 from cortex.errors import CortexError, InvalidArgument, PermissionDenied, Unavailable
 
 __all__ = ["REENROLL_CONTEXT", "cert_validity", "new_key_and_csr", "reenroll"]
 
-REENROLL_CONTEXT = b"cortex-reenroll\0"   # what the proof signs, before the CSR
+REENROLL_CONTEXT = certpolicy.REENROLL_CONTEXT   # what the proof signs, before the CSR
 _HUB_SERVER_NAME = "cortex-hub"
 
 
