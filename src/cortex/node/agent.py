@@ -209,8 +209,10 @@ class Agent:
             started = time.monotonic()
             try:
                 await self._session()
-            # The session's TaskGroup wraps a broken stream in an ExceptionGroup.
-            except* (grpc.aio.AioRpcError, CortexError, OSError) as group:
+            # The session's TaskGroup wraps a broken stream in an ExceptionGroup; a write
+            # racing the hub's end of the stream (e.g. a revocation) is InvalidStateError.
+            except* (grpc.aio.AioRpcError, CortexError, OSError,
+                     asyncio.InvalidStateError) as group:
                 log.warning("hub connection: %s", _describe(group.exceptions[0]))
             finally:
                 self._outbox = None
