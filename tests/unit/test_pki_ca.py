@@ -159,3 +159,29 @@ def test_intermediate_rotation_is_due_near_its_end(tmp_path: Path) -> None:
     ca = CertificateAuthority.load_or_create(tmp_path, now=NOW)
     assert not ca.needs_rotation(now=NOW.timestamp(), lifetime_s=86400)
     assert ca.needs_rotation(now=NOW.timestamp() + 364 * 86400, lifetime_s=86400)
+
+
+def test_a_missing_ca_key_is_named_with_the_way_out(tmp_path: Path) -> None:
+    """A lost intermediate key stops the hub with the file's name and the recovery doc."""
+    from cortex.errors import InvalidArgument
+
+    CertificateAuthority.load_or_create(tmp_path, now=NOW)
+    (tmp_path / "int-1.key").unlink()
+    with pytest.raises(InvalidArgument, match=r"int-1.key is missing.*lost CA key"):
+        CertificateAuthority.load_or_create(tmp_path, now=NOW)
+
+
+def test_names_never_collide_after_an_intermediate_is_dropped(tmp_path: Path) -> None:
+    """Rotation numbers a new intermediate past the highest existing one."""
+    import json
+
+    ca = CertificateAuthority.load_or_create(tmp_path, now=NOW)
+    ca.rotate(now=NOW)
+    ca.rotate(now=NOW)
+    state = json.loads((tmp_path / "state.json").read_text())
+    state["intermediates"].remove("int-2")
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    again = CertificateAuthority.load_or_create(tmp_path, now=NOW)
+    again.rotate(now=NOW)
+    assert [e.name for e in again.status() if e.kind == "intermediate"] == [
+        "int-1", "int-3", "int-4"]

@@ -128,7 +128,13 @@ class CertificateAuthority:
 
     @staticmethod
     def _load_key(path: Path) -> ec.EllipticCurvePrivateKey:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise InvalidArgument(
+                f"CA key {path} is missing: restore the CA directory from a backup, or see "
+                "docs/security.md, 'How to recover a lost CA key'") from None
+        key = serialization.load_pem_private_key(data, password=None)
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise InvalidArgument(f"{path} is not an ECDSA key")
         return key
@@ -261,7 +267,8 @@ class CertificateAuthority:
         """A new issuing intermediate (signed by every trusted root), and first a new root
         when asked; old ones stay trusted until `retire` finds nothing depends on them."""
         if new_root:
-            n = len(self._roots) + 1
+            n = 1 + max((int(r.name.removeprefix("root-")) for r in self._roots
+                         if r.name.startswith("root-")), default=1)
             key = new_key()
             cert = ca_certificate(subject=f"Cortex root CA {n}", public=key.public_key(),
                                   issuer=None, issuer_key=key, not_before=now - _BACKDATE,
@@ -275,13 +282,14 @@ class CertificateAuthority:
         self.generation += 1
 
     def _new_intermediate(self, now: dt.datetime) -> None:
-        name = f"int-{len(self._ints) + 1}"
+        number = 1 + max((int(i.name.removeprefix("int-")) for i in self._ints), default=0)
+        name = f"int-{number}"
         key = new_key()
         auth = _Authority(name, key)
         for root in self._trusted_roots:
             root_cert = root.certs[root.name]
             auth.certs[root.name] = ca_certificate(
-                subject=f"Cortex issuing CA {len(self._ints) + 1}", public=key.public_key(),
+                subject=f"Cortex issuing CA {number}", public=key.public_key(),
                 issuer=root_cert, issuer_key=root.key, not_before=now - _BACKDATE,
                 not_after=min(now + dt.timedelta(days=_INTERMEDIATE_DAYS),
                               root_cert.not_valid_after_utc),
