@@ -262,6 +262,24 @@ async def test_revoke_cuts_the_stream_fails_tasks_over_and_refuses_the_node(
         assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
+async def test_a_revoked_node_stops_the_work_the_hub_failed_over(
+        hub: Hub, node: Agent) -> None:
+    """Refused as revoked on its reconnect, the agent kills the task it was running (the hub
+    already marked it lost), instead of doing the work a second time."""
+    async with Client(config(hub)) as client:
+        task = await client.submit(argv=["sleep", "600"])  # ends only if killed
+        async for ev in client.watch(task.id):
+            if ev.WhichOneof("kind") == "state" and ev.state.state == TaskState.RUNNING:
+                break
+        await client.revoke_node(node._id.node_id)
+        assert (await client.get(task.id)).state == TaskState.LOST
+    held = node._held[(task.id, 1)]
+    while not held.finished:  # woken by the agent at each event of its tasks
+        node._dirty.clear()
+        await node._dirty.wait()
+    assert held.finished
+
+
 async def test_only_admins_revoke_and_only_their_own_tenants_nodes(
         hub: Hub, node: Agent, tmp_path: Path) -> None:
     """An operator token may not revoke; an admin of another tenant finds no such node."""

@@ -29,7 +29,7 @@ from cortex.node.cgroups import CgroupManager
 from cortex.node.config import NodeConfig
 from cortex.node.identity import HUB_SERVER_NAME, Identity
 from cortex.node.journal import Journal
-from cortex.node.renewal import Renewer
+from cortex.node.renewal import Renewer, is_revocation
 from cortex.node.supervisor import Supervisor
 from cortex.skills.base import Outcome, TaskRun
 from cortex.skills.worker import WorkerPool
@@ -214,6 +214,8 @@ class Agent:
             except* (grpc.aio.AioRpcError, CortexError, OSError,
                      asyncio.InvalidStateError) as group:
                 log.warning("hub connection: %s", _describe(group.exceptions[0]))
+                if is_revocation(group.exceptions[0]):
+                    self._stop_revoked_work()
             finally:
                 self._outbox = None
                 self._channel_now = None
@@ -221,6 +223,13 @@ class Agent:
             failures = 0 if time.monotonic() - started > 30 else failures + 1
             cap = min(self._config.reconnect_max_s, 0.2 * 2 ** min(failures, 10))
             await asyncio.sleep(random.uniform(cap / 2, cap))  # noqa: S311 - jitter, not crypto
+
+    def _stop_revoked_work(self) -> None:
+        """The hub revoked this node and failed its tasks over: running them on would only
+        do the work twice."""
+        for held in self._held.values():
+            if not held.finished:
+                self._cancel(held, State.CANCELLED, "this node was revoked")
 
     def _channel(self) -> grpc.aio.Channel:
         creds = grpc.ssl_channel_credentials(

@@ -29,7 +29,7 @@ from cortex.core import certpolicy
 from cortex.errors import CortexError, PermissionDenied
 from cortex.node.identity import Identity, save_identity
 
-__all__ = ["Renewer", "in_child"]
+__all__ = ["Renewer", "in_child", "is_revocation"]
 
 log = logging.getLogger("cortex.node.renewal")
 _RETRY_MIN_S = 1.0
@@ -146,6 +146,13 @@ class Renewer:
         self.renewals += 1
         self.last_error = ""
         self.renewed.set()
+
+
+def is_revocation(exc: BaseException) -> bool:
+    """Whether the hub refused this node because it was revoked."""
+    return (isinstance(exc, grpc.aio.AioRpcError)
+            and exc.code() == grpc.StatusCode.PERMISSION_DENIED
+            and "revoked" in (exc.details() or ""))
 
 
 def _describe(exc: BaseException) -> str:
