@@ -110,6 +110,7 @@ class Renewer:
             return ident
         nb, na = await self._child("cert_validity", ident.cert_pem)
         ident = dataclasses.replace(ident, not_before=nb, not_after=na)
+        save_identity(self._dir, ident)  # an identity from before renewal: read it once
         self._replace(ident)
         return ident
 
