@@ -192,11 +192,14 @@ async def test_an_expired_node_reenrolls_within_the_grace_and_reconnects(
     stale = dataclasses.replace(node._id, key_pem=key_pem(key), cert_pem=chain, not_before=0.0,
                                 not_after=0.0)
     replaced = []
-    renewer = Renewer(data_dir=tmp_path / "n1", name="n1", identity=lambda: stale,
+    renewer = Renewer(data_dir=tmp_path / "stale", name="n1", identity=lambda: stale,
                       replace=replaced.append, channel=lambda: None, child=local_child)  # type: ignore[arg-type]
     await renewer.step()
     new = replaced[-1]
     assert new.not_after > time.time()
+    saved = load_identity(tmp_path / "stale")
+    assert saved is not None
+    assert saved.cert_pem == new.cert_pem
     assert serial_of(new.cert_pem) != serial_of(chain)
     welcome = await open_stream(hub, new.key_pem, new.cert_pem, new.ca_pem)
     assert welcome.WhichOneof("kind") == "welcome"
