@@ -378,3 +378,35 @@ async def test_old_single_ca_data_dir_is_migrated_and_old_identities_keep_workin
                 Client(config(hub, ca_pem=pem(cert))) as client:
             assert agent._id.ca_pem == pem(cert)
             assert (await client.run(argv=["echo", "migrated"])).stdout == b"migrated\n"
+
+
+def served_chain(address: str) -> list[x509.Certificate]:
+    """The certificate chain the hub presents on a new handshake (not verified here)."""
+    import socket
+    import ssl
+
+    host, _, port = address.rpartition(":")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["h2"])
+    with socket.create_connection((host, int(port)), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname=HUB_SERVER_NAME) as tls:
+        chain = tls._sslobj.get_unverified_chain()  # type: ignore[attr-defined]
+    return [x509.load_der_x509_certificate(c.public_bytes(ssl._ssl.ENCODING_DER))  # type: ignore[attr-defined]
+            for c in chain]
+
+
+async def test_the_serving_certificate_is_swapped_live(hub: Hub, node: Agent) -> None:
+    """After a rotation the next handshake on either port gets a certificate from the new
+    intermediate, without a restart; a connection opened before keeps working."""
+    async with Client(config(hub)) as client:
+        assert len(await client.list_nodes()) == 1  # this client's connection predates it
+        before = await asyncio.to_thread(served_chain, hub.address)
+        assert before[1].subject.rfc4514_string() == "CN=Cortex issuing CA 1"
+        await client.rotate_ca()
+        for address in (hub.address, hub.node_address):
+            after = await asyncio.to_thread(served_chain, address)
+            assert after[1].subject.rfc4514_string() == "CN=Cortex issuing CA 2"
+            assert after[0].serial_number != before[0].serial_number
+        assert len(await client.list_nodes()) == 1
