@@ -285,7 +285,8 @@ async def test_a_revoked_node_stops_the_work_the_hub_failed_over(
 
 async def test_only_admins_revoke_and_only_their_own_tenants_nodes(
         hub: Hub, node: Agent, tmp_path: Path) -> None:
-    """An operator token may not revoke; an admin of another tenant finds no such node."""
+    """An operator token may not revoke or rotate; an admin of another tenant finds no such
+    node and may not rotate the hub's shared CA."""
     from cortex.hub.auth import issue_api_token
 
     await hub.store.ensure_tenant("other", now=time.time())
@@ -301,6 +302,8 @@ async def test_only_admins_revoke_and_only_their_own_tenants_nodes(
     async with Client(config(hub, foreign)) as client:
         with pytest.raises(NotFound):
             await client.revoke_node(node._id.node_id)
+        with pytest.raises(PermissionDenied, match="shared by every tenant"):
+            await client.rotate_ca()
     assert hub.registry.get(node._id.node_id) is not None
 
 

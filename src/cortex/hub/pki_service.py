@@ -40,6 +40,9 @@ log = logging.getLogger("cortex.hub.pki")
 REENROLL_CONTEXT = certpolicy.REENROLL_CONTEXT
 _SERVER_RENEW_S = 7 * 86400.0   # reissue the hub's serving certificate this long before expiry
 _ADMIN = {"admin"}
+# The hub's own tenant (its bootstrap admin token's): only its admins act on the shared CA.
+# With hub-wide roles this becomes a role check.
+_HUB_TENANT = "default"
 
 
 class Lifecycle:
@@ -268,6 +271,10 @@ class PkiServicer(pki_pb2_grpc.PkiServiceServicer):
     async def RotateCa(self, request: pki_pb2.RotateCaRequest,
                        context: Ctx) -> pki_pb2.CaStatusResponse:
         tenant = await self._admin(context)
+        if tenant != _HUB_TENANT:
+            raise PermissionDenied(
+                "the CA is shared by every tenant of this hub: rotate it with an admin token "
+                f"of the hub's own tenant ({_HUB_TENANT!r})")
         await self._life.rotate(root=request.root)
         return await self._life.status(tenant)
 
