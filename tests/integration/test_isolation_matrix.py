@@ -37,6 +37,8 @@ from cortex._proto.cortex.v1 import (
     artifacts_pb2_grpc,
     enroll_pb2,
     enroll_pb2_grpc,
+    pki_pb2,
+    pki_pb2_grpc,
     tasks_pb2,
     tasks_pb2_grpc,
 )
@@ -61,12 +63,17 @@ SERVICES = {
     "cortex.v1.AdminService": admin_pb2.DESCRIPTOR,
     "cortex.v1.EnrollService": enroll_pb2.DESCRIPTOR,
     "cortex.v1.ArtifactService": artifacts_pb2.DESCRIPTOR,
+    "cortex.v1.PkiService": pki_pb2.DESCRIPTOR,
+    "cortex.v1.NodeCertService": pki_pb2.DESCRIPTOR,
     "grpc.health.v1.Health": health_pb2.DESCRIPTOR,
 }
 # Endpoints that take no API token by design, and why (their rows still have every cell).
 PUBLIC = {
     "/cortex.v1.EnrollService/GetTrustBundle": "the CA bundle; a joining node pins it",
     "/cortex.v1.EnrollService/Enroll": "authenticated by the join token in the request",
+    "/cortex.v1.NodeCertService/Renew": "needs the node's certificate (node port, mTLS)",
+    "/cortex.v1.NodeCertService/Reenroll": "authenticated by the expired certificate and "
+                                           "a signature of its key",
     "/grpc.health.v1.Health/Check": "load balancers probe it",
     "/grpc.health.v1.Health/Watch": "load balancers probe it",
     "/grpc.health.v1.Health/List": "load balancers probe it",
@@ -115,6 +122,13 @@ EXPECTED: dict[str, dict[str, str]] = {
     "/cortex.v1.ArtifactService/Stat": row(OK, OK, OK, OK, NF, NF, *ANON),
     "/cortex.v1.ArtifactService/List": row(SEES, SEES, SEES, SEES, BLIND, BLIND, *ANON),
     "/cortex.v1.ArtifactService/Delete": row(OK, OK, OK, D, NF, NF, *ANON),
+    # Authorised acme callers revoke an unknown node (NOT_FOUND: revoking the matrix's own
+    # node would end the run); the others aim at acme's real node and must not reach it.
+    "/cortex.v1.PkiService/RevokeNode": row(NF, NF, D, D, NF, NF, *ANON),
+    "/cortex.v1.PkiService/CaStatus": row(OK, D, D, D, OK, OK, *ANON),
+    "/cortex.v1.PkiService/RotateCa": row(D, D, D, D, OK, D, *ANON),
+    "/cortex.v1.NodeCertService/Renew": row(*(D,) * 9),
+    "/cortex.v1.NodeCertService/Reenroll": row(*("INVALID_ARGUMENT",) * 9),
     "/cortex.v1.EnrollService/GetTrustBundle": row(*_ALL_OK),
     "/cortex.v1.EnrollService/Enroll": row(*("INVALID_ARGUMENT",) * 9),
     "/grpc.health.v1.Health/Check": row(*_ALL_OK),
@@ -527,6 +541,40 @@ async def _art_delete(w: World, c: str) -> str:
     _, victim = await _upload(w, "admin")
     return await _code(_artifacts(w).Delete(artifacts_pb2.DeleteArtifactRequest(
         artifact_id=victim.file.artifact_id), metadata=w.md(c)))
+
+
+def _pki(w: World) -> Any:
+    return pki_pb2_grpc.PkiServiceStub(w.channel)
+
+
+@probe("/cortex.v1.PkiService/RevokeNode")
+async def _revoke_node(w: World, c: str) -> str:
+    target = "n-matrix-unknown" if c in ("admin", "operator") else w.node_id
+    return await _code(_pki(w).RevokeNode(pki_pb2.RevokeNodeRequest(node_id=target),
+                                          metadata=w.md(c)))
+
+
+@probe("/cortex.v1.PkiService/CaStatus")
+async def _ca_status(w: World, c: str) -> str:
+    return await _code(_pki(w).CaStatus(pki_pb2.CaStatusRequest(), metadata=w.md(c)))
+
+
+@probe("/cortex.v1.PkiService/RotateCa")
+async def _rotate_ca(w: World, c: str) -> str:
+    return await _code(_pki(w).RotateCa(pki_pb2.RotateCaRequest(), metadata=w.md(c)))
+
+
+@probe("/cortex.v1.NodeCertService/Renew")
+async def _renew(w: World, c: str) -> str:
+    stub = pki_pb2_grpc.NodeCertServiceStub(w.channel)
+    return await _code(stub.Renew(pki_pb2.RenewRequest(csr_pem=b"junk"), metadata=w.md(c)))
+
+
+@probe("/cortex.v1.NodeCertService/Reenroll")
+async def _reenroll(w: World, c: str) -> str:
+    stub = pki_pb2_grpc.NodeCertServiceStub(w.channel)
+    return await _code(stub.Reenroll(pki_pb2.ReenrollRequest(
+        certificate_pem=b"junk", csr_pem=b"junk"), metadata=w.md(c)))
 
 
 @probe("/cortex.v1.EnrollService/GetTrustBundle")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cortex.cli import artifacts, files, mcp, nodes, run, serve, tasks, tenants, tokens
+from cortex.cli import artifacts, ca, files, mcp, nodes, run, serve, tasks, tenants, tokens
 from cortex.cli._common import CortexGroup, Globals
 
 __all__ = ["app", "main"]
@@ -63,6 +63,7 @@ app.add_typer(tenants.tenants, name="tenant")
 app.add_typer(tenants.pools, name="pool")
 app.add_typer(artifacts.app, name="artifacts")
 files.register(app)
+app.add_typer(ca.app, name="ca")
 serve.register(app)
 mcp.register(app)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -23,7 +23,7 @@ from cortex.sdk import Client, ClientConfig, Node, NodeState, parse_labels, pars
 
 __all__ = ["app", "format_labels"]
 
-app = typer.Typer(help="List the nodes that run tasks.", no_args_is_help=True)
+app = typer.Typer(help="List and revoke the nodes that run tasks.", no_args_is_help=True)
 
 _STATE_STYLE = {NodeState.ONLINE: "green", NodeState.OFFLINE: "dim", NodeState.DRAINING: "yellow",
                 NodeState.REVOKED: "red"}
@@ -69,6 +69,34 @@ def list_nodes(
             n.version or "-", ago(n.last_seen, now=now),
         )
     out_console.print(table)
+
+
+@app.command("revoke")
+def revoke(
+    ctx: typer.Context,
+    node_id: Annotated[str, typer.Argument(metavar="NODE_ID", help="The node to revoke.")],
+    reason: Annotated[str, typer.Option("--reason", metavar="TEXT",
+                                        help="Why (recorded with the revocation).")] = "",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Revoke a node (admin): cut its stream, fail its running tasks over, refuse it since.
+
+    The machine can only come back by enrolling again with a new join token.
+    """
+    resp = run_async(_revoke(client_config(ctx), node_id, reason))
+    if as_json:
+        print_json(to_dict(resp))
+        return
+    out_console.print(
+        f"revoked node {resp.node_id}: {resp.certificates_revoked} certificate(s), "
+        f"{resp.tasks_lost} running task(s) failed over as lost"
+        f"{', live stream cut' if resp.was_connected else ' (it was not connected)'}",
+        markup=False)
+
+
+async def _revoke(config: ClientConfig, node_id: str, reason: str) -> Any:
+    async with Client(config) as client:
+        return await client.revoke_node(node_id, reason=reason)
 
 
 async def _list(config: ClientConfig, *, labels: dict[str, str], skill: str | None,

@@ -73,6 +73,11 @@ def register(app: typer.Typer) -> None:
                                            "0 = unlimited."),
         artifact_ttl: float = typer.Option(30 * 86400.0, help="Seconds an artifact is kept "
                                            "when its upload names no ttl; 0 = keep."),
+        node_cert_ttl: float = typer.Option(86400.0, help="Node certificate lifetime, "
+                                            "seconds (5 s - 7 days); renewed at 50-67 %."),
+        reenroll_grace: float = typer.Option(259200.0, help="Seconds after expiry a node "
+                                             "may still re-enroll with its old certificate "
+                                             "(0 = never: it needs a new join token)."),
         verbose: bool = typer.Option(False, "--verbose", "-v"),
         log_format: str = _log_format_option(),
     ) -> None:
@@ -87,7 +92,8 @@ def register(app: typer.Typer) -> None:
                         lost_after_s=lost_after, heartbeat_interval_s=heartbeat_interval,
                         default_timeout_s=default_timeout, max_output_bytes=max_output,
                         artifact_dir=artifact_dir, artifact_quota_bytes=artifact_quota,
-                        artifact_ttl_s=artifact_ttl)
+                        artifact_ttl_s=artifact_ttl,
+                        node_cert_ttl_s=node_cert_ttl, reenroll_grace_s=reenroll_grace)
         _run(run_hub(cfg))
 
     @app.command("node")

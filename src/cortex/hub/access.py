@@ -61,6 +61,9 @@ ACCESS: Mapping[str, frozenset[str]] = {
     "/cortex.v1.ArtifactService/Stat": _READ,
     "/cortex.v1.ArtifactService/List": _READ,
     "/cortex.v1.ArtifactService/Delete": _RUN,
+    "/cortex.v1.PkiService/RevokeNode": _NODES,
+    "/cortex.v1.PkiService/CaStatus": _TENANT_ADMIN,
+    "/cortex.v1.PkiService/RotateCa": _HUB,
 }
 
 

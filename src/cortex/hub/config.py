@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cortex.core.certpolicy import CertPolicy
 from cortex.errors import InvalidArgument
 
 __all__ = ["HTTP_OFF", "HubConfig", "default_home"]
@@ -40,7 +41,10 @@ class HubConfig:
     disconnect_grace_s: float = 10.0
     max_output_bytes: int = 64 * 1024 * 1024    # per task; past it a marker, then dropped
     max_message_bytes: int = 16 * 1024 * 1024   # gRPC frames, both directions
-    node_cert_ttl_s: float = 24 * 3600.0
+    node_cert_ttl_s: float = 24 * 3600.0       # node certificate lifetime (5 s - 7 days)
+    # How long after its certificate expired a node may still re-enroll with it (0 = never;
+    # then it needs a new join token).
+    reenroll_grace_s: float = 72 * 3600.0
     shutdown_grace_s: float = 5.0
     client_file: Path | None = None         # where to write client.json (None: next to home)
     # Artifacts (docs/artifacts.md): blobs in a directory (shareable by several hubs).
@@ -62,12 +66,18 @@ class HubConfig:
         if not HTTP_OFF <= self.http_port <= 65535:
             raise InvalidArgument("hub config: http_port must be a TCP port (0-65535), "
                                   f"or {HTTP_OFF} to turn the HTTP port off")
+        self.cert_policy  # noqa: B018 - validates the certificate lifetimes now
         if self.max_message_bytes < 1024 * 1024:
             raise InvalidArgument("hub config: max_message_bytes must be at least 1 MiB")
         if self.artifact_quota_bytes < 0 or self.artifact_ttl_s < 0 \
                 or self.artifact_gc_interval_s <= 0:
             raise InvalidArgument("hub config: artifact_quota_bytes and artifact_ttl_s must "
                                   "be >= 0 (0 = unlimited / keep), artifact_gc_interval_s > 0")
+
+    @property
+    def cert_policy(self) -> CertPolicy:
+        return CertPolicy(lifetime_s=self.node_cert_ttl_s,
+                          reenroll_grace_s=self.reenroll_grace_s)
 
     @property
     def http_listen_host(self) -> str:

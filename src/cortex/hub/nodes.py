@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 
@@ -33,17 +33,21 @@ _PERSIST_EVERY_S = 10.0
 
 class NodeSessions:
     def __init__(self, *, store: Store, registry: Registry, tasks: TaskManager,
-                 config: HubConfig, monotonic: Callable[[], float] = time.monotonic) -> None:
+                 config: HubConfig, monotonic: Callable[[], float] = time.monotonic,
+                 admit: Callable[[NodeIdentity], Awaitable[None]] | None = None) -> None:
         self._store = store
         self._registry = registry
         self._tasks = tasks
         self._config = config
         self._monotonic = monotonic
+        self._admit = admit  # refuses revoked nodes and unknown certificates
 
     async def serve(self, requests: AsyncIterator[node_pb2.NodeMessage],
                     context: Ctx) -> AsyncIterator[node_pb2.HubMessage]:
         try:
             ident = _identify(context)
+            if self._admit is not None:
+                await self._admit(ident)
             stored = await self._store.get_node(ident.tenant, ident.node_id)
             if stored is None:
                 raise PermissionDenied(f"node {ident.node_id} is not enrolled on this hub")
@@ -150,7 +154,8 @@ class NodeSessions:
     async def _close(self, conn: NodeConn) -> None:
         conn.close()
         if self._registry.detach(conn, now=self._monotonic()):
-            conn.node.state = pb.OFFLINE
+            if conn.node.state != pb.REVOKED:
+                conn.node.state = pb.OFFLINE
             conn.node.last_seen = time.time()
             try:
                 await asyncio.shield(self._store.upsert_node(conn.tenant, _persisted(conn.node)))

@@ -25,6 +25,7 @@ from cortex._proto.cortex.v1 import (
     artifacts_pb2_grpc,
     enroll_pb2_grpc,
     node_pb2_grpc,
+    pki_pb2_grpc,
     tasks_pb2_grpc,
 )
 from cortex.errors import Unavailable
@@ -39,6 +40,7 @@ from cortex.hub.config import HTTP_OFF, HubConfig
 from cortex.hub.http import HttpServer, HubSource, McpSettings, open_http
 from cortex.hub.nodes import NodeSessions
 from cortex.hub.pki import CertificateAuthority, write_private
+from cortex.hub.pki_service import Lifecycle, NodeCertServicer, PkiServicer
 from cortex.hub.registry import Registry
 from cortex.hub.services import EnrollServicer, NodeServicer, TaskServicer
 from cortex.hub.tasks import TaskManager
@@ -51,6 +53,7 @@ __all__ = ["Hub"]
 log = logging.getLogger("cortex.hub")
 DEFAULT_TENANT = "default"
 _REAP_EVERY_S = 0.5
+_PKI_EVERY_S = 30.0   # CA maintenance: retire unused CA certificates, rotate near the end
 
 
 class Hub:
@@ -66,11 +69,11 @@ class Hub:
         self.http_port: int | None = None   # None: HTTP is off (config http_port -1)
         self.admin_token = ""
         self.ca: CertificateAuthority | None = None
+        self.pki: Lifecycle | None = None
         self._servers: list[aio.Server] = []
         self._loops: list[asyncio.Task[None]] = []
         # grpc_health exposes its asyncio servicer as `health.aio`; its stubs do not.
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
-        self._serving_pair: tuple[bytes, bytes] = (b"", b"")
         self._http: HttpServer | None = None
         self.dashboard = Dashboard(tasks=self.tasks, registry=self.registry, store=self.store,
                                    auth=self.auth, artifacts=lambda: self.artifacts)
@@ -81,8 +84,8 @@ class Hub:
         cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         now = dt.datetime.now(dt.UTC)
         self.ca = CertificateAuthority.load_or_create(cfg.data_dir / "ca", now=now)
-        self._serving_pair = self.ca.issue_server_cert(cfg.data_dir, now=now,
-                                                       extra_names=cfg.advertise)
+        self.pki = Lifecycle(ca=self.ca, store=self.store, registry=self.registry,
+                             tasks=self.tasks, config=cfg)
         await self.store.open()
         await self.store.ensure_tenant(DEFAULT_TENANT, now=time.time())
         self.artifacts = ArtifactManager(
@@ -151,9 +154,8 @@ class Hub:
     async def _serve(self) -> None:
         """Build both servers, bind their ports and start them and the loops."""
         cfg = self.config
-        if self.ca is None:
+        if self.ca is None or self.pki is None:
             raise RuntimeError("the CA loads before the servers start")
-        key_pem, chain_pem = self._serving_pair
         options = [
             ("grpc.max_send_message_length", cfg.max_message_bytes),
             ("grpc.max_receive_message_length", cfg.max_message_bytes),
@@ -175,25 +177,29 @@ class Hub:
         enroll_pb2_grpc.add_EnrollServiceServicer_to_server(
             EnrollServicer(store=self.store, ca=self.ca, config=cfg,
                            node_port=lambda: self.node_port), client_srv)
+        pki_pb2_grpc.add_PkiServiceServicer_to_server(
+            PkiServicer(self.pki, self.auth), client_srv)
+        pki_pb2_grpc.add_NodeCertServiceServicer_to_server(NodeCertServicer(self.pki),
+                                                           client_srv)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, client_srv)
         if self.artifacts is None:
             raise RuntimeError("the artifact manager is built before the servers start")
         artifacts_pb2_grpc.add_ArtifactServiceServicer_to_server(ArtifactServicer(
             self.artifacts, client_tenant(self.auth)), client_srv)
-        creds = grpc.ssl_server_credentials([(key_pem, chain_pem)])
-        self.port = _bind(client_srv, cfg.host, cfg.port, creds)
+        self.port = _bind(client_srv, cfg.host, cfg.port,
+                          self.pki.credentials(client_auth=False))
 
         node_srv = aio.server(options=options, interceptors=[StrictDecoding()])
         sessions = NodeSessions(store=self.store, registry=self.registry, tasks=self.tasks,
-                                config=cfg)
+                                config=cfg, admit=self.pki.admit)
         node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(sessions), node_srv)
+        pki_pb2_grpc.add_NodeCertServiceServicer_to_server(NodeCertServicer(self.pki),
+                                                           node_srv)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, node_srv)
         artifacts_pb2_grpc.add_ArtifactServiceServicer_to_server(ArtifactServicer(
             self.artifacts, node_tenant(), may_delete=False), node_srv)
-        node_creds = grpc.ssl_server_credentials(
-            [(key_pem, chain_pem)], root_certificates=self.ca.cert_pem,
-            require_client_auth=True)
-        self.node_port = _bind(node_srv, cfg.host, cfg.node_port, node_creds)
+        self.node_port = _bind(node_srv, cfg.host, cfg.node_port,
+                               self.pki.credentials(client_auth=True))
         self._servers = [client_srv, node_srv]
         for srv in self._servers:
             await srv.start()
@@ -201,6 +207,7 @@ class Hub:
             asyncio.create_task(self.tasks.run_dispatcher(), name="dispatcher"),
             asyncio.create_task(self._reap_loop(), name="reaper"),
             asyncio.create_task(self._artifact_gc_loop(), name="artifact-gc"),
+            asyncio.create_task(self._pki_loop(), name="pki"),
         ]
 
     @property
@@ -245,7 +252,7 @@ class Hub:
         body = {
             "address": self.address,
             "node_address": self.node_address,
-            "ca_file": str((self.config.data_dir / "ca" / "ca.pem").resolve()),
+            "ca_file": str((self.config.data_dir / "ca" / "bundle.pem").resolve()),
             "token_file": str((self.config.data_dir / "admin.token").resolve()),
             "ca_fingerprint": self.ca.fingerprint,
         }
@@ -267,6 +274,14 @@ class Hub:
                     await self.artifacts.gc()
             except Exception:  # a failed pass must not stop GC; the next one retries
                 log.exception("artifact gc pass failed")
+    async def _pki_loop(self) -> None:
+        while True:
+            await asyncio.sleep(_PKI_EVERY_S)
+            try:
+                if self.pki is not None:
+                    await self.pki.maintain()
+            except Exception:  # a failed pass must not stop maintenance; the next retries
+                log.exception("CA maintenance pass failed")
 
     async def close(self, grace: float | None = None) -> None:
         """Stop taking requests, let in-flight ones finish within the grace, stop loops.

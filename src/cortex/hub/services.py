@@ -37,7 +37,7 @@ from cortex.hub.nodes import NodeSessions
 from cortex.hub.pki import CertificateAuthority
 from cortex.hub.registry import Registry
 from cortex.hub.tasks import TaskManager
-from cortex.store.base import DEFAULT_POOL, Store, TaskQuery
+from cortex.store.base import DEFAULT_POOL, CertificateRecord, Store, TaskQuery
 
 __all__ = ["EnrollServicer", "NodeServicer", "TaskServicer"]
 
@@ -242,13 +242,15 @@ class EnrollServicer(enroll_pb2_grpc.EnrollServiceServicer):
             now=dt.datetime.now(dt.UTC), ttl=dt.timedelta(seconds=1))
         rec = await self._store.consume_join_token(token_id, hash_secret(secret),
                                                    node_id=node_id, now=now)
+        pool = rec.pool or DEFAULT_POOL   # the join token names the pool; the CSR cannot
         chain, cert = self._ca.sign_node_csr(
-            request.csr_pem, tenant=rec.tenant, node_id=node_id,
+            request.csr_pem, tenant=rec.tenant, node_id=node_id, pool=pool,
             now=dt.datetime.now(dt.UTC), ttl=dt.timedelta(seconds=self._config.node_cert_ttl_s))
-        await self._store.record_certificate(
-            rec.tenant, serial=format(cert.serial_number, "x"), node_id=node_id,
+        await self._store.record_issued_certificate(rec.tenant, CertificateRecord(
+            serial=format(cert.serial_number, "x"), tenant=rec.tenant, node_id=node_id,
             not_before=cert.not_valid_before_utc.timestamp(),
-            not_after=cert.not_valid_after_utc.timestamp())
+            not_after=cert.not_valid_after_utc.timestamp(), issuer=self._ca.node_issuer,
+            pool=pool))
         await self._store.upsert_node(rec.tenant, pb.Node(
             id=node_id, tenant=rec.tenant, name=request.name or node_id, labels=rec.labels,
             enrolled_labels=rec.labels, pool=rec.pool,

@@ -525,18 +525,25 @@ class TaskManager(Capacity, Reaping, Following):
     async def _save(self, entry: Entry, new: pb.Task, events: list[pb.TaskEvent], *,
                     attempt: pb.Attempt | None = None) -> None:
         new.version = entry.task.version + 1
-        await self._store.save_task(entry.tenant, new, expected_version=entry.task.version,
-                                    events=events, attempt=attempt)
-        was, now = holds(entry.task.state), holds(new.state)
-        if was != now:
-            if now:
-                self.ledger.hold(entry.tenant, demand_of(new.spec))
-            else:
-                self.ledger.release(entry.tenant, demand_of(new.spec))
-        entry.task = new
-        entry.remember(events)
-        changed, entry.changed = entry.changed, asyncio.Event()
-        changed.set()
+
+        async def commit() -> None:
+            await self._store.save_task(entry.tenant, new, expected_version=entry.task.version,
+                                        events=events, attempt=attempt)
+            was, now = holds(entry.task.state), holds(new.state)
+            if was != now:
+                if now:
+                    self.ledger.hold(entry.tenant, demand_of(new.spec))
+                else:
+                    self.ledger.release(entry.tenant, demand_of(new.spec))
+            entry.task = new
+            entry.remember(events)
+            changed, entry.changed = entry.changed, asyncio.Event()
+            changed.set()
+
+        # Shielded: a caller cancelled mid-write (a node stream cut by revocation or a
+        # reconnect) must not leave the store one version ahead of memory, which would
+        # fail every later write of the task with Conflict.
+        await asyncio.shield(commit())
 
     def _finish(self, entry: Entry) -> None:
         task = entry.task
@@ -562,3 +569,20 @@ class TaskManager(Capacity, Reaping, Following):
 
     def statistics(self) -> dict[str, int]:
         return {"active": len(self._active), "queued": len(self._queued)}
+
+    async def lose_node_tasks(self, tenant: str, node_id: str, reason: str) -> int:
+        """Fail over every assigned or running task of a node at once (it was revoked):
+        each becomes `lost` and is retried per its policy. How many were lost."""
+        lost = 0
+        for entry in list(self._active.values()):
+            task = entry.task
+            if task.tenant != tenant or task.node_id != node_id:
+                continue
+            async with entry.lock:
+                if entry.task.node_id == node_id and entry.task.state in (pb.ASSIGNED,
+                                                                          pb.RUNNING):
+                    await self._lose(entry, reason)
+                    lost += 1
+        self._registry.gone_since.pop(node_id, None)
+        self.wake()
+        return lost

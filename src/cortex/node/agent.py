@@ -31,6 +31,7 @@ from cortex.node.cgroups import CgroupManager
 from cortex.node.config import NodeConfig
 from cortex.node.identity import HUB_SERVER_NAME, Identity
 from cortex.node.journal import Journal
+from cortex.node.renewal import Renewer, is_revocation
 from cortex.node.supervisor import Supervisor
 from cortex.skills.base import Outcome, TaskRun
 from cortex.skills.worker import WorkerPool
@@ -95,6 +96,14 @@ class Agent:
         self._boot_id = uuid.uuid4().hex
         self._runs: asyncio.TaskGroup | None = None
         self.connected = asyncio.Event()
+        self._channel_now: grpc.aio.Channel | None = None  # the connected stream's channel
+        self.renewer = Renewer(data_dir=config.data_dir, name=config.name,
+                               identity=lambda: self._id, replace=self._set_identity,
+                               channel=lambda: self._channel_now)
+
+    def _set_identity(self, identity: Identity) -> None:
+        """A renewed certificate: the next connection presents it; this one keeps going."""
+        self._id = identity
 
     # -- lifecycle -----------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -117,12 +126,14 @@ class Agent:
             async with asyncio.TaskGroup() as tg:
                 conn = tg.create_task(self._connect_loop())
                 flusher = tg.create_task(self._flush_loop())
+                renewer = tg.create_task(self.renewer.run())
                 await self._stopping.wait()
                 self._send_heartbeat()
                 await self._drain()
                 await self._settle()
                 conn.cancel()
                 flusher.cancel()
+                renewer.cancel()
         self._journal.prune()
         if self._workers is not None:
             await self._workers.aclose()  # every task ended; sessions end with the agent
@@ -202,15 +213,27 @@ class Agent:
             started = time.monotonic()
             try:
                 await self._session()
-            # The session's TaskGroup wraps a broken stream in an ExceptionGroup.
-            except* (grpc.aio.AioRpcError, CortexError, OSError) as group:
+            # The session's TaskGroup wraps a broken stream in an ExceptionGroup; a write
+            # racing the hub's end of the stream (e.g. a revocation) is InvalidStateError.
+            except* (grpc.aio.AioRpcError, CortexError, OSError,
+                     asyncio.InvalidStateError) as group:
                 log.warning("hub connection: %s", _describe(group.exceptions[0]))
+                if is_revocation(group.exceptions[0]):
+                    self._stop_revoked_work()
             finally:
                 self._outbox = None
+                self._channel_now = None
                 self.connected.clear()
             failures = 0 if time.monotonic() - started > 30 else failures + 1
             cap = min(self._config.reconnect_max_s, 0.2 * 2 ** min(failures, 10))
             await asyncio.sleep(random.uniform(cap / 2, cap))  # noqa: S311 - jitter, not crypto
+
+    def _stop_revoked_work(self) -> None:
+        """The hub revoked this node and failed its tasks over: running them on would only
+        do the work twice."""
+        for held in self._held.values():
+            if not held.finished:
+                self._cancel(held, State.CANCELLED, "this node was revoked")
 
     def _channel(self) -> grpc.aio.Channel:
         creds = grpc.ssl_channel_credentials(
@@ -243,6 +266,7 @@ class Agent:
             self._reconcile(first.welcome)
             outbox: asyncio.Queue[node_pb2.NodeMessage] = asyncio.Queue(_OUTBOX_BOUND)
             self._outbox = outbox
+            self._channel_now = channel
             self.connected.set()
             log.info("connected to hub %s as %s", first.welcome.hub_id, self._id.node_id)
             self._dirty.set()

@@ -74,12 +74,18 @@ def enroll(*, hub: str, token: str, data_dir: Path, name: str, timeout: float = 
         except grpc.RpcError as exc:
             raise _translate(exc, hub) from exc
     host, _ = _split(hub)
+    leaf = x509.load_pem_x509_certificate(resp.certificate_pem)
     ident = Identity(
         node_id=resp.node_id, tenant=resp.tenant, hub=hub,
         node_address=f"{host}:{resp.node_port}",
         key_pem=key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                   serialization.NoEncryption()),
-        cert_pem=resp.certificate_pem, ca_pem=ca_pem,
+        cert_pem=resp.certificate_pem,
+        # The bundle came over a connection verified against the pinned root, so every
+        # root in it is the hub's (during a CA rotation there are several).
+        ca_pem=resp.ca_pem if ca_pem.strip() in resp.ca_pem else ca_pem,
+        not_before=leaf.not_valid_before_utc.timestamp(),
+        not_after=leaf.not_valid_after_utc.timestamp(),
     )
     save_identity(data_dir, ident)
     return ident

@@ -25,7 +25,9 @@ class Identity:
     node_address: str    # host:port of the hub's node port
     key_pem: bytes
     cert_pem: bytes
-    ca_pem: bytes
+    ca_pem: bytes        # the trust bundle: every root the hub trusts
+    not_before: float = 0.0   # validity of cert_pem (0: unknown, from before renewal)
+    not_after: float = 0.0
 
 
 def load_identity(data_dir: Path) -> Identity | None:
@@ -37,16 +39,26 @@ def load_identity(data_dir: Path) -> Identity | None:
         node_id=info["node_id"], tenant=info["tenant"], hub=info["hub"],
         node_address=info["node_address"], key_pem=(data_dir / "node.key").read_bytes(),
         cert_pem=(data_dir / "node.pem").read_bytes(), ca_pem=(data_dir / "ca.pem").read_bytes(),
+        not_before=float(info.get("not_before", 0.0)), not_after=float(info.get("not_after", 0.0)),
     )
 
 
 def save_identity(data_dir: Path, ident: Identity) -> None:
+    """Write each file whole (temp file, then rename): a crash mid-renewal leaves the old
+    or the new file, never half of one."""
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(data_dir / "node.key", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(ident.key_pem)
-    (data_dir / "node.pem").write_bytes(ident.cert_pem)
-    (data_dir / "ca.pem").write_bytes(ident.ca_pem)
-    (data_dir / "identity.json").write_text(json.dumps({
+    _replace(data_dir / "node.key", ident.key_pem, 0o600)
+    _replace(data_dir / "node.pem", ident.cert_pem, 0o644)
+    _replace(data_dir / "ca.pem", ident.ca_pem, 0o644)
+    _replace(data_dir / "identity.json", json.dumps({
         "node_id": ident.node_id, "tenant": ident.tenant, "hub": ident.hub,
-        "node_address": ident.node_address}, indent=2))
+        "node_address": ident.node_address, "not_before": ident.not_before,
+        "not_after": ident.not_after}, indent=2).encode(), 0o644)
+
+
+def _replace(path: Path, data: bytes, mode: int) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)

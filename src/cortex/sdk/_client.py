@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Self, TypeVar, Unpack
 
 import grpc
 
-from cortex._proto.cortex.v1 import common_pb2, tasks_pb2, tasks_pb2_grpc
+from cortex._proto.cortex.v1 import common_pb2, pki_pb2, pki_pb2_grpc, tasks_pb2, tasks_pb2_grpc
 from cortex.core.states import TERMINAL
 from cortex.errors import CortexError, InvalidArgument, Unavailable
 from cortex.sdk._admin import Admin
@@ -32,6 +32,7 @@ from cortex.sdk._specs import (
 )
 
 if TYPE_CHECKING:
+    from cortex._proto.cortex.v1.pki_pb2_grpc import PkiServiceAsyncStub
     from cortex._proto.cortex.v1.tasks_pb2_grpc import TaskServiceAsyncStub
 
 __all__ = ["TERMINAL_STATES", "Client", "JoinToken", "OutputCallback", "Result"]
@@ -405,12 +406,35 @@ class Client(ArtifactMethods, NodeFileMethods):
             self._admin = Admin(self)
         return self._admin
 
+
+    # --- certificate lifecycle (admin role) -----------------------------------------------
+
+    async def revoke_node(self, node_id: str, *, reason: str = "") -> pki_pb2.RevokeNodeResponse:
+        """Revoke a node: its stream is cut, its running tasks fail over as lost, and it
+        can neither reconnect nor renew (it needs a new join token)."""
+        request = pki_pb2.RevokeNodeRequest(node_id=node_id, reason=reason)
+        return await self._unary(self._pki().RevokeNode, request)
+
+    async def ca_status(self) -> pki_pb2.CaStatusResponse:
+        """The CA chain with expiry dates, and the tenant's node certificates."""
+        return await self._unary(self._pki().CaStatus, pki_pb2.CaStatusRequest())
+
+    async def rotate_ca(self, *, root: bool = False) -> pki_pb2.CaStatusResponse:
+        """A new issuing intermediate (and a new, cross-signed root when `root`)."""
+        return await self._unary(self._pki().RotateCa, pki_pb2.RotateCaRequest(root=root))
+
     # --- plumbing ------------------------------------------------------------------------
 
     def _open_channel(self) -> grpc.aio.Channel:
         self._stub()
         assert self._channel is not None  # noqa: S101 - _stub() just opened it
         return self._channel
+
+    def _pki(self) -> PkiServiceAsyncStub:
+        self._stub()  # opens the channel
+        if self._channel is None:
+            raise RuntimeError("this Client is closed; create a new one")
+        return pki_pb2_grpc.PkiServiceStub(self._channel)
 
     def _stub(self) -> TaskServiceAsyncStub:
         if self._closed:

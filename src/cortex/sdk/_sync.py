@@ -10,7 +10,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar, Unpack, cast
 
-from cortex._proto.cortex.v1 import common_pb2
+from cortex._proto.cortex.v1 import common_pb2, pki_pb2
 from cortex.sdk._admin import SyncAdmin
 from cortex.sdk._artifacts import Progress
 from cortex.sdk._attach import Attachment
@@ -253,6 +253,15 @@ class SyncClient:
 
     def delete_artifact(self, artifact_id: str) -> None:
         self._run(self._client.delete_artifact(artifact_id))
+
+    def revoke_node(self, node_id: str, *, reason: str = "") -> pki_pb2.RevokeNodeResponse:
+        return self._run(self._client.revoke_node(node_id, reason=reason))
+
+    def ca_status(self) -> pki_pb2.CaStatusResponse:
+        return self._run(self._client.ca_status())
+
+    def rotate_ca(self, *, root: bool = False) -> pki_pb2.CaStatusResponse:
+        return self._run(self._client.rotate_ca(root=root))
 
     def _run(self, coro: Coroutine[Any, Any, _T]) -> _T:
         if self._loop is None:

@@ -148,6 +148,19 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX artifacts_sha256 ON artifacts(sha256);
     CREATE INDEX artifacts_expiry ON artifacts(expires_at) WHERE expires_at > 0;
     """,
+    # 5: certificate lifecycle: which CA issued each certificate, its pool, and revocations
+    """
+    ALTER TABLE certificates ADD COLUMN issuer TEXT NOT NULL DEFAULT '';
+    ALTER TABLE certificates ADD COLUMN pool TEXT NOT NULL DEFAULT 'default';
+    CREATE INDEX certificates_node ON certificates(tenant, node_id);
+    CREATE TABLE node_revocations (
+        tenant TEXT NOT NULL REFERENCES tenants(id),
+        node_id TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        revoked_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (tenant, node_id)
+    );
+    """,
 )
 
 

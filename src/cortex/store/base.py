@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 from cortex._proto.cortex.v1 import common_pb2 as pb
 
-__all__ = ["DEFAULT_POOL", "ApiTokenRecord", "JoinTokenRecord", "PoolRecord", "Store", "TaskQuery",
-           "TenantRecord"]
+__all__ = ["DEFAULT_POOL", "ApiTokenRecord", "CertificateRecord", "JoinTokenRecord",
+           "PoolRecord", "Store", "TaskQuery", "TenantRecord"]
 
 DEFAULT_POOL = "default"   # every tenant has it; nodes join it unless their token names another
 
@@ -244,3 +244,42 @@ class Store(abc.ABC):
         """Whether one of the tenant's artifacts has this content (dedupe without the
         bytes is allowed only then: another tenant's blob must never be claimable by its
         hash alone)."""
+    # -- certificate lifecycle ---------------------------------------------------------
+    @abc.abstractmethod
+    async def record_issued_certificate(self, tenant: str, cert: CertificateRecord) -> None:
+        """Record a node certificate with its issuer label and pool."""
+
+    @abc.abstractmethod
+    async def get_certificate(self, tenant: str, serial: str) -> CertificateRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_certificates(self, tenant: str, *, valid_at: float
+                                ) -> list[CertificateRecord]:
+        """The tenant's unrevoked certificates still valid at `valid_at`, newest first."""
+
+    @abc.abstractmethod
+    async def revoke_node(self, tenant: str, node_id: str, *, reason: str, now: float
+                          ) -> int:
+        """Record the node as revoked and revoke its certificates; how many were revoked.
+        Revoking twice keeps the first record."""
+
+    @abc.abstractmethod
+    async def node_revoked_at(self, tenant: str, node_id: str) -> float:
+        """When the node was revoked, 0.0 if it was not."""
+
+    @abc.abstractmethod
+    async def certificate_issuers_all_tenants(self, *, now: float) -> dict[str, float]:
+        """For each issuer label, the latest not_after of its unrevoked certificates still
+        valid at `now` (what CA retirement waits for)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateRecord:
+    serial: str
+    tenant: str
+    node_id: str
+    not_before: float
+    not_after: float
+    revoked_at: float = 0.0
+    issuer: str = ""        # "<intermediate>/<root>" that signed it
+    pool: str = "default"

@@ -63,6 +63,7 @@ from cortex.store._pg_schema import migrate
 from cortex.store.base import (
     DEFAULT_POOL,
     ApiTokenRecord,
+    CertificateRecord,
     JoinTokenRecord,
     PoolRecord,
     Store,
@@ -585,6 +586,50 @@ class PostgresStore(Store):
     async def artifact_digests_all_tenants(self) -> set[str]:
         rows = await self._fetchall("SELECT DISTINCT sha256 FROM artifacts", ())
         return {str(r[0]) for r in rows}
+    # -- certificate lifecycle ---------------------------------------------------------
+    async def record_issued_certificate(self, tenant: str, cert: CertificateRecord) -> None:
+        await self._execute(
+            "INSERT INTO certificates(serial, tenant, node_id, not_before, not_after,"
+            " revoked_at, issuer, pool) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            (cert.serial, tenant, cert.node_id, cert.not_before, cert.not_after,
+             cert.revoked_at, cert.issuer, cert.pool))
+
+    async def get_certificate(self, tenant: str, serial: str) -> CertificateRecord | None:
+        row = await self._fetchone(
+            "SELECT serial, tenant, node_id, not_before, not_after, revoked_at, issuer, pool"
+            " FROM certificates WHERE tenant = %s AND serial = %s", (tenant, serial))
+        return None if row is None else CertificateRecord(*row)
+
+    async def list_certificates(self, tenant: str, *, valid_at: float
+                                ) -> list[CertificateRecord]:
+        rows = await self._fetchall(
+            "SELECT serial, tenant, node_id, not_before, not_after, revoked_at, issuer, pool"
+            " FROM certificates WHERE tenant = %s AND revoked_at = 0"
+            " AND not_after > %s ORDER BY not_before DESC", (tenant, valid_at))
+        return [CertificateRecord(*r) for r in rows]
+
+    async def revoke_node(self, tenant: str, node_id: str, *, reason: str, now: float
+                          ) -> int:
+        async with self._transaction() as conn:
+            await conn.execute(
+                "INSERT INTO node_revocations(tenant, node_id, reason, revoked_at)"
+                " VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (tenant, node_id, reason, now))
+            cur = await conn.execute(
+                "UPDATE certificates SET revoked_at = %s WHERE tenant = %s AND node_id = %s"
+                " AND revoked_at = 0", (now, tenant, node_id))
+            return cur.rowcount
+
+    async def node_revoked_at(self, tenant: str, node_id: str) -> float:
+        row = await self._fetchone("SELECT revoked_at FROM node_revocations WHERE tenant = %s"
+                                   " AND node_id = %s", (tenant, node_id))
+        return 0.0 if row is None else float(row[0])
+
+    async def certificate_issuers_all_tenants(self, *, now: float) -> dict[str, float]:
+        rows = await self._fetchall(
+            "SELECT issuer, MAX(not_after) FROM certificates WHERE revoked_at = 0"
+            " AND not_after > %s GROUP BY issuer", (now,))
+        return {str(r[0]): float(r[1]) for r in rows}
 
 
 def _event_arrays(events: Sequence[pb.TaskEvent]) -> dict[str, list[Any]]:

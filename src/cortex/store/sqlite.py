@@ -25,6 +25,7 @@ from cortex.store._sqlite_schema import MIGRATIONS
 from cortex.store.base import (
     DEFAULT_POOL,
     ApiTokenRecord,
+    CertificateRecord,
     JoinTokenRecord,
     PoolRecord,
     Store,
@@ -556,9 +557,63 @@ class SqliteStore(Store):
 
 
 
-def _artifact(row: Sequence[Any]) -> pb.File:
-    return pb.File(artifact_id=row[0], task_id=row[1], name=row[2], sha256=row[3],
-                   size=row[4], media_type=row[5], created_at=row[6], expires_at=row[7])
+    # -- certificate lifecycle ---------------------------------------------------------
+    async def record_issued_certificate(self, tenant: str, cert: CertificateRecord) -> None:
+        await self._call(lambda c: c.execute(
+            "INSERT INTO certificates(serial, tenant, node_id, not_before, not_after,"
+            " revoked_at, issuer, pool) VALUES (?,?,?,?,?,?,?,?)",
+            (cert.serial, tenant, cert.node_id, cert.not_before, cert.not_after,
+             cert.revoked_at, cert.issuer, cert.pool)))
+
+    async def get_certificate(self, tenant: str, serial: str) -> CertificateRecord | None:
+        def op(c: sqlite3.Connection) -> CertificateRecord | None:
+            row = c.execute(
+                "SELECT serial, tenant, node_id, not_before, not_after, revoked_at, issuer,"
+                " pool FROM certificates WHERE tenant = ? AND serial = ?",
+                (tenant, serial)).fetchone()
+            return None if row is None else CertificateRecord(*row)
+
+        return await self._call(op)
+
+    async def list_certificates(self, tenant: str, *, valid_at: float
+                                ) -> list[CertificateRecord]:
+        def op(c: sqlite3.Connection) -> list[CertificateRecord]:
+            rows = c.execute(
+                "SELECT serial, tenant, node_id, not_before, not_after, revoked_at, issuer, pool"
+                " FROM certificates WHERE tenant = ? AND revoked_at = 0"
+                " AND not_after > ? ORDER BY not_before DESC", (tenant, valid_at)).fetchall()
+            return [CertificateRecord(*r) for r in rows]
+
+        return await self._call(op)
+
+    async def revoke_node(self, tenant: str, node_id: str, *, reason: str, now: float
+                          ) -> int:
+        def op(c: sqlite3.Connection) -> int:
+            c.execute("INSERT OR IGNORE INTO node_revocations(tenant, node_id, reason,"
+                      " revoked_at) VALUES (?,?,?,?)", (tenant, node_id, reason, now))
+            cur = c.execute("UPDATE certificates SET revoked_at = ? WHERE tenant = ?"
+                            " AND node_id = ? AND revoked_at = 0", (now, tenant, node_id))
+            return cur.rowcount
+
+        return await self._call(op)
+
+    async def node_revoked_at(self, tenant: str, node_id: str) -> float:
+        def op(c: sqlite3.Connection) -> float:
+            row = c.execute("SELECT revoked_at FROM node_revocations WHERE tenant = ?"
+                            " AND node_id = ?", (tenant, node_id)).fetchone()
+            return 0.0 if row is None else float(row[0])
+
+        return await self._call(op)
+
+    async def certificate_issuers_all_tenants(self, *, now: float) -> dict[str, float]:
+        def op(c: sqlite3.Connection) -> dict[str, float]:
+            rows = c.execute("SELECT issuer, MAX(not_after) FROM certificates WHERE"
+                             " revoked_at = 0 AND not_after > ? GROUP BY issuer",
+                             (now,)).fetchall()
+            return {str(r[0]): float(r[1]) for r in rows}
+
+        return await self._call(op)
+
 
 def _migrate(conn: sqlite3.Connection) -> None:
     (version,) = conn.execute("PRAGMA user_version").fetchone()
@@ -567,6 +622,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
                        f"{len(MIGRATIONS)}: upgrade the hub (never point an older one at it)")
     for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
         conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+
 
 
 def _resolve_all(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
@@ -604,3 +660,8 @@ def _translate(exc: Exception) -> Exception:
 
 def _pool(row: tuple[Any, ...]) -> PoolRecord:
     return PoolRecord(row[0], row[1], row[2], row[3], tuple(json.loads(row[4])))
+
+
+def _artifact(row: Sequence[Any]) -> pb.File:
+    return pb.File(artifact_id=row[0], task_id=row[1], name=row[2], sha256=row[3],
+                   size=row[4], media_type=row[5], created_at=row[6], expires_at=row[7])
