@@ -49,8 +49,9 @@ $(STAMP): pyproject.toml | $(PY)
 
 venv: $(STAMP)
 
+# The browser skill's tests need Debian's chromium (never a downloaded browser build).
 system-deps:
-	@bash scripts/ensure_system_deps.sh
+	@CORTEX_NEED_BROWSER=1 bash scripts/ensure_system_deps.sh
 
 postgres:
 	@bash scripts/ensure_postgres.sh

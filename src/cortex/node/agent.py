@@ -122,6 +122,7 @@ class Agent:
         self._journal.prune()
         if self._workers is not None:
             await self._workers.aclose()  # every task ended; sessions end with the agent
+        await self._supervisor.aclose_skills()  # e.g. the browser sessions' Chromiums
         if self._cgroups is not None:
             try:  # every task ended: leave no empty per-node cgroup folders behind
                 self._cgroups.destroy()

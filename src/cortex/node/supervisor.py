@@ -78,6 +78,13 @@ class Supervisor:
         while self._watchers:
             await asyncio.wait(list(self._watchers.values()))
 
+    async def aclose_skills(self) -> None:
+        """Let skills holding resources beyond their runs (browsers) release them."""
+        for skill in self._skills.values():
+            close = getattr(skill, "aclose", None)
+            if close is not None:
+                await close()
+
     async def _watch(self, key: Key, run: TaskRun) -> None:
         try:
             await run.wait()
