@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cortex.cli import mcp, nodes, run, serve, tasks, tokens
+from cortex.cli import browser, mcp, nodes, run, serve, tasks, tokens
 from cortex.cli._common import CortexGroup, Globals
 
 __all__ = ["app", "main"]
@@ -59,6 +59,7 @@ run.register(app)
 app.add_typer(tasks.app, name="tasks")
 app.add_typer(nodes.app, name="nodes")
 app.add_typer(tokens.app, name="token")
+app.add_typer(browser.app, name="browser")
 serve.register(app)
 mcp.register(app)
 

@@ -24,6 +24,7 @@ from cortex.errors import (
     Unavailable,
 )
 from cortex.sdk._attach import Attachment
+from cortex.sdk._browser import BrowserError, BrowserSession, list_browser_sessions
 from cortex.sdk._client import TERMINAL_STATES, Client, JoinToken, OutputCallback, Result
 from cortex.sdk._config import ClientConfig, ConfigError, ConfigOverrides
 from cortex.sdk._specs import (
@@ -40,6 +41,8 @@ from cortex.sdk._sync import SyncAttachment, SyncClient
 __all__ = [
     "TERMINAL_STATES",
     "Attachment",
+    "BrowserError",
+    "BrowserSession",
     "Client",
     "ClientConfig",
     "ConfigError",
@@ -66,6 +69,7 @@ __all__ = [
     "TaskState",
     "Unavailable",
     "build_spec",
+    "list_browser_sessions",
     "parse_duration",
     "parse_env",
     "parse_labels",

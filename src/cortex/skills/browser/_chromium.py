@@ -50,6 +50,7 @@ CHROMIUM_FLAGS = (
     "--password-store=basic",
     "--use-mock-keychain",
     "--hide-scrollbars",
+    "--disable-back-forward-cache",  # a page restored from it fires no load: back() hangs
     "--window-size=1280,720",
 )
 

@@ -137,8 +137,9 @@ class BrowserSkill:
         call.CopyFrom(spec)
         call.args.update({"_cdp": browser.cdp_url, "_dir": str(session.dir),
                           "_policy": self._policy.as_dict()})
-        return await self._worker.start(task_id=task_id, attempt=attempt, spec=call,
-                                        timeout_s=timeout_s, sink=sink)
+        run = await self._worker.start(task_id=task_id, attempt=attempt, spec=call,
+                                       timeout_s=timeout_s, sink=_reattach_note(sink))
+        return _BrowserRun(run)
 
     async def aclose(self) -> None:
         """Kill every session's browser (the node is stopping; the profiles stay)."""
@@ -195,6 +196,50 @@ class BrowserSkill:
         ]
         return {"ok": True, "action": "sessions", "sessions": rows,
                 "limit": self.max_sessions}
+
+
+def _reattach_note(sink: OutputSink) -> OutputSink:
+    """The pool says a reset session lost its state; a browser session did not (Chromium
+    kept running and the new worker re-attaches), so say that instead."""
+
+    def deliver(stream: int, data: bytes) -> None:
+        if stream == common_pb2.STDERR and data.startswith(b"[browser session ") \
+                and b"was reset" in data:
+            why = data.split(b": its worker ", 1)[-1].split(b";", 1)[0]
+            data = (b"[browser session: its worker " + why + b"; a new worker re-attached "
+                    b"to the running browser: tabs, cookies and page state are kept, "
+                    b"snapshot refs are not]\n")
+        sink(stream, data)
+
+    return deliver
+
+
+class _BrowserRun:
+    """A worker run whose "state is gone" (true of pyeval) says what is true of a browser."""
+
+    def __init__(self, run: TaskRun) -> None:
+        self._run = run
+        self.write_stdin = run.write_stdin
+        self.close_stdin = run.close_stdin
+        self.resize = run.resize
+        self.cancel = run.cancel
+
+    @property
+    def pid(self) -> int | None:
+        return self._run.pid
+
+    @pid.setter
+    def pid(self, value: int | None) -> None:
+        self._run.pid = value
+
+    async def wait(self) -> Outcome:
+        outcome = await self._run.wait()
+        if "the session's state is gone" not in outcome.reason:
+            return outcome
+        reason = outcome.reason.replace(
+            "the session's state is gone",
+            "the browser kept running: retry the action (a new worker re-attaches)")
+        return Outcome(outcome.state, outcome.exit_code, reason)
 
 
 class _Done:

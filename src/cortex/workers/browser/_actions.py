@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -77,11 +78,16 @@ async def forward(d: Driver, a: Args) -> dict[str, Any]:
 async def reload(d: Driver, a: Args) -> dict[str, Any]:
     page = await d.page(usable=False)
     if page in d.crashed:
-        # A crashed renderer cannot reload itself: navigate the tab to its URL again.
-        url = page.url
+        # Playwright refuses every call on a crashed page: replace the tab by a new one.
+        fresh = await d.context.new_page()
+        d.select(fresh)
         d.crashed.discard(page)
-        await page.goto(url, wait_until=a["wait_until"], timeout=_ms(a))
-        return {"recovered": True, "title": await page.title()}
+        with contextlib.suppress(PlaywrightError):
+            await page.close()
+        d.select(fresh)  # again: its index moved
+        await fresh.goto(page.url, wait_until=a["wait_until"], timeout=_ms(a))
+        return {"recovered": True, "title": await fresh.title(),
+                "note": "the crashed tab was replaced by a new tab at the same URL"}
     await page.reload(wait_until=a["wait_until"], timeout=_ms(a))
     return {"title": await page.title()}
 
@@ -436,6 +442,36 @@ async def restore(d: Driver, a: Args) -> dict[str, Any]:
     return {"tabs": await d.tabs()}
 
 
+MAX_FETCH_BYTES = 4 << 20
+
+
+async def fetch(d: Driver, a: Args) -> dict[str, Any]:
+    """A piece of a file of the session (video, HAR, screenshot, download) as base64.
+
+    Until Cortex moves such files as artifacts, this is how they leave the node: the SDK's
+    `BrowserSession.download` calls it chunk by chunk.
+    """
+    a.require("path")
+    root = d.dir.resolve()
+    path = Path(a["path"]).resolve()  # noqa: ASYNC240
+    if not path.is_relative_to(root):
+        raise ActionError(f"fetch reads only the session's own files (under {root})")
+    if not 0 < a["length"] <= MAX_FETCH_BYTES or a["offset"] < 0:
+        raise ActionError(f"fetch: offset >= 0 and 0 < length <= {MAX_FETCH_BYTES}")
+
+    def read() -> tuple[bytes, int]:
+        with path.open("rb") as f:
+            f.seek(a["offset"])
+            return f.read(a["length"]), path.stat().st_size
+
+    try:
+        data, size = await asyncio.to_thread(read)
+    except OSError as exc:
+        raise ActionError(f"fetch: cannot read {path}: {exc.strerror or exc}") from exc
+    return {"path": str(path), "offset": a["offset"], "bytes": len(data), "size": size,
+            "eof": a["offset"] + len(data) >= size, "base64": base64.b64encode(data).decode()}
+
+
 async def status(d: Driver, a: Args) -> dict[str, Any]:
     return {"tabs": await d.tabs(), "recording": d.recorder is not None,
             "har": str(d.har) if d.har else None, "events_seq": d.events.last_seq}
@@ -495,5 +531,7 @@ ACTIONS: dict[str, tuple[Action, dict[str, Param]]] = {
     "record": (record, {"op": Param("str", None, ("start", "stop")), "fps": Param("int", 15),
                         "width": Param("int", 1280), "height": Param("int", 720)}),
     "save": (save, {}),
+    "fetch": (fetch, {"path": Param("str"), "offset": Param("int", 0),
+                      "length": Param("int", MAX_FETCH_BYTES)}),
     "restore": (restore, {"state": Param("dict"), "timeout_s": _T}),
 }

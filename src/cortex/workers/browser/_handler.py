@@ -125,7 +125,8 @@ async def _until_dialog(driver: Driver, action: Any) -> dict[str, Any]:
     task: asyncio.Task[dict[str, Any]] = asyncio.ensure_future(action)
     dialog = driver.next_dialog()
     try:
-        await asyncio.wait([task, dialog], return_when=asyncio.FIRST_COMPLETED)
+        either: list[asyncio.Future[Any]] = [task, dialog]
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         if task.done():
             return task.result()
         return {"dialog_opened": True,
