@@ -15,6 +15,7 @@ from typing import Any, Literal, cast
 from playwright.async_api import Error as PlaywrightError
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
+from cortex.workers.browser import _evidence as evidence
 from cortex.workers.browser._args import ActionError, Args, Param
 from cortex.workers.browser._driver import Driver
 from cortex.workers.browser._snapshot import cap, changes, compact_ax_tree, to_json
@@ -372,48 +373,15 @@ async def _body(d: Driver, seq: int, max_chars: int) -> dict[str, Any]:
 async def har(d: Driver, a: Args) -> dict[str, Any]:
     a.require("op")
     if a["op"] == "start":
-        if d.har is not None:
-            raise ActionError(f"a HAR is already being recorded to {d.har}: stop it first")
-        path = d.dir / "har" / f"{time.time_ns()}.har"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        await d.context.tracing.start_har(path, content=a["content"], mode="full",
-                                          url_filter=a["url_filter"])
-        d.har = path
-        return {"recording": str(path)}
-    if d.har is None:
-        raise ActionError("no HAR is being recorded: har op=start first")
-    await d.context.tracing.stop_har()
-    path, d.har = d.har, None
-    entries = len(json.loads(path.read_text()).get("log", {}).get("entries", []))
-    return {"path": str(path), "bytes": path.stat().st_size, "entries": entries}
+        return await evidence.har_start(d, content=a["content"], url_filter=a["url_filter"])
+    return await evidence.har_stop(d)
 
 
 async def record(d: Driver, a: Args) -> dict[str, Any]:
-    from cortex.workers.browser._video import Recorder  # PyAV loads only to record
-
     a.require("op")
-
     if a["op"] == "stop":
-        if d.recorder is None:
-            raise ActionError("no video is being recorded: record op=start first")
-        recorder, d.recorder = d.recorder, None
-        return dict(await recorder.stop())
-    if d.recorder is not None:
-        raise ActionError("a video is already being recorded: record op=stop first")
-    width, height, fps = a["width"], a["height"], a["fps"]
-    if not (160 <= width <= 1920 and 120 <= height <= 1080 and width % 2 == 0
-            and height % 2 == 0):
-        raise ActionError("record: width x height must be even, from 160x120 up to 1920x1080")
-    if not 1 <= fps <= 30:
-        raise ActionError("record: fps must be from 1 to 30")
-    page = await d.page()
-    await page.set_viewport_size({"width": width, "height": height})
-    path = d.dir / "video" / f"{time.time_ns()}.mp4"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cdp = await d.context.new_cdp_session(page)
-    d.recorder = Recorder(cdp, path, width=width, height=height, fps=fps)
-    await d.recorder.start()
-    return {"recording": str(path), "width": width, "height": height, "fps": fps}
+        return await evidence.record_stop(d)
+    return await evidence.record_start(d, fps=a["fps"], width=a["width"], height=a["height"])
 
 
 async def save(d: Driver, a: Args) -> dict[str, Any]:

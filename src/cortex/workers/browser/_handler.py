@@ -24,6 +24,7 @@ from playwright.async_api import Error as PlaywrightError
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
 from cortex._proto.cortex.v1 import common_pb2, worker_pb2
+from cortex.workers.browser import _evidence as evidence
 from cortex.workers.browser._actions import ACTIONS
 from cortex.workers.browser._args import ActionError, Args
 from cortex.workers.browser._driver import Driver
@@ -73,6 +74,9 @@ class BrowserHandler:
             driver = Driver(cdp, folder, policy)
             await driver.connect()
             self._driver = driver
+            for what in await evidence.resume(driver):
+                driver.events.add("note", text=f"resumed the {what} recording the previous "
+                                               "worker left running (a new segment)")
         result = await _until_dialog(driver, fn(driver, args))
         with contextlib.suppress(TimeoutError, ActionError, PlaywrightError):
             result["page"] = await asyncio.wait_for(_page_info(driver), 2)

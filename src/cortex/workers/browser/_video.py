@@ -45,14 +45,18 @@ class _Encoder(threading.Thread):
             self.error = f"video encoder failed: {exc!r}"
 
     def _run(self) -> None:
+        # flush_packets: each fragment reaches the file as it is cut, not when a 32 KiB
+        # buffer fills - without it a killed worker leaves an unplayable 28-byte file.
         out = av.open(str(self.path), "w", format="mp4",
-                      options={"movflags": "frag_keyframe+empty_moov+default_base_moof"})
+                      options={"movflags": "frag_keyframe+empty_moov+default_base_moof"},
+                      container_options={"flush_packets": "1"})
         try:
             stream = out.add_stream("libx264", rate=self._fps)
             stream.width, stream.height = self._width, self._height
             stream.pix_fmt = "yuv420p"
             stream.codec_context.time_base = Fraction(1, 1000)
-            stream.codec_context.options = {"preset": "veryfast",
+            # zerolatency: no lookahead, so each frame is in the file within one fragment.
+            stream.codec_context.options = {"preset": "veryfast", "tune": "zerolatency",
                                             "g": str(self._fps * _KEYFRAME_S)}
             decoder = av.CodecContext.create("mjpeg", "r")
             first, last_pts = None, -1
