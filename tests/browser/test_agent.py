@@ -86,7 +86,7 @@ async def test_agent_script_survives_worker_kill(client: Client, node: Agent, si
         har = await browser.har_stop()
         local_har = tmp_path / "trace.har"
         await browser.download(har["path"], local_har)
-        entries = json.loads(local_har.read_text())["log"]["entries"]  # noqa: ASYNC240
+        entries = json.loads(local_har.read_text())["log"]["entries"]
         urls = {e["request"]["url"].replace(site, "") for e in entries}
         assert "/missing" in urls
 
