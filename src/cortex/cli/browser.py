@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -29,6 +30,7 @@ POSITIONAL: dict[str, tuple[str, ...]] = {
     "select": ("ref", "values..."), "upload": ("ref", "paths..."), "drag": ("from_ref", "to_ref"),
     "tabs": ("op", "index"), "fetch": ("path",), "scroll": ("ref",),
 }
+_NAMED = re.compile(r"^[a-z_]+=")  # KEY=VALUE; a URL or JS expression starts otherwise
 _INTS = {"index", "count", "depth", "since", "limit", "offset", "length", "quality",
          "max_chars", "max_bytes", "fps", "width", "height", "body_of"}
 
@@ -38,7 +40,8 @@ def parse_action_args(action: str, words: list[str]) -> dict[str, Any]:
     JSON when it parses as JSON - true, 3, ["a"] - and a string otherwise)."""
     args: dict[str, Any] = {}
     slots = list(POSITIONAL.get(action, ()))
-    rest = list(words)
+    rest = [w for w in words if not _NAMED.match(w)]
+    named = [w for w in words if _NAMED.match(w)]
     while slots and rest:
         slot = slots.pop(0)
         if slot.endswith("..."):
@@ -47,12 +50,12 @@ def parse_action_args(action: str, words: list[str]) -> dict[str, Any]:
             break
         word = rest.pop(0)
         args[slot] = int(word) if slot in _INTS and word.isdigit() else word
-    for word in rest:
-        key, eq, value = word.partition("=")
-        if not eq or not key:
-            raise InvalidArgument(f"{word!r}: give further args as KEY=VALUE "
-                                  f"({action} takes {', '.join(POSITIONAL.get(action, ())) or 'no'}"
-                                  " positional args)")
+    if rest:
+        takes = ", ".join(POSITIONAL.get(action, ())) or "no"
+        raise InvalidArgument(f"{rest[0]!r}: give further args as KEY=VALUE ({action} takes "
+                              f"{takes} positional args)")
+    for word in named:
+        key, _, value = word.partition("=")
         try:
             args[key] = json.loads(value)
         except ValueError:

@@ -75,8 +75,9 @@ def probe_chromium(path: str | None, timeout_s: float = 20.0) -> str:
         return ("no Chromium found (apt-get install chromium, or set CORTEX_CHROMIUM to the "
                 "binary)")
     try:
-        done = subprocess.run([path, "--version"],  # noqa: S603 - the configured binary capture_output=True, timeout=timeout_s,
-                              check=False)
+        done = subprocess.run(  # noqa: S603 - the node's configured Chromium binary
+            [path, "--version"], capture_output=True, stdin=subprocess.DEVNULL,
+            timeout=timeout_s, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"{path} --version failed: {exc}"
     if done.returncode != 0:
