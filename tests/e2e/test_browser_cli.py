@@ -14,7 +14,7 @@ import pytest
 from cortex.skills.browser import find_chromium
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "browser"))
-from browser_site import serve_site  # noqa: E402 - found through the line above
+from browser_site import serve_site
 
 if TYPE_CHECKING:
     from conftest import Cortex

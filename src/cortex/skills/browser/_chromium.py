@@ -103,13 +103,13 @@ class Chromium:
         return f"http://127.0.0.1:{self.port}"
 
     def alive(self) -> bool:
-        if self.proc is not None:
-            return self.proc.returncode is None
-        try:
-            os.kill(self.pid, 0)
-        except (ProcessLookupError, PermissionError):
+        if self.proc is not None and self.proc.returncode is not None:
             return False
-        return _is_chromium(self.pid)
+        try:  # killed but not reaped yet is a zombie ("Z"): gone for our purposes
+            state = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return False
+        return state not in ("Z", "X") and (self.proc is not None or _is_chromium(self.pid))
 
     @classmethod
     async def launch(cls, binary: str, session_dir: Path) -> Chromium:

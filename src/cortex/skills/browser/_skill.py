@@ -20,6 +20,7 @@ import json
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,7 +87,8 @@ class _Session:
     key: str  # "tenant/name", as the agent scoped it
     dir: Path
     browser: Chromium | None = None
-    last_used: float = field(default_factory=time.monotonic)
+    previous: Chromium | None = None  # the browser of the last call, to notice a restart
+    last_used: float = 0.0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -97,7 +99,8 @@ class BrowserSkill:
 
     def __init__(self, pool: WorkerPool, *, data_dir: Path, chromium: str,
                  max_sessions: int, idle_timeout_s: float = 1800.0,
-                 policy: BrowserPolicy | None = None) -> None:
+                 policy: BrowserPolicy | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if max_sessions < 1:
             raise InvalidArgument(f"max_sessions must be at least 1, got {max_sessions}")
         if not (math.isfinite(idle_timeout_s) and idle_timeout_s > 0):
@@ -109,6 +112,7 @@ class BrowserSkill:
         self._idle_timeout_s = idle_timeout_s
         self._policy = policy or BrowserPolicy()
         self._sessions: dict[str, _Session] = {}
+        self._clock = clock
 
     async def start(self, *, task_id: str, attempt: int, spec: common_pb2.TaskSpec,
                     timeout_s: float | None, sink: OutputSink) -> TaskRun:
@@ -127,19 +131,28 @@ class BrowserSkill:
             return _Done(sink, self._list(spec.session_id.split("/", 1)[0]))
         session = self._sessions.get(spec.session_id)
         if action == "close":
-            closed = session is not None and await self._close(session)
+            # Not in memory: an earlier agent may have left its browser running.
+            closed = await self._close(session or self._session(spec.session_id))
             return _Done(sink, {"ok": True, "action": "close", "closed": closed})
         session = session or self._open(spec.session_id)
         async with session.lock:
+            had_browser = session.browser is not None
             browser = await self._ensure_browser(session)
-            session.last_used = time.monotonic()
+            session.last_used = self._clock()
+        note = b""
+        if had_browser and browser is not session.previous:
+            note = (b"[browser session: its Chromium was gone (killed or crashed) and was "
+                    b"started again with the same profile: open tabs and unsaved page state "
+                    b"are lost]\n")
+        session.previous = browser
         call = common_pb2.TaskSpec()
         call.CopyFrom(spec)
         call.args.update({"_cdp": browser.cdp_url, "_dir": str(session.dir),
                           "_policy": self._policy.as_dict()})
+        noted = _Noted(sink, note)
         run = await self._worker.start(task_id=task_id, attempt=attempt, spec=call,
-                                       timeout_s=timeout_s, sink=_reattach_note(sink))
-        return _BrowserRun(run)
+                                       timeout_s=timeout_s, sink=_reattach_note(noted))
+        return _BrowserRun(run, noted)
 
     async def aclose(self) -> None:
         """Kill every session's browser (the node is stopping; the profiles stay)."""
@@ -157,9 +170,12 @@ class BrowserSkill:
                 f"this node holds its limit of {self.max_sessions} browser sessions (about "
                 f"{SESSION_MIB} MiB each, from its memory): close one (cortex browser close "
                 "NAME) or open the session on another node (--node/--label)")
-        safe = _UNSAFE.sub("_", key)[:80] + "-" + hashlib.sha256(key.encode()).hexdigest()[:10]
-        session = self._sessions[key] = _Session(key=key, dir=self._root / safe)
+        session = self._sessions[key] = self._session(key)
         return session
+
+    def _session(self, key: str) -> _Session:
+        safe = _UNSAFE.sub("_", key)[:80] + "-" + hashlib.sha256(key.encode()).hexdigest()[:10]
+        return _Session(key=key, dir=self._root / safe, last_used=self._clock())
 
     async def _ensure_browser(self, session: _Session) -> Chromium:
         browser = session.browser
@@ -172,6 +188,8 @@ class BrowserSkill:
 
     async def _close(self, session: _Session) -> bool:
         async with session.lock:
+            if session.browser is None and session.dir.exists():
+                session.browser = await asyncio.to_thread(Chromium.adopt, session.dir)
             was_open = session.browser is not None
             if session.browser is not None:
                 await session.browser.kill()
@@ -181,14 +199,14 @@ class BrowserSkill:
         return was_open
 
     async def _close_idle(self, *, keep: str) -> None:
-        now = time.monotonic()
+        now = self._clock()
         for session in list(self._sessions.values()):
             idle = now - session.last_used
             if session.key != keep and idle > self._idle_timeout_s and not session.lock.locked():
                 await self._close(session)
 
     def _list(self, tenant: str) -> dict[str, object]:
-        now = time.monotonic()
+        now = self._clock()
         rows = [
             {"session": key.split("/", 1)[1], "alive": bool(s.browser and s.browser.alive()),
              "idle_s": round(now - s.last_used, 1), "dir": str(s.dir)}
@@ -196,6 +214,23 @@ class BrowserSkill:
         ]
         return {"ok": True, "action": "sessions", "sessions": rows,
                 "limit": self.max_sessions}
+
+
+class _Noted:
+    """A sink that puts `note` on STDERR first (before any output, or at the end)."""
+
+    def __init__(self, sink: OutputSink, note: bytes) -> None:
+        self._sink = sink
+        self._note = note
+
+    def __call__(self, stream: int, data: bytes) -> None:
+        self.flush()
+        self._sink(stream, data)
+
+    def flush(self) -> None:
+        if self._note:
+            note, self._note = self._note, b""
+            self._sink(common_pb2.STDERR, note)
 
 
 def _reattach_note(sink: OutputSink) -> OutputSink:
@@ -217,8 +252,9 @@ def _reattach_note(sink: OutputSink) -> OutputSink:
 class _BrowserRun:
     """A worker run whose "state is gone" (true of pyeval) says what is true of a browser."""
 
-    def __init__(self, run: TaskRun) -> None:
+    def __init__(self, run: TaskRun, noted: _Noted) -> None:
         self._run = run
+        self._noted = noted
         self.write_stdin = run.write_stdin
         self.close_stdin = run.close_stdin
         self.resize = run.resize
@@ -234,6 +270,7 @@ class _BrowserRun:
 
     async def wait(self) -> Outcome:
         outcome = await self._run.wait()
+        self._noted.flush()
         if "the session's state is gone" not in outcome.reason:
             return outcome
         reason = outcome.reason.replace(
