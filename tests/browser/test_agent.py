@@ -36,6 +36,8 @@ def browser_worker_pids() -> list[int]:
 async def test_agent_script_survives_worker_kill(client: Client, node: Agent, site: str,
                                                  tmp_path: Path) -> None:
     """The whole agent flow, with the worker killed between two actions."""
+    [offered] = await client.list_nodes(skill="browser")
+    assert offered.capacity.browser_sessions >= 1
     seen: list[dict[str, Any]] = []
     browser = await BrowserSession.open(client, "agent", url=f"{site}/login",
                                         on_event=seen.append)
@@ -95,3 +97,9 @@ async def test_agent_script_survives_worker_kill(client: Client, node: Agent, si
         assert await browser.close()
     with pytest.raises(BrowserError, match="is not a snapshot ref"):
         await BrowserSession(client, "agent").click("#nope")
+
+
+async def test_a_session_that_cannot_be_placed_says_why(client: Client, node: Agent) -> None:
+    """Opening a session where no node can take it fails with the placement's reason."""
+    with pytest.raises(BrowserError, match="no connected node has label zone=mars"):
+        await BrowserSession.open(client, "nowhere", labels={"zone": "mars"}, timeout=1.5)

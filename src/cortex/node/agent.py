@@ -260,7 +260,8 @@ class Agent:
         return node_pb2.Hello(
             name=self._config.name, version=__version__, labels=self._labels(),
             skills=self._skills, boot_id=self._boot_id,
-            capacity=pb.Resources(cpus=cpus, memory_mib=mem, slots=self._config.slots),
+            capacity=pb.Resources(cpus=cpus, memory_mib=mem, slots=self._config.slots,
+                                  **self._supervisor.capacity()),
             held=[node_pb2.HeldTask(task_id=t, attempt=a) for t, a in self._held],
         )
 

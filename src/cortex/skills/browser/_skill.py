@@ -113,6 +113,7 @@ class BrowserSkill:
         self._policy = policy or BrowserPolicy()
         self._sessions: dict[str, _Session] = {}
         self._clock = clock
+        self.capacity = {"browser_sessions": max_sessions}  # advertised in the node's hello
 
     async def start(self, *, task_id: str, attempt: int, spec: common_pb2.TaskSpec,
                     timeout_s: float | None, sink: OutputSink) -> TaskRun:
