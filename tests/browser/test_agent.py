@@ -95,8 +95,8 @@ async def test_agent_script_survives_worker_kill(client: Client, node: Agent, si
         assert [s["session"] for s in await list_browser_sessions(client)] == ["agent"]
     finally:
         assert await browser.close()
-    with pytest.raises(BrowserError, match="is not a snapshot ref"):
-        await BrowserSession(client, "agent").click("#nope")
+    with pytest.raises(BrowserError, match="no browser session 'agent' on this node: open it"):
+        await BrowserSession(client, "agent").click("e1")
 
 
 async def test_a_session_that_cannot_be_placed_says_why(client: Client, node: Agent) -> None:

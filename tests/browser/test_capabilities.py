@@ -19,7 +19,7 @@ from helpers import act, fails, ok
 
 from conftest import CHROMIUM
 from cortex.core.states import State
-from cortex.errors import InvalidArgument, Unavailable
+from cortex.errors import InvalidArgument, NotFound, Unavailable
 from cortex.skills.browser import BrowserSkill
 from cortex.skills.worker import WorkerPool
 
@@ -316,6 +316,7 @@ async def test_video_decodes_back_to_frames(skill: BrowserSkill, site: str) -> N
 
 async def test_bad_input_is_refused_precisely(skill: BrowserSkill, site: str) -> None:
     """Unknown actions and args, wrong types, file URLs and unreachable hosts say so."""
+    await ok(skill, S, "open")
     assert "unknown browser action 'fly'" in await fails(skill, S, "fly")
     assert "does not take bogus" in await fails(skill, S, "click", bogus=1)
     assert "count must be int" in await fails(skill, S, "click", selector="h1", count="x")
@@ -327,6 +328,8 @@ async def test_bad_input_is_refused_precisely(skill: BrowserSkill, site: str) ->
         await act(skill, S, "open", _cdp="http://evil")
     with pytest.raises(InvalidArgument, match="needs a session"):
         await act(skill, "", "open")
+    with pytest.raises(NotFound, match="no browser session 'never-opened' on this node"):
+        await act(skill, "tenant-a/never-opened", "click", ref="e1")
 
 
 async def test_renderer_crash_is_reported_and_reload_recovers(skill: BrowserSkill,

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from cortex._proto.cortex.v1 import common_pb2
 from cortex.core.states import State
-from cortex.errors import InvalidArgument, Unavailable
+from cortex.errors import InvalidArgument, NotFound, Unavailable
 from cortex.skills.base import Outcome, OutputSink, TaskRun
 from cortex.skills.browser._chromium import Chromium, remove_session_dir
 from cortex.skills.worker import WorkerPool, WorkerSkill
@@ -36,7 +36,7 @@ __all__ = ["BrowserPolicy", "BrowserSettings", "BrowserSkill", "session_limit"]
 SESSION_MIB = 600  # Chromium (~400 MiB PSS with a page) + worker with Playwright's driver
 _RESERVED_MIB = 1024  # left to the node, its tasks and the OS
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
-_NODE_ACTIONS = ("close", "sessions")
+_OPENERS = ("open", "restore")  # the actions that may start a new session
 
 
 def session_limit(memory_mib: int) -> int:
@@ -135,6 +135,11 @@ class BrowserSkill:
             # Not in memory: an earlier agent may have left its browser running.
             closed = await self._close(session or self._session(spec.session_id))
             return _Done(sink, {"ok": True, "action": "close", "closed": closed})
+        if session is None and action not in _OPENERS \
+                and not self._session(spec.session_id).dir.exists():
+            name = spec.session_id.split("/", 1)[-1]
+            raise NotFound(f"no browser session {name!r} on this node: open it first "
+                           f"(cortex browser open --session {name}, or the open action)")
         session = session or self._open(spec.session_id)
         async with session.lock:
             had_browser = session.browser is not None
@@ -287,7 +292,7 @@ class _Done:
 
     def __init__(self, sink: OutputSink, result: dict[str, object]) -> None:
         self._sink = sink
-        self._result = result
+        self._result: dict[str, object] | None = result
 
     def write_stdin(self, data: bytes) -> None:
         raise InvalidArgument("browser tasks take no stdin")
@@ -302,5 +307,7 @@ class _Done:
         pass
 
     async def wait(self) -> Outcome:
-        self._sink(common_pb2.STDOUT, (json.dumps(self._result) + "\n").encode())
+        if self._result is not None:  # wait() may be awaited more than once
+            result, self._result = self._result, None
+            self._sink(common_pb2.STDOUT, (json.dumps(result) + "\n").encode())
         return Outcome(State.SUCCEEDED, None)

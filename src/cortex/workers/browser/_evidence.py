@@ -139,13 +139,28 @@ def _size(path: Path) -> int:
 
 
 async def resume(d: Driver) -> list[str]:
-    """Restart the recordings a dead worker left running; what was resumed."""
-    resumed = []
+    """Restart the recordings a dead worker left running; what happened, one line each.
+
+    A recording that cannot go on (its tab crashed, a state file is damaged) is ended
+    rather than failing every later action of the session.
+    """
+    notes = []
     if (har := _state(d, "har.json")) is not None:
-        await har_start(d, content=har["content"], url_filter=har["url_filter"], resumed=True)
-        resumed.append("har")
+        try:
+            await har_start(d, content=har["content"], url_filter=har["url_filter"],
+                            resumed=True)
+            notes.append("resumed the HAR recording the previous worker left running "
+                         "(a new segment)")
+        except Exception as exc:  # noqa: BLE001 - reported; the session goes on without it
+            _save(d, "har.json", None)
+            notes.append(f"could not resume the HAR recording ({exc}); it was ended")
     if (video := _state(d, "video.json")) is not None:
-        await record_start(d, fps=video["fps"], width=video["width"], height=video["height"],
-                           resumed=True)
-        resumed.append("video")
-    return resumed
+        try:
+            await record_start(d, fps=video["fps"], width=video["width"],
+                               height=video["height"], resumed=True)
+            notes.append("resumed the video recording the previous worker left running "
+                         "(a new segment)")
+        except Exception as exc:  # noqa: BLE001 - reported; the session goes on without it
+            _save(d, "video.json", None)
+            notes.append(f"could not resume the video recording ({exc}); it was ended")
+    return notes

@@ -74,9 +74,8 @@ class BrowserHandler:
             driver = Driver(cdp, folder, policy)
             await driver.connect()
             self._driver = driver
-            for what in await evidence.resume(driver):
-                driver.events.add("note", text=f"resumed the {what} recording the previous "
-                                               "worker left running (a new segment)")
+            for note in await evidence.resume(driver):
+                driver.events.add("note", text=note)
         result = await _until_dialog(driver, fn(driver, args))
         with contextlib.suppress(TimeoutError, ActionError, PlaywrightError):
             result["page"] = await asyncio.wait_for(_page_info(driver), 2)
