@@ -464,12 +464,14 @@ def test_public_surface_is_pinned() -> None:
     import cortex.sdk
 
     assert sorted(cortex.sdk.__all__) == sorted([
-        "TERMINAL_STATES", "Attachment", "Client", "ClientConfig", "ConfigError",
+        "TERMINAL_STATES", "Attachment", "BrowserError", "BrowserSession", "Client",
+        "ClientConfig", "ConfigError",
         "ConfigOverrides", "Conflict", "CortexError", "InvalidArgument", "JoinToken", "Node",
         "NodeLoad", "NodeState", "NotFound", "OutputCallback", "OutputStream",
         "PermissionDenied", "RemoteError", "Result", "SyncAttachment", "SyncClient", "Task",
         "TaskEvent", "TaskOptions", "TaskSpec", "TaskState", "Unavailable", "build_spec",
         "parse_duration", "parse_env", "parse_labels", "parse_node_state", "parse_task_state",
+        "list_browser_sessions",
     ])
     assert all(hasattr(cortex.sdk, name) for name in cortex.sdk.__all__)
     assert all(hasattr(cortex, name) for name in cortex.__all__)
