@@ -86,12 +86,15 @@ async def test_chromium_killed_underneath_is_restarted_and_reported(
 
 async def test_agent_restart_adopts_the_running_browser(pool: WorkerPool, tmp_path: Path,
                                                         site: str) -> None:
-    """A new skill object (a restarted agent) finds the session's Chromium still running
-    and attaches to it: the tab and its typed input are still there; close kills it."""
+    """A new skill object and worker pool (an agent restarted after a crash) find the Chromium
+    still running and attach to it: the tab and its typed input are still there; close
+    kills it."""
     first = make(pool, tmp_path, Clock())
     await ok(first, "t/keep", "open", url=f"{site}/login")
     await ok(first, "t/keep", "type", selector="input[name=user]", text="kept")
     pid = chromium_pid(first, "t/keep")
+    await pool.aclose()  # the agent stops: its workers exit (detaching), Chromium stays
+    pool = WorkerPool()
     second = make(pool, tmp_path, Clock(), policy=BrowserPolicy())
     value = await ok(second, "t/keep", "eval",
                      expression="document.querySelector('input[name=user]').value")
@@ -100,3 +103,4 @@ async def test_agent_restart_adopts_the_running_browser(pool: WorkerPool, tmp_pa
     third = make(pool, tmp_path, Clock())
     assert (await ok(third, "t/keep", "close"))["closed"] is True
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+    await pool.aclose()

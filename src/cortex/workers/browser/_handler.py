@@ -11,6 +11,7 @@ node's next call starts a new one.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import contextlib
 import json
@@ -33,6 +34,7 @@ __all__ = ["BrowserHandler"]
 
 _EVENT_POLL_S = 0.05
 _CANCEL_GRACE_S = 3.0
+_DETACH_TIMEOUT_S = 3.0
 _MAX_ERROR = 1000
 
 
@@ -43,6 +45,17 @@ class BrowserHandler:
                                         name="cortex-browser-loop", daemon=True)
         self._thread.start()
         self._driver: Driver | None = None
+        atexit.register(self._detach)
+
+    def _detach(self) -> None:
+        """At exit: let go of the browser (it keeps running) and stop Playwright's driver,
+        so the worker ends promptly instead of being killed after its grace."""
+        driver = self._driver
+        if driver is None:
+            return
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(driver.disconnect(), self._loop).result(
+                _DETACH_TIMEOUT_S)
 
     def handle(self, args: struct_pb2.Struct) -> worker_pb2.WorkerResult:
         raw: dict[str, Any] = json_format.MessageToDict(args)
