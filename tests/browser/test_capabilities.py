@@ -30,12 +30,14 @@ S = "tenant-a/main"
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def skill(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[BrowserSkill]:
-    """A browser skill with its own worker pool; every browser is killed at the end."""
+    """A browser skill with its own worker pool and session S open; every browser is
+    killed at the end."""
     pool = WorkerPool()
     assert CHROMIUM is not None
     browser = BrowserSkill(pool, data_dir=tmp_path_factory.mktemp("node"), chromium=CHROMIUM,
                            max_sessions=2)
     try:
+        await ok(browser, S, "open")  # every test may run alone (-k): the session exists
         yield browser
     finally:
         await pool.aclose()
@@ -283,7 +285,8 @@ async def test_tabs_list_new_select_close(skill: BrowserSkill, site: str) -> Non
 
 
 async def test_har_has_the_expected_entries(skill: BrowserSkill, site: str) -> None:
-    """A HAR recorded around some actions is valid JSON holding those requests."""
+    """A HAR recorded around some actions is valid JSON holding those requests; har=true
+    on one action gives a HAR of that action alone."""
     await ok(skill, S, "har", op="start")
     assert "already being recorded" in await fails(skill, S, "har", op="start")
     await login(skill, site)
@@ -296,6 +299,14 @@ async def test_har_has_the_expected_entries(skill: BrowserSkill, site: str) -> N
     assert ("POST", "/login", 303) in urls
     assert ("GET", "/missing", 404) in urls
     assert stopped["entries"] == len(urls)
+    one = await ok(skill, S, "click", selector="text=Fetch missing", har=True)
+    task_har = json.loads(Path(one["har"]["path"]).read_text())  # noqa: ASYNC240
+    assert [e["request"]["url"].replace(site, "") for e in task_har["log"]["entries"]] == [
+        "/missing"]
+    await ok(skill, S, "har", op="start")
+    assert "one HAR records at a time" in await fails(skill, S, "eval", expression="1",
+                                                      har=True)
+    await ok(skill, S, "har", op="stop")
 
 
 async def test_video_decodes_back_to_frames(skill: BrowserSkill, site: str) -> None:

@@ -41,7 +41,18 @@ def _save(d: Driver, name: str, state: dict[str, Any] | None) -> None:
 # --- HAR -----------------------------------------------------------------------------------
 
 async def har_start(d: Driver, *, content: str, url_filter: str | None,
-                    resumed: bool = False) -> dict[str, Any]:
+                    resumed: bool = False, task: bool = False) -> dict[str, Any]:
+    """Start the session's HAR; with `task`, a HAR of one action (not resumed, not
+    allowed while the session's own HAR records: the context has one HAR recorder)."""
+    if task:
+        if d.har is not None:
+            raise ActionError("har=true needs the session's HAR stopped (har op=stop): "
+                              "one HAR records at a time")
+        path = d.dir / "har" / f"task-{time.time_ns()}.har"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        await d.context.tracing.start_har(path, content="embed", mode="full")
+        d.har = path
+        return {"recording": str(path)}
     state = _state(d, "har.json")
     if state is not None and not resumed:
         raise ActionError("a HAR is already being recorded: stop it first (har op=stop)")
@@ -57,7 +68,12 @@ async def har_start(d: Driver, *, content: str, url_filter: str | None,
     return {"recording": str(path)}
 
 
-async def har_stop(d: Driver) -> dict[str, Any]:
+async def har_stop(d: Driver, *, task: bool = False) -> dict[str, Any]:
+    if task and d.har is not None:
+        await d.context.tracing.stop_har()
+        path, d.har = d.har, None
+        entries = len(json.loads(path.read_text())["log"]["entries"])
+        return {"path": str(path), "bytes": path.stat().st_size, "entries": entries}
     state = _state(d, "har.json")
     if state is None or d.har is None:
         raise ActionError("no HAR is being recorded: har op=start first")

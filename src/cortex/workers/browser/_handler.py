@@ -61,6 +61,10 @@ class BrowserHandler:
         raw: dict[str, Any] = json_format.MessageToDict(args)
         cdp, folder = raw.pop("_cdp", None), raw.pop("_dir", None)
         policy = raw.pop("_policy", {})
+        task_har = raw.pop("har", False) if raw.get("action") != "har" else False
+        if not isinstance(task_har, bool):
+            return _failed(f"har must be true or false (a HAR of this action alone), "
+                           f"got {task_har!r}")
         action = raw.get("action")
         if not isinstance(cdp, str) or not isinstance(folder, str):
             return _failed("the browser worker needs _cdp and _dir from its node")
@@ -73,11 +77,11 @@ class BrowserHandler:
         except ActionError as exc:
             return _failed(str(exc))
         future = asyncio.run_coroutine_threadsafe(
-            self._run(cdp, Path(folder), policy, fn, parsed), self._loop)
+            self._run(cdp, Path(folder), policy, fn, parsed, task_har=task_har), self._loop)
         return self._await(action, future)
 
     async def _run(self, cdp: str, folder: Path, policy: dict[str, Any], fn: Any,
-                   args: Args) -> dict[str, Any]:
+                   args: Args, *, task_har: bool) -> dict[str, Any]:
         driver = self._driver
         if driver is None or driver.cdp_url != cdp or not driver.connected:
             if driver is not None:
@@ -89,7 +93,15 @@ class BrowserHandler:
             self._driver = driver
             for note in await evidence.resume(driver):
                 driver.events.add("note", text=note)
-        result = await _until_dialog(driver, fn(driver, args))
+        if task_har:  # a HAR of this one action: its own file, whatever else records
+            await evidence.har_start(driver, content="embed", url_filter=None, task=True)
+            try:
+                result = await _until_dialog(driver, fn(driver, args))
+            finally:
+                har = await evidence.har_stop(driver, task=True)
+            result["har"] = har
+        else:
+            result = await _until_dialog(driver, fn(driver, args))
         with contextlib.suppress(TimeoutError, ActionError, PlaywrightError):
             result["page"] = await asyncio.wait_for(_page_info(driver), 2)
         return result
