@@ -366,25 +366,28 @@ async def test_renderer_crash_is_reported_and_reload_recovers(skill: BrowserSkil
 async def test_worker_kill_9_reattaches_with_tabs_cookies_and_typed_input(
         skill: BrowserSkill, site: str) -> None:
     """A killed worker leaves Chromium running; the next action's worker re-attaches and
-    finds the tabs, the login cookie, localStorage and half-typed input."""
-    await login(skill, site)
-    await ok(skill, S, "type", selector="input[name=name]", text="half typed")
-    await ok(skill, S, "eval", expression="localStorage.setItem('k', 'v')")
-    tabs = (await ok(skill, S, "tabs"))["tabs"]
-    pid = skill._worker.pool._pid_of(("browser", S))
+    finds the tabs, the login cookie, localStorage and half-typed input. (A session of its
+    own: the killed worker takes its coverage data along.)"""
+    K = "tenant-a/kill"
+    await login(skill, site, K)
+    await ok(skill, K, "type", selector="input[name=name]", text="half typed")
+    await ok(skill, K, "eval", expression="localStorage.setItem('k', 'v')")
+    tabs = (await ok(skill, K, "tabs"))["tabs"]
+    pid = skill._worker.pool._pid_of(("browser", K))
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
     async with asyncio.timeout(20):  # until the pool has seen its worker go
-        while skill._worker.pool._pid_of(("browser", S)) == pid:  # noqa: ASYNC110
+        while skill._worker.pool._pid_of(("browser", K)) == pid:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
-    again = await act(skill, S, "eval",
+    again = await act(skill, K, "eval",
                       expression="[document.querySelector('input[name=name]').value, "
                                  "localStorage.getItem('k'), document.cookie]")
     assert again.state is State.SUCCEEDED, again.reason
     assert again.result["value"] == ["half typed", "v", "user=ann"]
     assert "re-attached to the running browser" in again.stderr
-    assert skill._worker.pool._pid_of(("browser", S)) not in (None, pid)
-    assert [t["url"] for t in (await ok(skill, S, "tabs"))["tabs"]] == [t["url"] for t in tabs]
+    assert skill._worker.pool._pid_of(("browser", K)) not in (None, pid)
+    assert [t["url"] for t in (await ok(skill, K, "tabs"))["tabs"]] == [t["url"] for t in tabs]
+    await ok(skill, K, "close")
 
 
 async def test_save_restore_in_another_session_and_close(skill: BrowserSkill,
