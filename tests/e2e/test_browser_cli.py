@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from cortex.sdk import BrowserError, SyncBrowserSession, SyncClient
 from cortex.skills.browser import find_chromium
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "browser"))
@@ -78,3 +79,17 @@ def test_browser_cli_tour(cortex: Cortex, site: str, tmp_path: Path) -> None:
     assert "KEY=VALUE" in usage.stderr
     closed = cortex.ok("browser", "close", "cli", within=WAIT_S)
     assert "closed" in closed.stderr
+
+
+def test_sync_browser_session_drives_the_same_session_without_await(cortex: Cortex,
+                                                                    site: str) -> None:
+    """SyncBrowserSession (on a SyncClient found through CORTEX_HOME) opens, acts, reads
+    and closes a session with plain calls."""
+    with SyncClient(home=cortex.home) as client:
+        browser = SyncBrowserSession.open(client, "sync", url=f"{site}/login")
+        assert browser.name == "sync"
+        assert 'textbox "User"' in browser.snapshot()
+        assert browser.eval("document.title") == "Login"
+        with pytest.raises(BrowserError, match="not a snapshot ref"):
+            browser.click("#css")
+        assert browser.close() is True

@@ -471,7 +471,7 @@ def test_public_surface_is_pinned() -> None:
         "PermissionDenied", "RemoteError", "Result", "SyncAttachment", "SyncClient", "Task",
         "TaskEvent", "TaskOptions", "TaskSpec", "TaskState", "Unavailable", "build_spec",
         "parse_duration", "parse_env", "parse_labels", "parse_node_state", "parse_task_state",
-        "list_browser_sessions",
+        "list_browser_sessions", "SyncBrowserSession",
     ])
     assert all(hasattr(cortex.sdk, name) for name in cortex.sdk.__all__)
     assert all(hasattr(cortex, name) for name in cortex.__all__)

@@ -24,7 +24,12 @@ from cortex.errors import (
     Unavailable,
 )
 from cortex.sdk._attach import Attachment
-from cortex.sdk._browser import BrowserError, BrowserSession, list_browser_sessions
+from cortex.sdk._browser import (
+    BrowserError,
+    BrowserSession,
+    SyncBrowserSession,
+    list_browser_sessions,
+)
 from cortex.sdk._client import TERMINAL_STATES, Client, JoinToken, OutputCallback, Result
 from cortex.sdk._config import ClientConfig, ConfigError, ConfigOverrides
 from cortex.sdk._specs import (
@@ -61,6 +66,7 @@ __all__ = [
     "RemoteError",
     "Result",
     "SyncAttachment",
+    "SyncBrowserSession",
     "SyncClient",
     "Task",
     "TaskEvent",

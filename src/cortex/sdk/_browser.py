@@ -28,8 +28,9 @@ from cortex._proto.cortex.v1 import common_pb2
 from cortex.errors import RemoteError
 from cortex.sdk._client import Client
 from cortex.sdk._specs import Pairs
+from cortex.sdk._sync import SyncClient
 
-__all__ = ["BrowserError", "BrowserSession", "list_browser_sessions"]
+__all__ = ["BrowserError", "BrowserSession", "SyncBrowserSession", "list_browser_sessions"]
 
 EventCallback = Callable[[dict[str, Any]], None]
 _DEFAULT_TIMEOUT_S = 60.0
@@ -250,3 +251,38 @@ class _EventLines:
         except ValueError:
             event = {"kind": "note", "text": line.decode("utf-8", "replace")}
         self._callback(event if isinstance(event, dict) else {"kind": "note", "text": line})
+
+
+class SyncBrowserSession:
+    """Blocking twin of `BrowserSession` on a `SyncClient`: the same methods, no await.
+
+        with SyncClient() as client:
+            browser = SyncBrowserSession.open(client, "shop", url="https://shop.test/")
+            print(browser.snapshot())
+    """
+
+    def __init__(self, client: SyncClient, name: str, **options: Any) -> None:
+        self.client = client
+        self.session = BrowserSession(client._client, name, **options)
+
+    @classmethod
+    def open(cls, client: SyncClient, name: str | None = None, **options: Any
+             ) -> SyncBrowserSession:
+        session = client._run(BrowserSession.open(client._client, name, **options))
+        synced = cls.__new__(cls)
+        synced.client, synced.session = client, session
+        return synced
+
+    @property
+    def name(self) -> str:
+        return self.session.name
+
+    def __getattr__(self, attr: str) -> Any:
+        method = getattr(self.session, attr)
+        if not callable(method):
+            return method
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self.client._run(method(*args, **kwargs))
+
+        return call
