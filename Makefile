@@ -49,7 +49,8 @@ $(STAMP): pyproject.toml | $(PY)
 
 venv: $(STAMP)
 
-# Chromium for the dashboard's browser tests (tests/e2e/test_dashboard_browser.py).
+# Chromium for the browser skill and the dashboard's browser tests (Debian's, never a
+# downloaded build).
 system-deps:
 	@CORTEX_NEED_BROWSER=1 bash scripts/ensure_system_deps.sh
 

@@ -513,7 +513,7 @@ async def test_list_nodes_shows_the_node_online_with_skills_labels_capacity(
     assert n.capacity.memory_mib > 0
     assert n.capacity.slots >= 1
     assert [x.id for x in await client.list_nodes(skill="noop")] == [n.id]
-    assert await client.list_nodes(skill="browser") == []
+    assert await client.list_nodes(skill="nosuch") == []
     assert await client.list_nodes(labels={"os": "plan9"}) == []
 
 

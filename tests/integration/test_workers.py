@@ -401,7 +401,7 @@ async def test_a_worker_that_cannot_start_fails_the_call_with_its_error(pool: Wo
     assert outcome.state is State.FAILED
     assert outcome.reason == (
         "the nosuch worker for session s1 did not start (exit code 2): usage: python -m "
-        "cortex.workers SKILL; SKILL is one of: pyeval (got ['nosuch'])")
+        "cortex.workers SKILL; SKILL is one of: browser, pyeval (got ['nosuch'])")
 
 
 async def test_a_missing_session_id_or_args_is_invalid(sup: Supervisor) -> None:

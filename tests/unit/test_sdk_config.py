@@ -473,6 +473,8 @@ def test_public_surface_is_pinned() -> None:
         # tenancy (AdminService)
         "Admin", "ApiToken", "NewApiToken", "Pool", "Quota", "QuotaExceeded", "SyncAdmin",
         "Tenant",
+        # the browser skill
+        "BrowserError", "BrowserSession", "SyncBrowserSession", "list_browser_sessions",
     ])
     assert all(hasattr(cortex.sdk, name) for name in cortex.sdk.__all__)
     assert all(hasattr(cortex, name) for name in cortex.__all__)

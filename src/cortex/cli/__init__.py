@@ -7,7 +7,19 @@ from typing import Annotated
 
 import typer
 
-from cortex.cli import artifacts, ca, files, mcp, nodes, run, serve, tasks, tenants, tokens
+from cortex.cli import (
+    artifacts,
+    browser,
+    ca,
+    files,
+    mcp,
+    nodes,
+    run,
+    serve,
+    tasks,
+    tenants,
+    tokens,
+)
 from cortex.cli._common import CortexGroup, Globals
 
 __all__ = ["app", "main"]
@@ -64,6 +76,7 @@ app.add_typer(tenants.pools, name="pool")
 app.add_typer(artifacts.app, name="artifacts")
 files.register(app)
 app.add_typer(ca.app, name="ca")
+app.add_typer(browser.app, name="browser")
 serve.register(app)
 mcp.register(app)
 

@@ -9,10 +9,11 @@ from cortex._proto.cortex.v1 import common_pb2 as pb
 __all__ = ["count_gpus", "host_capacity"]
 
 
-def host_capacity(*, slots: int, gpus: int) -> pb.Resources:
+def host_capacity(*, slots: int, gpus: int, browser_sessions: int = 0) -> pb.Resources:
     cpus = os.cpu_count() or 1
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
-    return pb.Resources(cpus=cpus, memory_mib=mem, slots=slots, gpus=gpus)
+    return pb.Resources(cpus=cpus, memory_mib=mem, slots=slots, gpus=gpus,
+                        browser_sessions=browser_sessions)
 
 
 def count_gpus() -> int:

@@ -137,6 +137,7 @@ class Agent:
         self._journal.prune()
         if self._workers is not None:
             await self._workers.aclose()  # every task ended; sessions end with the agent
+        await self._supervisor.aclose_skills()  # e.g. the browser sessions' Chromiums
         if self._cgroups is not None:
             try:  # every task ended: leave no empty per-node cgroup folders behind
                 self._cgroups.destroy()
@@ -286,7 +287,8 @@ class Agent:
             name=self._config.name, version=__version__, labels=self._labels(),
             skills=self._skills, boot_id=self._boot_id,
             limit_enforcement=self._limit_enforcement,
-            capacity=host_capacity(slots=self._config.slots, gpus=self._gpus),
+            capacity=host_capacity(slots=self._config.slots, gpus=self._gpus,
+                                   **self._supervisor.capacity()),
             held=[node_pb2.HeldTask(task_id=t, attempt=a) for t, a in self._held],
         )
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import multiprocessing
+import os
 import signal
 
 from cortex.errors import InvalidArgument
@@ -18,6 +20,14 @@ from cortex.node.identity import Identity, load_identity
 from cortex.node.journal import Journal
 from cortex.node.supervisor import Supervisor
 from cortex.skills.base import Skill
+from cortex.skills.browser import (
+    BrowserPolicy,
+    BrowserSettings,
+    BrowserSkill,
+    find_chromium,
+    probe_chromium,
+    session_limit,
+)
 from cortex.skills.noop import NoopSkill
 from cortex.skills.shell import ShellSkill
 from cortex.skills.worker import WorkerPool, WorkerSkill
@@ -59,10 +69,32 @@ def build_agent(config: NodeConfig, ident: Identity) -> tuple[Agent, Journal]:
         "pyeval": WorkerSkill("pyeval", workers),
         "fs": FsSkill(NodeArtifacts(ident), config.fs_roots),
     }
+    if (browser := _browser_skill(config, workers)) is not None:
+        skills["browser"] = browser
     journal = Journal(config.data_dir / "journal.db")
     agent = Agent(config, ident, Supervisor(skills), sorted(skills), journal, cgroups=cgroups,
                   workers=workers, limit_enforcement=shell.limit_enforcement)
     return agent, journal
+
+
+@functools.cache
+def _chromium_problem(path: str | None) -> str:
+    return probe_chromium(path)  # once per process: tests build many agents
+
+
+def _browser_skill(config: NodeConfig, workers: WorkerPool) -> BrowserSkill | None:
+    """The browser skill, when Chromium works here (else the node does not offer it)."""
+    settings = BrowserSettings.from_env(dict(os.environ))
+    chromium = find_chromium(settings.chromium)
+    problem = _chromium_problem(chromium)
+    if chromium is None or problem:
+        log.info("browser skill off: %s", problem)
+        return None
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
+    limit = settings.max_sessions or session_limit(mem)
+    return BrowserSkill(workers, data_dir=config.data_dir, chromium=chromium,
+                        max_sessions=limit, idle_timeout_s=settings.idle_timeout_s,
+                        policy=BrowserPolicy(allow_file_urls=settings.allow_file_urls))
 
 
 async def enroll_in_child(config: NodeConfig) -> Identity:

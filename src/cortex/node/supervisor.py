@@ -78,6 +78,20 @@ class Supervisor:
         while self._watchers:
             await asyncio.wait(list(self._watchers.values()))
 
+    def capacity(self) -> dict[str, int]:
+        """Resources skills advertise (the browser skill: ``browser_sessions``)."""
+        merged: dict[str, int] = {}
+        for skill in self._skills.values():
+            merged.update(getattr(skill, "capacity", {}))
+        return merged
+
+    async def aclose_skills(self) -> None:
+        """Let skills holding resources beyond their runs (browsers) release them."""
+        for skill in self._skills.values():
+            close = getattr(skill, "aclose", None)
+            if close is not None:
+                await close()
+
     async def _watch(self, key: Key, run: TaskRun) -> None:
         try:
             await run.wait()

@@ -26,6 +26,12 @@ from cortex.errors import (
 )
 from cortex.sdk._admin import Admin, NewApiToken, SyncAdmin
 from cortex.sdk._attach import Attachment
+from cortex.sdk._browser import (
+    BrowserError,
+    BrowserSession,
+    SyncBrowserSession,
+    list_browser_sessions,
+)
 from cortex.sdk._client import TERMINAL_STATES, Client, JoinToken, OutputCallback, Result
 from cortex.sdk._config import ClientConfig, ConfigError, ConfigOverrides
 from cortex.sdk._specs import (
@@ -44,6 +50,8 @@ __all__ = [
     "Admin",
     "ApiToken",
     "Attachment",
+    "BrowserError",
+    "BrowserSession",
     "Client",
     "ClientConfig",
     "ConfigError",
@@ -68,6 +76,7 @@ __all__ = [
     "Result",
     "SyncAdmin",
     "SyncAttachment",
+    "SyncBrowserSession",
     "SyncClient",
     "Task",
     "TaskEvent",
@@ -77,6 +86,7 @@ __all__ = [
     "Tenant",
     "Unavailable",
     "build_spec",
+    "list_browser_sessions",
     "parse_duration",
     "parse_env",
     "parse_labels",

@@ -21,6 +21,7 @@ __all__ = ["SKILLS", "Handler"]
 # Skill name -> module whose `open_handler()` returns the skill's Handler.
 SKILLS: dict[str, str] = {
     "pyeval": "cortex.workers.pyeval",
+    "browser": "cortex.workers.browser",
 }
 
 
