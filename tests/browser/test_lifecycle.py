@@ -78,7 +78,9 @@ async def test_chromium_killed_underneath_is_restarted_and_reported(
             assert "went away underneath" in answer.reason
             answer = await act(skill, "t/s", "navigate", url=f"{site}/scroll")
             told += answer.stderr
-        assert answer.result["title"] == "Scroll", answer.reason
+        # the failed call killed and reaped what was left of the old browser, so this one
+        # started a new one rather than finding the old one still exiting
+        assert answer.result.get("title") == "Scroll", (answer.state, answer.reason, told)
         assert "was started again with the same profile" in told
     finally:
         await skill.aclose()

@@ -85,6 +85,21 @@ async def call(client: McpClient, tool: str, **arguments: Any) -> dict[str, Any]
     return res.structured_content
 
 
+async def output_until(client: McpClient, task_id: str, want: str) -> str:
+    """The task's stdout read with task_output (each call waiting for news) until it holds
+    `want`. task_output answers as soon as any output arrives, and `print` may reach it in
+    pieces (with PYTHONUNBUFFERED 'up' and '\\n' are two writes), so one call may not do."""
+    seen, after_seq, skip_bytes = "", 0, 0
+    while len(seen) < len(want):
+        out = await call(client, "task_output", task_id=task_id, after_seq=after_seq,
+                         skip_bytes=skip_bytes, wait_s=30)
+        assert out["stdout"], (seen, out)  # no news within 30 s
+        assert not out["finished"], (seen, out)
+        seen += out["stdout"]
+        after_seq, skip_bytes = out["next_seq"], out["next_skip_bytes"]
+    return seen
+
+
 async def call_error(client: McpClient, tool: str, **arguments: Any) -> str:
     """The message of a tool call that must fail."""
     res = await client.call_tool(tool, arguments)
@@ -462,8 +477,7 @@ async def test_mcp_over_http_drives_a_long_job_through_start_status_and_cancel(
         started = await call(mcp, "start_task", argv=[PY, "-c", FOREVER])
         task_id = started["task_id"]
         assert "task_output" in started["hint"]
-        out = await call(mcp, "task_output", task_id=task_id, wait_s=30)
-        assert (out["stdout"], out["finished"]) == ("up\n", False)
+        assert await output_until(mcp, task_id, "up\n") == "up\n"
         status = await call(mcp, "task_status", task_id=task_id)
         assert (status["state"], status["finished"]) == ("running", False)
         cancelled = await call(mcp, "cancel_task", task_id=task_id, reason="test over")

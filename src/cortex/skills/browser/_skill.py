@@ -20,7 +20,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +37,7 @@ SESSION_MIB = 600  # Chromium (~400 MiB PSS with a page) + worker with Playwrigh
 _RESERVED_MIB = 1024  # left to the node, its tasks and the OS
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 _OPENERS = ("open", "restore")  # the actions that may start a new session
+_WENT_AWAY = "went away underneath"  # the worker's words for a browser gone mid-call
 
 
 def session_limit(memory_mib: int) -> int:
@@ -158,7 +159,7 @@ class BrowserSkill:
         noted = _Noted(sink, note)
         run = await self._worker.start(task_id=task_id, attempt=attempt, spec=call,
                                        timeout_s=timeout_s, sink=_reattach_note(noted))
-        return _BrowserRun(run, noted)
+        return _BrowserRun(run, noted, gone=lambda: self._drop_dead(session, browser))
 
     async def aclose(self) -> None:
         """Kill every session's browser (the node is stopping; the profiles stay)."""
@@ -203,6 +204,14 @@ class BrowserSkill:
             self._sessions.pop(session.key, None)
             await asyncio.to_thread(remove_session_dir, session.dir)
         return was_open
+
+    async def _drop_dead(self, session: _Session, browser: Chromium) -> None:
+        """A call failed because `browser` went away underneath (killed or crashed). A killed
+        Chromium can still look alive for a while as it exits; killing and reaping it here
+        makes the next call start a new one, as the failure promised, instead of racing it."""
+        async with session.lock:
+            if session.browser is browser:
+                await browser.kill()
 
     async def _close_idle(self, *, keep: str) -> None:
         now = self._clock()
@@ -258,9 +267,11 @@ def _reattach_note(sink: OutputSink) -> OutputSink:
 class _BrowserRun:
     """A worker run whose "state is gone" (true of pyeval) says what is true of a browser."""
 
-    def __init__(self, run: TaskRun, noted: _Noted) -> None:
+    def __init__(self, run: TaskRun, noted: _Noted, *,
+                 gone: Callable[[], Awaitable[None]]) -> None:
         self._run = run
         self._noted = noted
+        self._gone = gone
         self.write_stdin = run.write_stdin
         self.close_stdin = run.close_stdin
         self.resize = run.resize
@@ -277,6 +288,8 @@ class _BrowserRun:
     async def wait(self) -> Outcome:
         outcome = await self._run.wait()
         self._noted.flush()
+        if outcome.state is State.FAILED and _WENT_AWAY in outcome.reason:
+            await self._gone()
         if "the session's state is gone" not in outcome.reason:
             return outcome
         reason = outcome.reason.replace(
