@@ -64,6 +64,15 @@ _RECONNECT_CODES = frozenset({
 })
 
 
+# Pauses before sending a unary call again when the connection could not be made at all.
+_CONNECT_RETRY_S = (0.2, 0.6)
+
+
+def _never_sent(error: grpc.aio.AioRpcError) -> bool:
+    return (error.code() == grpc.StatusCode.UNAVAILABLE
+            and "failed to connect to all addresses" in (error.details() or ""))
+
+
 class JoinToken(NamedTuple):
     """A one-time token another machine uses to join: ``cortex node --token TOKEN``."""
 
@@ -447,12 +456,18 @@ class Client(ArtifactMethods, NodeFileMethods):
     async def _unary(
         self, method: grpc.aio.UnaryUnaryMultiCallable[_Req, _Resp], request: _Req
     ) -> _Resp:
-        try:
-            return await method(
-                request, timeout=self._config.call_timeout, metadata=self._metadata
-            )
-        except grpc.aio.AioRpcError as e:
-            raise translate(e, address=self._config.address) from e
+        for delay in (*_CONNECT_RETRY_S, None):
+            try:
+                return await method(
+                    request, timeout=self._config.call_timeout, metadata=self._metadata
+                )
+            except grpc.aio.AioRpcError as e:
+                # A call that never reached the hub (the TLS handshake failed, e.g. under
+                # load) is safe to send again, whatever it does; anything else is not.
+                if delay is None or not _never_sent(e):
+                    raise translate(e, address=self._config.address) from e
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")  # the last attempt returns or raises
 
     async def _is_finished(self, task_id: str) -> bool:
         try:
