@@ -45,7 +45,7 @@ class Reaping:
         """One pass: lose tasks of nodes gone past the bound, time out past deadlines."""
         mono = self._monotonic()
         for conn in self._registry.all():
-            if mono - conn.heard_at >= self._config.lost_after_s:
+            if not conn.applying and mono - conn.heard_at >= self._config.lost_after_s:
                 # Connected but silent (a frozen host, a half-open link): count it gone
                 # from when it was last heard, and hang up on it.
                 log.warning("node %s silent for %.0f s; disconnecting it", conn.node_id,

@@ -121,7 +121,15 @@ class NodeSessions:
                     else:
                         await self._control(conn, m)
                 if by_task:
-                    await asyncio.gather(*(self._reports(conn, r) for r in by_task.values()))
+                    # While this hub applies a frame it reads no more of them, so a slow
+                    # store write must not make the node look silent to the reaper.
+                    conn.applying = True
+                    try:
+                        await asyncio.gather(*(self._reports(conn, r)
+                                               for r in by_task.values()))
+                    finally:
+                        conn.applying = False
+                        conn.heard_at = self._monotonic()
         except grpc.aio.AioRpcError:
             pass  # the node hung up; _close handles it
         except asyncio.CancelledError:

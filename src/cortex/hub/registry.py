@@ -30,6 +30,7 @@ class NodeConn:
     )
     closed: bool = False
     heard_at: float = 0.0       # monotonic time of the last message from the node
+    applying: bool = False      # the hub is applying a frame (not reading the stream)
     persisted_at: float = 0.0   # monotonic time the node row was last written
 
     def send(self, msg: node_pb2.HubMessage) -> bool:
