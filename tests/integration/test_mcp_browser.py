@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import av
+import httpx2
 import pytest
 from mcp import Client as McpClient
 from mcp import StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CallToolResult, ImageContent, TextContent
 
 from cortex.hub.server import Hub
@@ -56,6 +58,18 @@ async def mcp_server(hub: Hub, tmp_path: Path) -> AsyncIterator[McpClient]:
                                    env=env)
     async with McpClient(params) as client:
         yield client
+
+
+@contextlib.asynccontextmanager
+async def mcp_http(hub: Hub) -> AsyncIterator[McpClient]:
+    """An MCP client session with the hub's /mcp, sending the admin token as bearer."""
+    headers = {"Authorization": f"Bearer {hub.admin_token}"}
+    timeout = httpx2.Timeout(30.0, read=120.0)
+    async with httpx2.AsyncClient(headers=headers, timeout=timeout) as http:
+        transport = streamable_http_client(f"http://127.0.0.1:{hub.http_port}/mcp",
+                                           http_client=http)
+        async with McpClient(transport) as client:
+            yield client
 
 
 async def call(client: McpClient, tool: str, **arguments: Any) -> dict[str, Any]:
@@ -183,3 +197,41 @@ async def test_browser_errors_say_what_to_do(hub: Hub, node: Agent, site: str,
         scrolled = await call(mcp, "browser_act", session="err", action="tabs")
         assert len(scrolled["answer"]["tabs"]) == 1
         await call(mcp, "browser_close", session="err")
+
+
+@pytest.mark.asyncio
+async def test_done_when_over_http(hub: Hub, node: Agent, site: str) -> None:
+    """Issue #8's done-when through the hub's /mcp: list nodes, run a long command through
+    start/status, drive a browser session by refs and fetch a screenshot."""
+    async with mcp_http(hub) as mcp:
+        [row] = (await call(mcp, "list_nodes"))["nodes"]
+        assert "browser" in row["skills"]
+
+        started = await call(mcp, "start_task",
+                             argv=[sys.executable, "-c", "import time\nprint('up', flush=True)"
+                                   "\ntime.sleep(600)"])
+        task_id, out, after_seq = started["task_id"], "", 0
+        while "up" not in out:
+            page = await call(mcp, "task_output", task_id=task_id, after_seq=after_seq,
+                              wait_s=30)
+            assert not page["finished"], page
+            out, after_seq = out + page["stdout"], page["next_seq"]
+        status = await call(mcp, "task_status", task_id=task_id)
+        assert status["state"] == "running"
+        cancelled = await call(mcp, "cancel_task", task_id=task_id)
+        assert cancelled["state"] == "cancelled"
+
+        opened = await call(mcp, "browser_open", node_id=row["id"], url=f"{site}/login")
+        session = opened["session"]
+        snap = (await call(mcp, "browser_snapshot", session=session))["snapshot"]
+        await call(mcp, "browser_type", session=session, ref=ref_of(snap, 'textbox "User"'),
+                   text="bea")
+        await call(mcp, "browser_type", session=session,
+                   ref=ref_of(snap, 'textbox "Password"'), text="secret")
+        await call(mcp, "browser_click", session=session, ref=ref_of(snap, 'button "Sign in"'))
+        await call(mcp, "browser_wait", session=session, text="Welcome bea")
+        shot = await mcp.call_tool("browser_screenshot", {"session": session, "full": True})
+        [image] = [c for c in shot.content if isinstance(c, ImageContent)]
+        with av.open(io.BytesIO(base64.b64decode(image.data))) as container:
+            assert next(container.decode(video=0)).height > 100
+        await call(mcp, "browser_close", session=session)
