@@ -106,7 +106,8 @@ def test_every_browser_tool_is_registered() -> None:
 async def test_an_agent_drives_a_browser_by_refs(hub: Hub, node: Agent, site: str,
                                                  tmp_path: Path) -> None:
     """open, snapshot, type/click by ref, console errors, failed requests, eval, wait,
-    screenshot as a decodable image, record start/stop, a stale ref, close."""
+    screenshot as a decodable image, record start/stop, close; a stale ref, a bad ref, a
+    wait that times out and bad act args each fail saying what to do."""
     async with mcp_server(hub, tmp_path) as mcp:
         tools = {t.name: t for t in (await mcp.list_tools()).tools}
         for name in BROWSER_TOOLS:
@@ -117,6 +118,20 @@ async def test_an_agent_drives_a_browser_by_refs(hub: Hub, node: Agent, site: st
         opened = await call(mcp, "browser_open", session="mcp", url=f"{site}/login")
         assert opened["session"] == "mcp"
         assert opened["answer"]["tabs"][0]["url"].endswith("/login")
+
+        not_ref = await call_error(mcp, "browser_click", session="mcp", ref="button")
+        assert "is not a snapshot ref (like e12); take a snapshot" in not_ref
+        late = await call_error(mcp, "browser_wait", session="mcp", text="never there",
+                                timeout_s=0.5)
+        assert "timed out after 0.5 s waiting for text='never there'" in late
+        reserved = await call_error(mcp, "browser_act", session="mcp", action="hover",
+                                    args={"_node_id": "x"})
+        assert "args may not hold _node_id" in reserved
+        unknown = await call_error(mcp, "browser_act", session="mcp", action="scroll",
+                                   args={"down": 3})
+        assert "scroll does not take down; it takes:" in unknown
+        tabs = await call(mcp, "browser_act", session="mcp", action="tabs")
+        assert len(tabs["answer"]["tabs"]) == 1
 
         snap = (await call(mcp, "browser_snapshot", session="mcp"))["snapshot"]
         user = ref_of(snap, 'textbox "User"')
@@ -174,29 +189,6 @@ async def test_an_agent_drives_a_browser_by_refs(hub: Hub, node: Agent, site: st
 
         closed = await call(mcp, "browser_close", session="mcp")
         assert closed["answer"]["closed"] is True
-
-
-@pytest.mark.asyncio
-async def test_browser_errors_say_what_to_do(hub: Hub, node: Agent, site: str,
-                                             tmp_path: Path) -> None:
-    """A bad ref, a wait that times out, a reserved args key and an unknown act arg each
-    fail with a message naming the fix; the session stays usable afterwards."""
-    async with mcp_server(hub, tmp_path) as mcp:
-        await call(mcp, "browser_open", session="err", url=f"{site}/login")
-        not_ref = await call_error(mcp, "browser_click", session="err", ref="button")
-        assert "is not a snapshot ref (like e12); take a snapshot" in not_ref
-        late = await call_error(mcp, "browser_wait", session="err", text="never there",
-                                timeout_s=0.5)
-        assert "timed out after 0.5 s waiting for text='never there'" in late
-        reserved = await call_error(mcp, "browser_act", session="err", action="hover",
-                                    args={"_node_id": "x"})
-        assert "args may not hold _node_id" in reserved
-        unknown = await call_error(mcp, "browser_act", session="err", action="scroll",
-                                   args={"down": 3})
-        assert "scroll does not take down; it takes:" in unknown
-        scrolled = await call(mcp, "browser_act", session="err", action="tabs")
-        assert len(scrolled["answer"]["tabs"]) == 1
-        await call(mcp, "browser_close", session="err")
 
 
 @pytest.mark.asyncio
