@@ -97,17 +97,18 @@ class BrowserTools:
 
     _resolve: Resolve
 
-    async def _do(self, session: str, action: str, hint: str | None = None, **args: Any
-                  ) -> CallToolResult:
+    async def _do(self, session: str, action: str, /, *, _hint: str | None = None,
+                  **args: Any) -> CallToolResult:
         b = self._resolve()
         async with _browser_call(b, session, action):
             answer = await _session(b, session).do(action, **args)
+        hint = _hint
         if answer.get("dialog_opened"):
             hint = "a dialog blocks the page: browser_act(action='dialog', args={'accept': true})"
         return result(BrowserAnswer(session=session, action=action, answer=_clean(answer),
                                     hint=hint))
 
-    async def _events(self, session: str, action: str, **args: Any) -> CallToolResult:
+    async def _events(self, session: str, action: str, /, **args: Any) -> CallToolResult:
         b = self._resolve()
         async with _browser_call(b, session, action):
             answer = _clean(await _session(b, session).do(action, **args))
@@ -333,7 +334,7 @@ class BrowserTools:
             return await self._do(session, "record", op="start", fps=fps)
         return await self._do(
             session, "record", op="stop",
-            hint="the video stays on the session's node; the user can download it with "
+            _hint="the video stays on the session's node; the user can download it with "
                  "the SDK's BrowserSession.download(path)")
 
     async def browser_close(self, session: Session) -> Annotated[CallToolResult, BrowserAnswer]:
