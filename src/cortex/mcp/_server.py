@@ -27,6 +27,12 @@ Cortex runs shell commands on a fleet of machines (nodes) for you.
 - list_tasks finds earlier tasks. Output is capped; markers say how to read the rest.
 - Files: list_artifacts / fetch_artifact for what tasks stored; list_files, read_file and
   write_file for files on a node (inside the directories it allows).
+- Browser: browser_open starts a persistent Chromium session on a node (reuse its name in
+  every call). browser_snapshot shows the page as text with element refs ([ref=e12]);
+  act on refs with browser_click, browser_type, browser_fill, browser_press, browser_act.
+  A ref goes stale when the page changes: take a new snapshot. browser_screenshot returns
+  an image; browser_console and browser_network read what the page logged and loaded;
+  browser_wait, browser_eval, browser_record; browser_close when done.
 """
 
 _READ = ToolAnnotations(read_only_hint=True, open_world_hint=False)
@@ -34,6 +40,11 @@ _RUN = ToolAnnotations(read_only_hint=False, destructive_hint=True, open_world_h
 _CANCEL = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True,
                           open_world_hint=False)
 _WRITE = ToolAnnotations(read_only_hint=False, destructive_hint=True, open_world_hint=False)
+# The browser reaches the web (open world); reading the page changes nothing on it.
+_LOOK = ToolAnnotations(read_only_hint=True, open_world_hint=True)
+_BROWSE = ToolAnnotations(read_only_hint=False, destructive_hint=True, open_world_hint=True)
+_BROWSER_END = ToolAnnotations(read_only_hint=False, destructive_hint=True,
+                               idempotent_hint=True, open_world_hint=False)
 
 _TOOLS: dict[str, tuple[str, ToolAnnotations]] = {
     "list_nodes": ("List nodes", _READ),
@@ -49,6 +60,21 @@ _TOOLS: dict[str, tuple[str, ToolAnnotations]] = {
     "list_files": ("List files on a node", _READ),
     "read_file": ("Read a file on a node", _READ),
     "write_file": ("Write a file on a node", _WRITE),
+    "browser_open": ("Open a browser session", _BROWSE),
+    "browser_navigate": ("Go to a URL", _BROWSE),
+    "browser_snapshot": ("Snapshot the page (refs)", _LOOK),
+    "browser_click": ("Click an element", _BROWSE),
+    "browser_type": ("Type into an element", _BROWSE),
+    "browser_fill": ("Fill form fields", _BROWSE),
+    "browser_press": ("Press keys", _BROWSE),
+    "browser_act": ("Other browser actions", _BROWSE),
+    "browser_screenshot": ("Take a screenshot", _LOOK),
+    "browser_eval": ("Evaluate JavaScript", _BROWSE),
+    "browser_wait": ("Wait for the page", _LOOK),
+    "browser_console": ("Read console messages", _LOOK),
+    "browser_network": ("Read network requests", _LOOK),
+    "browser_record": ("Record a video", _BROWSE),
+    "browser_close": ("Close a browser session", _BROWSER_END),
 }
 assert tuple(_TOOLS) == TOOL_NAMES  # noqa: S101 - a new tool needs its title and annotations
 

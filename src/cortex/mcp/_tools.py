@@ -20,6 +20,7 @@ from pydantic import Field
 
 from cortex.errors import Conflict, CortexError
 from cortex.mcp._binding import Resolve
+from cortex.mcp._browser_tools import BROWSER_TOOLS, BrowserTools
 from cortex.mcp._errors import ToolError, tool_errors
 from cortex.mcp._file_tools import FileTools
 from cortex.mcp._models import (
@@ -63,7 +64,7 @@ _ACTIVE = (TaskState.QUEUED, TaskState.ASSIGNED, TaskState.RUNNING)
 TOOL_NAMES = (
     "list_nodes", "run_command", "start_task", "task_status", "task_output", "cancel_task",
     "write_stdin", "list_tasks", "list_artifacts", "fetch_artifact", "list_files",
-    "read_file", "write_file",
+    "read_file", "write_file", *BROWSER_TOOLS,
 )
 
 # Parameter types, shared by the tools that take them; descriptions are what models read.
@@ -91,7 +92,7 @@ Interactive = Annotated[bool, Field(description=(
     "input as they run: REPLs, prompts, cat)."))]
 
 
-class CortexTools(FileTools):
+class CortexTools(FileTools, BrowserTools):
     """The MCP tools; `resolve` names the client (and stdin pipes) serving each call."""
 
     def __init__(self, resolve: Resolve) -> None:
