@@ -241,6 +241,9 @@ async def test_screenshots_viewport_full_element_jpeg(skill: BrowserSkill, site:
     capped = await ok(skill, S, "screenshot", max_bytes=10)
     assert "base64" not in capped
     assert "artifact" in capped["note"]
+    # This skill has no artifact store: nothing is published and the outbox is not kept.
+    assert "artifacts" not in capped
+    assert not (Path(shot["path"]).parent.parent / "outbox.jsonl").exists()
 
 
 async def test_dialog_accept_and_dismiss(skill: BrowserSkill, site: str) -> None:

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from cortex._proto.cortex.v1 import common_pb2 as pb
 from cortex.errors import CortexError, InvalidArgument
 
-__all__ = ["ArtifactStore", "SessionFiles"]
+__all__ = ["ArtifactStore", "SessionFiles", "discard_outbox"]
 
 log = logging.getLogger("cortex.node.browser")
 
@@ -61,6 +61,13 @@ def describe(file: pb.File, path: str = "") -> dict[str, Any]:
     if path:
         row["path"] = path
     return row
+
+
+async def discard_outbox(folder: Path) -> tuple[list[dict[str, Any]], str]:
+    """No artifact store (a skill built without one): the files stay on the node only, and
+    the outbox must not grow with every action."""
+    await asyncio.to_thread((folder / OUTBOX).unlink, missing_ok=True)
+    return [], ""
 
 
 class SessionFiles:

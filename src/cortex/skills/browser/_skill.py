@@ -32,7 +32,7 @@ from cortex.core.states import State
 from cortex.errors import InvalidArgument, NotFound, Unavailable
 from cortex.skills.base import Outcome, OutputSink, TaskRun
 from cortex.skills.browser._chromium import Chromium, remove_session_dir
-from cortex.skills.browser._files import ArtifactStore, SessionFiles
+from cortex.skills.browser._files import ArtifactStore, SessionFiles, discard_outbox
 from cortex.skills.worker import WorkerPool, WorkerSkill
 
 __all__ = ["BrowserPolicy", "BrowserSettings", "BrowserSkill", "session_limit"]
@@ -167,7 +167,7 @@ class BrowserSkill:
         noted = _Noted(sink, note, hold_stdout=self._files is not None)
         run = await self._worker.start(task_id=task_id, attempt=attempt, spec=call,
                                        timeout_s=timeout_s, sink=_reattach_note(noted))
-        publish = None
+        publish: Publish = functools.partial(discard_outbox, session.dir)
         if self._files is not None:
             publish = functools.partial(self._files.publish, session.dir, task_id)
         return _BrowserRun(run, noted, publish)
