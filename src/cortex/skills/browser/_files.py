@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cortex._proto.cortex.v1 import common_pb2 as pb
-from cortex.errors import CortexError, InvalidArgument
+from cortex.errors import CortexError, InvalidArgument, PermissionDenied
 
 __all__ = ["ArtifactStore", "SessionFiles", "discard_outbox"]
 
@@ -70,6 +70,24 @@ async def discard_outbox(folder: Path) -> tuple[list[dict[str, Any]], str]:
     return [], ""
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    return path.is_relative_to(folder) and path.resolve().is_relative_to(folder.resolve())
+
+
+def _take(outbox: Path, taken: Path) -> str:
+    """The outbox's lines, moved aside first (the worker may append again at once); lines a
+    node that died mid-publish left in `taken` come first."""
+    try:
+        left = taken.read_text()
+    except FileNotFoundError:
+        left = ""
+    try:
+        os.replace(outbox, taken)
+    except FileNotFoundError:
+        return left
+    return left + taken.read_text()
+
+
 class SessionFiles:
     """The artifacts side of every browser session of one node (owns the video uploads)."""
 
@@ -81,11 +99,9 @@ class SessionFiles:
     async def publish(self, folder: Path, task_id: str) -> tuple[list[dict[str, Any]], str]:
         """Upload what the session's outbox lists; (artifact rows, problems or "")."""
         taken = folder / f"{OUTBOX}.taken"
-        try:
-            await asyncio.to_thread(os.replace, folder / OUTBOX, taken)
-        except FileNotFoundError:
+        text = await asyncio.to_thread(_take, folder / OUTBOX, taken)
+        if not text:
             return [], ""
-        text = await asyncio.to_thread(taken.read_text)
         rows: list[dict[str, Any]] = []
         problems: list[str] = []
         for line in text.splitlines():
@@ -103,7 +119,9 @@ class SessionFiles:
         if kind == "done":
             return [*self._ended.pop(folder, []), *await self.finish(folder)]
         path = Path(entry["path"])
-        name = path.relative_to(folder).as_posix() if path.is_relative_to(folder) else path.name
+        if not await asyncio.to_thread(_inside, path, folder):
+            raise PermissionDenied(f"{path} is outside the session's directory: not published")
+        name = path.relative_to(folder).as_posix()
         media_type = str(entry.get("media_type", ""))
         if kind == "file":
             file = await self._store.upload_file(path, task_id=task_id, name=name,
