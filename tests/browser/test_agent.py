@@ -17,7 +17,13 @@ import psutil  # type: ignore[import-untyped]  # no types-psutil in the venv
 import pytest
 
 from cortex.node.agent import Agent
-from cortex.sdk import BrowserError, BrowserSession, Client, list_browser_sessions
+from cortex.sdk import (
+    BrowserError,
+    BrowserSession,
+    Client,
+    artifacts_of,
+    list_browser_sessions,
+)
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(240)]
 
@@ -76,19 +82,24 @@ async def test_agent_script_survives_worker_kill(client: Client, node: Agent, si
         # One segment per worker; the killed worker's may have had no fragment to write.
         assert 1 <= len(video["segments"]) <= 2
         assert len(video["segments"]) + video["lost_segments"] == 2
+        # Every segment was streamed to the hub as it recorded: fetched from its artifacts.
+        stored = artifacts_of(video)
+        assert len(stored) == 2
+        assert all(r["media_type"] == "video/mp4" for r in stored)
         frames = 0
-        for n, segment in enumerate(video["segments"]):
-            local = tmp_path / f"video-{n}.mp4"
-            await browser.download(segment["path"], local)
+        for local in await browser.save_files(video, tmp_path / "video.mp4"):
+            if not local.stat().st_size:
+                continue  # the killed worker's segment, when it had no fragment yet
             with av.open(str(local)) as container:
                 assert container.streams.video[0].width == 1280
                 frames += sum(1 for _ in container.decode(video=0))
         assert frames > 0
 
         har = await browser.har_stop()
-        local_har = tmp_path / "trace.har"
-        await browser.download(har["path"], local_har)
-        entries = json.loads(local_har.read_text())["log"]["entries"]
+        [har_file] = await browser.save_files(har, tmp_path / "trace.har")
+        [row] = artifacts_of(har)
+        assert row["artifact_id"] in {f.artifact_id for f in await client.list_artifacts()}
+        entries = json.loads(har_file.read_text())["log"]["entries"]
         urls = {e["request"]["url"].replace(site, "") for e in entries}
         assert "/missing" in urls
 

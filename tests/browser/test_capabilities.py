@@ -240,7 +240,10 @@ async def test_screenshots_viewport_full_element_jpeg(skill: BrowserSkill, site:
     assert base64.b64decode(element["base64"]).startswith(b"\xff\xd8")
     capped = await ok(skill, S, "screenshot", max_bytes=10)
     assert "base64" not in capped
-    assert "only in the file" in capped["note"]
+    assert "artifact" in capped["note"]
+    # This skill has no artifact store: nothing is published and the outbox is not kept.
+    assert "artifacts" not in capped
+    assert not (Path(shot["path"]).parent.parent / "outbox.jsonl").exists()
 
 
 async def test_dialog_accept_and_dismiss(skill: BrowserSkill, site: str) -> None:

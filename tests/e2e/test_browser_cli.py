@@ -61,13 +61,18 @@ def test_browser_cli_tour(cortex: Cortex, site: str, tmp_path: Path) -> None:
     logs = cortex.ok("browser", "logs", "cli", "--kind", "console", within=WAIT_S).stderr
     assert "console/error: boom from button" in logs
     har = tmp_path / "trace.har"
-    cortex.ok("browser", "har", "cli", "stop", "-o", str(har), within=WAIT_S)
+    stopped = json.loads(cortex.ok("browser", "har", "cli", "stop", "-o", str(har),
+                                   within=WAIT_S).stdout)
     assert json.loads(har.read_text())["log"]["entries"] is not None
+    [har_artifact] = stopped["artifacts"]  # -o downloaded it from the hub's artifact store
+    listed_files = json.loads(cortex.ok("artifacts", "ls", har_artifact["task_id"], "--json",
+                                        within=WAIT_S).stdout)
+    assert [f["name"] for f in listed_files] == [har_artifact["name"]]
     cortex.ok("browser", "record", "cli", "start", "--fps", "5", "--size", "640x360",
               within=WAIT_S)
     video = tmp_path / "v.mp4"
     cortex.ok("browser", "record", "cli", "stop", "-o", str(video), within=WAIT_S)
-    assert video.exists()
+    assert video.stat().st_size > 0
     listed = json.loads(cortex.ok("browser", "ls", "--json", within=WAIT_S).stdout)
     assert [row["session"] for row in listed] == ["cli"]
     bad = cortex.run("browser", "do", "cli", "navigate", "file:///etc/passwd", within=WAIT_S)

@@ -142,6 +142,9 @@ def do(
             answer = await browser.do(action, **args)
             if action == "fetch" and output is not None:
                 await browser.download(args["path"], output)
+            if action == "screenshot" and output is not None and "base64" not in answer:
+                for path in await browser.save_files(answer, output):
+                    note(f"wrote {path} ({path.stat().st_size} bytes)")
             return answer
 
     answer = run_async(go())
@@ -198,7 +201,8 @@ def har(
     session: Annotated[str, typer.Argument(metavar="SESSION")],
     op: Annotated[str, typer.Argument(metavar="start|stop")] = "stop",
     output: Annotated[Path | None, typer.Option("--output", "-o", metavar="FILE",
-                      help="stop: download the HAR here.", show_default=False)] = None,
+                      help="stop: download the HAR (from the hub) here.",
+                      show_default=False)] = None,
     timeout: Timeout = 60.0,
 ) -> None:
     """Record the session's network traffic as a HAR: start, then stop -o trace.har."""
@@ -211,7 +215,9 @@ def record(
     session: Annotated[str, typer.Argument(metavar="SESSION")],
     op: Annotated[str, typer.Argument(metavar="start|stop")],
     output: Annotated[Path | None, typer.Option("--output", "-o", metavar="FILE",
-                      help="stop: download the MP4 here.", show_default=False)] = None,
+                      help="stop: download the MP4 (from the hub) here; "
+                      "several segments go to FILE-1.mp4, FILE-2.mp4 ...",
+                      show_default=False)] = None,
     fps: Annotated[int, typer.Option("--fps", help="Frames per second (1-30).")] = 15,
     size: Annotated[str, typer.Option("--size", metavar="WxH",
                     help="Video size, up to 1920x1080.")] = "1280x720",
@@ -234,9 +240,9 @@ def _file_op(ctx: typer.Context, session: str, action: str, op: str, output: Pat
         client, browser = _session(client_config(ctx), session, timeout)
         async with client:
             answer = await browser.do(action, op=op, **extra)
-            if op == "stop" and output is not None:
-                await browser.download(answer["path"], output)
-                note(f"wrote {output} ({answer['bytes']} bytes)")
+            if op == "stop" and output is not None:  # from the hub's artifact store
+                for path in await browser.save_files(answer, output):
+                    note(f"wrote {path} ({path.stat().st_size} bytes)")
             return answer
 
     print_json(run_async(go()))

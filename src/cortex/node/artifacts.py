@@ -151,6 +151,15 @@ class NodeArtifacts:
             os.makedirs(dest.parent, exist_ok=True)
             return await _transfer.download(stub, file, dest, retry_s=self._retry_s)
 
+    async def stat(self, artifact_id: str) -> pb.File:
+        """An artifact's record (name, size, digest) from the hub."""
+        async with self._stub() as stub:
+            try:
+                file: pb.File = await stub.Stat(apb.StatArtifactRequest(artifact_id=artifact_id))
+            except grpc.aio.AioRpcError as exc:
+                raise _transfer.error(exc) from exc
+            return file
+
 
 def _cwd(spec: pb.TaskSpec) -> Path:
     return Path(spec.shell.cwd or os.getcwd())

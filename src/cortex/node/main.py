@@ -69,7 +69,7 @@ def build_agent(config: NodeConfig, ident: Identity) -> tuple[Agent, Journal]:
         "pyeval": WorkerSkill("pyeval", workers),
         "fs": FsSkill(NodeArtifacts(ident), config.fs_roots),
     }
-    if (browser := _browser_skill(config, workers)) is not None:
+    if (browser := _browser_skill(config, workers, NodeArtifacts(ident))) is not None:
         skills["browser"] = browser
     journal = Journal(config.data_dir / "journal.db")
     agent = Agent(config, ident, Supervisor(skills), sorted(skills), journal, cgroups=cgroups,
@@ -82,7 +82,8 @@ def _chromium_problem(path: str | None) -> str:
     return probe_chromium(path)  # once per process: tests build many agents
 
 
-def _browser_skill(config: NodeConfig, workers: WorkerPool) -> BrowserSkill | None:
+def _browser_skill(config: NodeConfig, workers: WorkerPool, artifacts: NodeArtifacts
+                   ) -> BrowserSkill | None:
     """The browser skill, when Chromium works here (else the node does not offer it)."""
     settings = BrowserSettings.from_env(dict(os.environ))
     chromium = find_chromium(settings.chromium)
@@ -94,7 +95,8 @@ def _browser_skill(config: NodeConfig, workers: WorkerPool) -> BrowserSkill | No
     limit = settings.max_sessions or session_limit(mem)
     return BrowserSkill(workers, data_dir=config.data_dir, chromium=chromium,
                         max_sessions=limit, idle_timeout_s=settings.idle_timeout_s,
-                        policy=BrowserPolicy(allow_file_urls=settings.allow_file_urls))
+                        policy=BrowserPolicy(allow_file_urls=settings.allow_file_urls),
+                        artifacts=artifacts)
 
 
 async def enroll_in_child(config: NodeConfig) -> Identity:

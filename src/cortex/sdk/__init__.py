@@ -30,6 +30,7 @@ from cortex.sdk._browser import (
     BrowserError,
     BrowserSession,
     SyncBrowserSession,
+    artifacts_of,
     list_browser_sessions,
 )
 from cortex.sdk._client import TERMINAL_STATES, Client, JoinToken, OutputCallback, Result
@@ -85,6 +86,7 @@ __all__ = [
     "TaskState",
     "Tenant",
     "Unavailable",
+    "artifacts_of",
     "build_spec",
     "list_browser_sessions",
     "parse_duration",

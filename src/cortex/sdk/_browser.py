@@ -30,7 +30,8 @@ from cortex.sdk._client import Client
 from cortex.sdk._specs import Pairs
 from cortex.sdk._sync import SyncClient
 
-__all__ = ["BrowserError", "BrowserSession", "SyncBrowserSession", "list_browser_sessions"]
+__all__ = ["BrowserError", "BrowserSession", "SyncBrowserSession", "artifacts_of",
+           "list_browser_sessions"]
 
 EventCallback = Callable[[dict[str, Any]], None]
 _DEFAULT_TIMEOUT_S = 60.0
@@ -115,10 +116,15 @@ class BrowserSession:
         return answer["tree"] if answer.get("tree") is not None else answer["text"]
 
     async def screenshot(self, **kw: Any) -> bytes:
+        """The image's bytes: inline when small, else from its artifact on the hub (every
+        screenshot is also an artifact of its task: answer["artifacts"] of `do`)."""
         answer = await self.do("screenshot", **kw)
-        if "base64" not in answer:
+        if "base64" in answer:
+            return base64.b64decode(answer["base64"])
+        stored = artifacts_of(answer)
+        if not stored:  # a node that does not publish artifacts
             return await self.download(answer["path"])
-        return base64.b64decode(answer["base64"])
+        return await self.read_artifact(stored[0]["artifact_id"])
 
     async def eval(self, expression: str, **kw: Any) -> Any:
         answer = await self.do("eval", expression=expression, **kw)
@@ -151,9 +157,11 @@ class BrowserSession:
                      ) -> dict[str, Any]:
         return await self.do("select", values=values, ref=ref, **kw)
 
-    async def upload(self, paths: list[str], ref: str | None = None, **kw: Any
-                     ) -> dict[str, Any]:
-        return await self.do("upload", paths=paths, ref=ref, **kw)
+    async def upload(self, paths: list[str] | None = None, ref: str | None = None, *,
+                     artifacts: list[str] | None = None, **kw: Any) -> dict[str, Any]:
+        """Set a file input to files on the node (`paths`) and/or artifacts (ids; the node
+        downloads them into the session dir first)."""
+        return await self.do("upload", paths=paths, ref=ref, artifacts=artifacts, **kw)
 
     async def dialog(self, accept: bool = True, text: str | None = None) -> dict[str, Any]:
         return await self.do("dialog", accept=accept, text=text)
@@ -183,6 +191,27 @@ class BrowserSession:
     async def record_stop(self) -> dict[str, Any]:
         return await self.do("record", op="stop")
 
+    async def save_files(self, answer: Mapping[str, Any], dest: str | Path) -> list[Path]:
+        """Download the artifacts an action's answer lists (a stopped video's segments, a
+        HAR) from the hub to `dest`; several go to ``<stem>-<n><suffix>`` beside it. A node
+        that does not publish artifacts: the answer's ``path`` is fetched through it."""
+        target = Path(dest)
+        stored = artifacts_of(answer)
+        if not stored:
+            await self.download(answer["path"], target)
+            return [target]
+        if len(stored) == 1:
+            return [await self.client.download_artifact(stored[0]["artifact_id"], target)]
+        return [await self.client.download_artifact(
+                    row["artifact_id"], target.with_name(f"{target.stem}-{n}{target.suffix}"))
+                for n, row in enumerate(stored, 1)]
+
+    async def read_artifact(self, artifact_id: str) -> bytes:
+        """An artifact's bytes, from the hub."""
+        file = await self.client.stat_artifact(artifact_id)
+        data: bytes = await self.client.read_artifact(artifact_id, max_bytes=max(file.size, 1))
+        return data
+
     async def download(self, path: str, dest: str | Path | None = None) -> bytes:
         """A file of the session on its node (video, HAR, screenshot, download), fetched
         through the hub in chunks; also written to `dest` when given."""
@@ -211,6 +240,12 @@ class BrowserSession:
     async def close(self) -> bool:
         """Kill the session's browser and delete its profile on the node."""
         return bool((await self.do("close"))["closed"])
+
+
+def artifacts_of(answer: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The artifacts (rows with ``artifact_id``) an action's answer lists, in order."""
+    rows = answer.get("artifacts") or []
+    return [r for r in rows if isinstance(r, dict) and r.get("artifact_id")]
 
 
 async def list_browser_sessions(client: Client) -> list[dict[str, Any]]:

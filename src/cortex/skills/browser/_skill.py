@@ -15,6 +15,7 @@ Two actions never reach a worker: ``close`` (kill the browser, delete the profil
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import math
@@ -24,11 +25,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from google.protobuf.struct_pb2 import ListValue
+
 from cortex._proto.cortex.v1 import common_pb2
 from cortex.core.states import State
 from cortex.errors import InvalidArgument, NotFound, Unavailable
 from cortex.skills.base import Outcome, OutputSink, TaskRun
 from cortex.skills.browser._chromium import Chromium, remove_session_dir
+from cortex.skills.browser._files import ArtifactStore, SessionFiles, discard_outbox
 from cortex.skills.worker import WorkerPool, WorkerSkill
 
 __all__ = ["BrowserPolicy", "BrowserSettings", "BrowserSkill", "session_limit"]
@@ -101,6 +105,7 @@ class BrowserSkill:
     def __init__(self, pool: WorkerPool, *, data_dir: Path, chromium: str,
                  max_sessions: int, idle_timeout_s: float = 1800.0,
                  policy: BrowserPolicy | None = None,
+                 artifacts: ArtifactStore | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if max_sessions < 1:
             raise InvalidArgument(f"max_sessions must be at least 1, got {max_sessions}")
@@ -114,6 +119,8 @@ class BrowserSkill:
         self._policy = policy or BrowserPolicy()
         self._sessions: dict[str, _Session] = {}
         self._clock = clock
+        # None: the session's files stay on the node only (fetch action).
+        self._files = SessionFiles(artifacts) if artifacts is not None else None
         self.capacity = {"browser_sessions": max_sessions}  # advertised in the node's hello
 
     async def start(self, *, task_id: str, attempt: int, spec: common_pb2.TaskSpec,
@@ -156,13 +163,35 @@ class BrowserSkill:
         call.CopyFrom(spec)
         call.args.update({"_cdp": browser.cdp_url, "_dir": str(session.dir),
                           "_policy": self._policy.as_dict()})
-        noted = _Noted(sink, note)
+        if action == "upload" and "artifacts" in spec.args:
+            await self._fetch_inputs(call, session)
+        noted = _Noted(sink, note, hold_stdout=self._files is not None)
         run = await self._worker.start(task_id=task_id, attempt=attempt, spec=call,
                                        timeout_s=timeout_s, sink=_reattach_note(noted))
-        return _BrowserRun(run, noted, gone=lambda: self._drop_dead(session, browser))
+        publish: Publish = functools.partial(discard_outbox, session.dir)
+        if self._files is not None:
+            publish = functools.partial(self._files.publish, session.dir, task_id)
+        return _BrowserRun(run, noted, publish,
+                           gone=lambda: self._drop_dead(session, browser))
+
+    async def _fetch_inputs(self, call: common_pb2.TaskSpec, session: _Session) -> None:
+        """upload's ``artifacts`` (ids) downloaded into the session dir, added to paths."""
+        if self._files is None:
+            raise InvalidArgument("this node's browser skill cannot fetch artifacts: pass "
+                                  "paths on the node instead")
+        ids = call.args["artifacts"]
+        if not isinstance(ids, ListValue):
+            raise InvalidArgument("upload: artifacts is a list of artifact ids")
+        paths = await self._files.fetch(session.dir, list(ids))
+        paths_arg = call.args["paths"] if "paths" in call.args else None  # noqa: SIM401
+        given = list(paths_arg) if isinstance(paths_arg, ListValue) else []
+        del call.args["artifacts"]
+        call.args.update({"paths": [*given, *paths]})
 
     async def aclose(self) -> None:
         """Kill every session's browser (the node is stopping; the profiles stay)."""
+        if self._files is not None:
+            await self._files.aclose()
         for session in list(self._sessions.values()):
             if session.browser is not None:
                 await session.browser.kill()
@@ -198,6 +227,8 @@ class BrowserSkill:
             if session.browser is None and session.dir.exists():
                 session.browser = await asyncio.to_thread(Chromium.adopt, session.dir)
             was_open = session.browser is not None
+            if self._files is not None:  # a recording ends with its browser
+                await self._files.forget(session.dir)
             if session.browser is not None:
                 await session.browser.kill()
             session.browser = None
@@ -232,20 +263,46 @@ class BrowserSkill:
 
 
 class _Noted:
-    """A sink that puts `note` on STDERR first (before any output, or at the end)."""
+    """A sink that puts `note` on STDERR first (before any output, or at the end); with
+    `hold_stdout`, stdout (the action's JSON result) is kept until `release`, so the
+    artifacts the action produced can join it."""
 
-    def __init__(self, sink: OutputSink, note: bytes) -> None:
+    def __init__(self, sink: OutputSink, note: bytes, *, hold_stdout: bool = False) -> None:
         self._sink = sink
         self._note = note
+        self._held: bytearray | None = bytearray() if hold_stdout else None
 
     def __call__(self, stream: int, data: bytes) -> None:
         self.flush()
+        if stream == common_pb2.STDOUT and self._held is not None:
+            self._held.extend(data)
+            return
         self._sink(stream, data)
 
     def flush(self) -> None:
         if self._note:
             note, self._note = self._note, b""
             self._sink(common_pb2.STDERR, note)
+
+    def release(self, extra: dict[str, object]) -> None:
+        """Send the held stdout, with `extra` merged into its JSON result line."""
+        held, self._held = bytes(self._held or b""), None
+        if extra:
+            held = _with_fields(held, extra)
+        if held:
+            self._sink(common_pb2.STDOUT, held)
+
+
+def _with_fields(stdout: bytes, extra: dict[str, object]) -> bytes:
+    lines = stdout.rstrip(b"\n").split(b"\n") if stdout.strip() else []
+    try:
+        result = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        result = None
+    if not isinstance(result, dict):  # no result (the worker died): the files alone
+        return stdout + (json.dumps({"ok": False, **extra}) + "\n").encode()
+    result.update(extra)
+    return b"\n".join([*lines[:-1], json.dumps(result).encode()]) + b"\n"
 
 
 def _reattach_note(sink: OutputSink) -> OutputSink:
@@ -264,14 +321,21 @@ def _reattach_note(sink: OutputSink) -> OutputSink:
     return deliver
 
 
-class _BrowserRun:
-    """A worker run whose "state is gone" (true of pyeval) says what is true of a browser."""
+Publish = Callable[[], Awaitable[tuple[list[dict[str, object]], str]]]
 
-    def __init__(self, run: TaskRun, noted: _Noted, *,
-                 gone: Callable[[], Awaitable[None]]) -> None:
+
+class _BrowserRun:
+    """A worker run whose "state is gone" (true of pyeval) says what is true of a browser,
+    and whose files are published as artifacts before it ends."""
+
+    def __init__(self, run: TaskRun, noted: _Noted, publish: Publish | None = None, *,
+                 gone: Callable[[], Awaitable[None]] | None = None) -> None:
         self._run = run
         self._noted = noted
+        self._publish = publish
         self._gone = gone
+        self._ended: Outcome | None = None
+        self._ending = asyncio.Lock()  # wait() is awaited by more than one caller
         self.write_stdin = run.write_stdin
         self.close_stdin = run.close_stdin
         self.resize = run.resize
@@ -286,10 +350,25 @@ class _BrowserRun:
         self._run.pid = value
 
     async def wait(self) -> Outcome:
+        async with self._ending:
+            if self._ended is None:
+                self._ended = await self._end()
+        return self._ended
+
+    async def _end(self) -> Outcome:
         outcome = await self._run.wait()
         self._noted.flush()
-        if outcome.state is State.FAILED and _WENT_AWAY in outcome.reason:
+        if (self._gone is not None and outcome.state is State.FAILED
+                and _WENT_AWAY in outcome.reason):
             await self._gone()
+        extra: dict[str, object] = {}
+        if self._publish is not None:
+            rows, problems = await self._publish()
+            if rows:
+                extra["artifacts"] = rows
+            if problems:
+                extra["artifact_errors"] = problems
+        self._noted.release(extra)
         if "the session's state is gone" not in outcome.reason:
             return outcome
         reason = outcome.reason.replace(

@@ -18,6 +18,7 @@ from playwright.async_api import TimeoutError as PlaywrightTimeout
 from cortex.workers.browser import _evidence as evidence
 from cortex.workers.browser._args import ActionError, Args, Param
 from cortex.workers.browser._driver import Driver
+from cortex.workers.browser._outbox import publish
 from cortex.workers.browser._snapshot import cap, changes, compact_ax_tree, to_json
 
 __all__ = ["ACTIONS"]
@@ -162,12 +163,13 @@ async def screenshot(d: Driver, a: Args) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{time.time_ns()}.{'jpg' if kind == 'jpeg' else 'png'}"
     path.write_bytes(data)
+    publish(d.dir, "file", path, media_type=f"image/{kind}")
     result: dict[str, Any] = {"path": str(path), "bytes": len(data), "format": kind}
     if len(data) <= a["max_bytes"]:
         result["base64"] = base64.b64encode(data).decode()
     else:
         result["note"] = (f"{len(data)} bytes is over max_bytes={a['max_bytes']}: the image is "
-                          "only in the file on the node")
+                          "in the screenshot's artifact (and the file on the node)")
     return result
 
 

@@ -28,6 +28,7 @@ from playwright.async_api import (
 
 from cortex.workers.browser._args import ActionError, Args
 from cortex.workers.browser._events import EventLog
+from cortex.workers.browser._outbox import publish
 
 __all__ = ["Driver"]
 
@@ -243,6 +244,7 @@ class Driver:
             return
         self.events.add("download", url=download.url[:2000], path=str(path),
                         bytes=path.stat().st_size, suggested=download.suggested_filename)
+        publish(self.dir, "file", path)
 
     async def settle_downloads(self, timeout_s: float) -> None:
         if self._downloads:

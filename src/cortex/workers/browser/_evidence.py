@@ -18,6 +18,7 @@ from typing import Any
 
 from cortex.workers.browser._args import ActionError
 from cortex.workers.browser._driver import Driver
+from cortex.workers.browser._outbox import publish
 
 __all__ = ["har_start", "har_stop", "record_start", "record_stop", "resume"]
 
@@ -72,6 +73,7 @@ async def har_stop(d: Driver, *, task: bool = False) -> dict[str, Any]:
     if task and d.har is not None:
         await d.context.tracing.stop_har()
         path, d.har = d.har, None
+        publish(d.dir, "file", path, media_type="application/json")
         entries = len(json.loads(path.read_text())["log"]["entries"])
         return {"path": str(path), "bytes": path.stat().st_size, "entries": entries}
     state = _state(d, "har.json")
@@ -81,6 +83,7 @@ async def har_stop(d: Driver, *, task: bool = False) -> dict[str, Any]:
     d.har = None
     _save(d, "har.json", None)
     merged = await asyncio.to_thread(_merge, [Path(p) for p in state["segments"]])
+    publish(d.dir, "file", merged, media_type="application/json")
     return {"path": str(merged), "bytes": merged.stat().st_size,
             "entries": len(json.loads(merged.read_text())["log"]["entries"]),
             "segments": len(state["segments"])}
@@ -127,6 +130,8 @@ async def record_start(d: Driver, *, fps: int, width: int, height: int,
     path = d.dir / "video" / f"{time.time_ns()}.mp4"
     path.parent.mkdir(parents=True, exist_ok=True)
     cdp = await d.context.new_cdp_session(page)
+    path.touch()  # the node streams it from now on; the encoder truncates an empty file
+    publish(d.dir, "growing", path, media_type="video/mp4")
     d.recorder = Recorder(cdp, path, width=width, height=height, fps=fps)
     await d.recorder.start()
     state["segments"].append(str(path))
@@ -141,6 +146,7 @@ async def record_stop(d: Driver) -> dict[str, Any]:
     recorder, d.recorder = d.recorder, None
     last = dict(await recorder.stop())
     _save(d, "video.json", None)
+    publish(d.dir, "done")
     sizes = [(p, _size(Path(p))) for p in state["segments"]]
     segments = [{"path": p, "bytes": n} for p, n in sizes if n]
     # A worker killed before its encoder wrote the first fragment leaves no file.
