@@ -17,11 +17,13 @@ import pytest
 import pytest_asyncio
 from helpers import act, fails, ok
 
-from conftest import CHROMIUM
 from cortex.core.states import State
 from cortex.errors import InvalidArgument, NotFound, Unavailable
-from cortex.skills.browser import BrowserSkill
+from cortex.skills.browser import BrowserSkill, find_chromium
 from cortex.skills.worker import WorkerPool
+
+# By name, not `from conftest import`: several test folders have a conftest module.
+CHROMIUM = find_chromium()
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(120)]
 

@@ -15,9 +15,11 @@ import pytest
 import pytest_asyncio
 from helpers import act, ok
 
-from conftest import CHROMIUM
-from cortex.skills.browser import BrowserPolicy, BrowserSkill
+from cortex.skills.browser import BrowserPolicy, BrowserSkill, find_chromium
 from cortex.skills.worker import WorkerPool
+
+# By name, not `from conftest import`: several test folders have a conftest module.
+CHROMIUM = find_chromium()
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(120)]
 
