@@ -475,6 +475,7 @@ def test_public_surface_is_pinned() -> None:
         "Tenant",
         # the browser skill
         "BrowserError", "BrowserSession", "SyncBrowserSession", "list_browser_sessions",
+        "artifacts_of",
     ])
     assert all(hasattr(cortex.sdk, name) for name in cortex.sdk.__all__)
     assert all(hasattr(cortex, name) for name in cortex.__all__)
