@@ -350,22 +350,27 @@ async def test_bad_input_is_refused_precisely(skill: BrowserSkill, site: str) ->
 
 async def test_renderer_crash_is_reported_and_reload_recovers(skill: BrowserSkill,
                                                               site: str) -> None:
-    """A crashed renderer fails actions saying so; reload brings the page back."""
+    """A crashed renderer fails actions saying so; reload brings the page back. (A session
+    of its own: an earlier test's navigation to an unreachable host can still land its
+    error page in the shared one.)"""
     from playwright.async_api import async_playwright
 
-    await login(skill, site)
-    port = json.loads((skill._sessions[S].dir / "chromium.json").read_text())["port"]
+    crash = "tenant-a/crash"
+    await login(skill, site, crash)
+    port = json.loads((skill._sessions[crash].dir / "chromium.json").read_text())["port"]
     async with async_playwright() as pw:  # a second CDP client crashes the tab for us
         browser = await pw.chromium.connect_over_cdp(f"http://127.0.0.1:{port}")
         page = next(p for p in browser.contexts[0].pages if p.url.endswith("/app"))
         cdp = await browser.contexts[0].new_cdp_session(page)
-        with contextlib.suppress(Exception):  # the renderer dies before it can answer
-            await asyncio.wait_for(cdp.send("Page.crash"), 5)
-    crashed = await act(skill, S, "eval", expression="1")
+        async with page.expect_event("crash", timeout=10_000):  # it has crashed: no race
+            with contextlib.suppress(Exception):  # the renderer dies before it can answer
+                await asyncio.wait_for(cdp.send("Page.crash"), 5)
+    crashed = await act(skill, crash, "eval", expression="1")
     assert crashed.state is State.FAILED
     assert "crashed" in crashed.reason
-    assert (await ok(skill, S, "reload"))["recovered"] is True
-    assert (await ok(skill, S, "eval", expression="document.title"))["value"] == "App"
+    assert (await ok(skill, crash, "reload"))["recovered"] is True
+    assert (await ok(skill, crash, "eval", expression="document.title"))["value"] == "App"
+    assert (await ok(skill, crash, "close"))["closed"] is True   # the skill allows 2 sessions
 
 
 async def test_worker_kill_9_reattaches_with_tabs_cookies_and_typed_input(
