@@ -153,3 +153,33 @@ async def test_queued_tasks_survive_a_hub_kill_and_can_still_be_cancelled(
         events = await fleet.history(client, task_id)
         events.assert_dense()
         assert events.states() == [(1, "QUEUED"), (1, "CANCELLED")]
+
+
+async def test_run_through_a_hub_kill_resumes_and_keeps_every_line_once(fleet: Fleet) -> None:
+    """`client.run()` is one TaskService.Run stream; kill -9 of the hub mid-task breaks it
+    after the task was accepted, and run() goes on through a resumed watch: the Result
+    holds every line exactly once and the callback saw each once, in order."""
+    hub = await fleet.start_hub(*QUICK_BEATS)
+    client = fleet.client(hub)
+    n1, _ = await fleet.start_node(hub, client, "n1")
+    lines: list[bytes] = []
+    seen_10 = asyncio.Event()
+
+    def on_stdout(data: bytes) -> None:
+        lines.append(data)
+        if b"10\n" in b"".join(lines):
+            seen_10.set()
+
+    running = asyncio.ensure_future(client.run(
+        argv=[PY, "-c", LINES, "40", "0.05", fleet.marker], stdout=on_stdout))
+    async with asyncio.timeout(30):
+        await seen_10.wait()
+    hub.kill()
+    await fleet.restart_hub(hub)
+    await fleet.node_online(client, "n1", n1)
+    async with asyncio.timeout(60):
+        result = await running
+    assert (result.task.state, result.exit_code) == (TaskState.SUCCEEDED, 0), result.task.reason
+    assert result.stdout.decode() == numbered(40)
+    assert b"".join(lines).decode() == numbered(40)
+    assert len(result.task.attempts) == 1

@@ -98,6 +98,7 @@ def row(*cells: str) -> dict[str, str]:
 EXPECTED: dict[str, dict[str, str]] = {
     "/cortex.v1.TaskService/Submit": row(OK, OK, OK, D, OK, OK, *ANON),
     "/cortex.v1.TaskService/SubmitMany": row(OK, OK, OK, D, OK, OK, *ANON),
+    "/cortex.v1.TaskService/Run": row(OK, OK, OK, D, OK, OK, *ANON),
     "/cortex.v1.TaskService/Get": row(OK, OK, OK, OK, NF, NF, *ANON),
     "/cortex.v1.TaskService/List": row(SEES, SEES, SEES, SEES, BLIND, BLIND, *ANON),
     "/cortex.v1.TaskService/Watch": row(OK, OK, OK, OK, NF, NF, *ANON),
@@ -344,6 +345,19 @@ async def _submit(w: World, c: str) -> str:
 async def _submit_many(w: World, c: str) -> str:
     return await _code(_tasks(w).SubmitMany(tasks_pb2.SubmitManyRequest(specs=[_NOWHERE]),
                                             metadata=w.md(c)))
+
+
+@probe("/cortex.v1.TaskService/Run")
+async def _run(w: World, c: str) -> str:
+    async def first() -> None:
+        # The first message is the stored task; the task stays queued, so stop there.
+        call = _tasks(w).Run(tasks_pb2.SubmitRequest(spec=_NOWHERE), metadata=w.md(c))
+        try:
+            async for _ in call:
+                return
+        finally:
+            call.cancel()
+    return await _code(first())
 
 
 @probe("/cortex.v1.TaskService/Get")

@@ -74,6 +74,9 @@ async def test_a_task_alone_over_the_quota_is_refused_at_submit(hub: Hub, client
             await acme.submit(argv=["true"], cpus=4)
         with pytest.raises(QuotaExceeded, match=r"specs\[1\]"):
             await acme.submit_many([acme_spec(0.5), acme_spec(3)])
+        # The one-call run path (TaskService.Run, a stream) carries the error class too.
+        with pytest.raises(QuotaExceeded, match="CPU cores: the task needs 4"):
+            await acme.run(argv=["true"], cpus=4)
 
 
 def acme_spec(cpus: float) -> object:

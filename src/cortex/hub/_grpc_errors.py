@@ -62,7 +62,7 @@ def streaming(fn: Callable[..., AsyncIterator[R]]) -> Callable[..., AsyncIterato
             async for item in fn(self, request, context):
                 yield item
         except errors.CortexError as exc:
-            await context.abort(status_for(exc), str(exc))
+            await context.abort(status_for(exc), str(exc), trailing_metadata=trailers_for(exc))
         except ExceptionGroup as group:  # from a handler's TaskGroup: report the first cause
             first = _first_cortex_error(group)
             if first is None:

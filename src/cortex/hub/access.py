@@ -38,6 +38,7 @@ _HUB = frozenset({HUB_ADMIN})
 ACCESS: Mapping[str, frozenset[str]] = {
     "/cortex.v1.TaskService/Submit": _RUN,
     "/cortex.v1.TaskService/SubmitMany": _RUN,
+    "/cortex.v1.TaskService/Run": _RUN,
     "/cortex.v1.TaskService/Get": _READ,
     "/cortex.v1.TaskService/List": _READ,
     "/cortex.v1.TaskService/Watch": _READ,

@@ -90,12 +90,29 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
         async for batch in self._tasks.wait_tasks(who.tenant, ids):
             yield tasks_pb2.WaitTasksResponse(tasks=batch)
 
+    @streaming
+    async def Run(self, request: tasks_pb2.SubmitRequest,
+                  context: Ctx) -> AsyncIterator[tasks_pb2.RunResponse]:
+        who = await self._principal(context, "Run")
+        task, created = await self._tasks.submit(who.tenant, request.spec)
+        yield tasks_pb2.RunResponse(submitted=tasks_pb2.SubmitResponse(task=task,
+                                                                       created=created))
+        events = self._tasks.watch(who.tenant, task.id, after_seq=0, follow=True)
+        async with contextlib.aclosing(events):
+            async for ev in events:
+                yield tasks_pb2.RunResponse(event=ev)
+        yield tasks_pb2.RunResponse(finished=await self._full_task(who.tenant, task.id))
+
     @unary
     async def Get(self, request: tasks_pb2.GetTaskRequest,
                   context: Ctx) -> pb.Task:
         who = await self._principal(context, "Get")
-        task = await self._tasks.get(who.tenant, _id(request.task_id), with_attempts=True)
-        task.files.extend(await self._store.list_artifacts(who.tenant, task_id=task.id,
+        return await self._full_task(who.tenant, _id(request.task_id))
+
+    async def _full_task(self, tenant: str, task_id: str) -> pb.Task:
+        """The task as Get answers it: with its attempts and its files."""
+        task = await self._tasks.get(tenant, task_id, with_attempts=True)
+        task.files.extend(await self._store.list_artifacts(tenant, task_id=task.id,
                                                            limit=1000))
         return task
 

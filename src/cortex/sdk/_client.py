@@ -354,18 +354,71 @@ class Client(ArtifactMethods, NodeFileMethods):
     ) -> Result:
         """Submit, stream output to the callbacks, wait, and return the `Result`.
 
+        One call (TaskService.Run) does what submit + watch + get do. If the hub goes away
+        after it accepted the task, the events resume through `watch` where they stopped.
         If the caller is cancelled while waiting, the task is cancelled too (like
         `subprocess.run` kills its child). The Result keeps the last attempt's output;
         the callbacks see every attempt's, live.
         """
-        task = await self.submit(spec, **options)
+        if spec is None:
+            spec = build_spec(**options)
+        elif options:
+            raise InvalidArgument("pass a TaskSpec or keyword options, not both")
+        output = _Output(stdout, stderr)
+        task_id = ""
         try:
-            out, err = await self._collect(task.id, stdout, stderr)
-            final = await self.get(task.id)
+            final: common_pb2.Task | None = None
+            try:
+                async for msg in self._run_call(spec):
+                    kind = msg.WhichOneof("kind")
+                    if kind == "submitted":
+                        task_id = msg.submitted.task.id
+                    elif kind == "event":
+                        output.take(msg.event)
+                    elif kind == "finished":
+                        final = msg.finished
+            except _OldHub:
+                task_id = (await self.submit(spec)).id
+            except CortexError as exc:
+                if not task_id or not isinstance(exc, Unavailable):
+                    raise
+                # Accepted, then the stream broke: follow it like a watch does.
+            if final is None:
+                if not task_id:
+                    raise Unavailable(f"hub {self._config.address}: the Run call ended "
+                                      "before the task was accepted")
+                events = self.watch(task_id, after_seq=output.last_seq)
+                async with contextlib.aclosing(events):
+                    async for event in events:
+                        output.take(event)
+                final = await self.get(task_id)
         except asyncio.CancelledError:
-            await self._cancel_quietly(task.id, "the caller stopped waiting for run()")
+            if task_id:
+                await self._cancel_quietly(task_id, "the caller stopped waiting for run()")
             raise
-        return Result(task=final, stdout=out, stderr=err)
+        return Result(task=final, stdout=bytes(output.out), stderr=bytes(output.err))
+
+    async def _run_call(self, spec: common_pb2.TaskSpec
+                        ) -> AsyncGenerator[tasks_pb2.RunResponse, None]:
+        """TaskService.Run's messages; a call that never reached the hub is sent again.
+        Raises `_OldHub` when the hub predates Run (nothing was submitted)."""
+        for delay in (*_CONNECT_RETRY_S, None):
+            call = self._stub().Run(tasks_pb2.SubmitRequest(spec=spec),
+                                    metadata=self._metadata)
+            received = False
+            try:
+                async for msg in call:
+                    received = True
+                    yield msg
+                return
+            except grpc.aio.AioRpcError as e:
+                if not received and e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    raise _OldHub from e
+                if received or delay is None or not _never_sent(e):
+                    raise translate(e, address=self._config.address) from e
+            finally:
+                call.cancel()
+            await asyncio.sleep(delay)
 
     def attach(self, task_id: str, *, after_seq: int = 0) -> Attachment:
         """``async with client.attach(task_id) as att:`` stdin / resize in, events out."""
@@ -475,31 +528,40 @@ class Client(ArtifactMethods, NodeFileMethods):
         except Unavailable:
             return False
 
-    async def _collect(
-        self, task_id: str, stdout: OutputCallback | None, stderr: OutputCallback | None
-    ) -> tuple[bytes, bytes]:
-        out, err, attempt = bytearray(), bytearray(), 0
-        events = self.watch(task_id)
-        async with contextlib.aclosing(events):
-            async for event in events:
-                if event.attempt > attempt:
-                    attempt = event.attempt
-                    out.clear()
-                    err.clear()
-                if not event.HasField("output"):
-                    continue
-                data = event.output.data
-                to_stdout = event.output.stream in _TO_STDOUT
-                (out if to_stdout else err).extend(data)
-                callback = stdout if to_stdout else stderr
-                if callback is not None:
-                    callback(data)
-        return bytes(out), bytes(err)
-
     async def _cancel_quietly(self, task_id: str, reason: str) -> None:
         # Best effort and bounded: the caller is leaving; a second cancel aborts this.
         with contextlib.suppress(CortexError, TimeoutError):
             await asyncio.wait_for(self.cancel(task_id, reason=reason), _CANCEL_GRACE_S)
+
+
+class _OldHub(Exception):
+    """The hub does not serve TaskService.Run (it predates it)."""
+
+
+class _Output:
+    """A run's output as its events bring it: the last attempt's kept, callbacks fed."""
+
+    def __init__(self, stdout: OutputCallback | None, stderr: OutputCallback | None) -> None:
+        self.out, self.err = bytearray(), bytearray()
+        self.attempt = self.last_seq = 0
+        self._stdout, self._stderr = stdout, stderr
+
+    def take(self, event: common_pb2.TaskEvent) -> None:
+        if event.seq <= self.last_seq:
+            return  # seen before a reconnect
+        self.last_seq = event.seq
+        if event.attempt > self.attempt:
+            self.attempt = event.attempt
+            self.out.clear()
+            self.err.clear()
+        if not event.HasField("output"):
+            return
+        data = event.output.data
+        to_stdout = event.output.stream in _TO_STDOUT
+        (self.out if to_stdout else self.err).extend(data)
+        callback = self._stdout if to_stdout else self._stderr
+        if callback is not None:
+            callback(data)
 
 
 def _open_channel(config: ClientConfig) -> grpc.aio.Channel:

@@ -64,6 +64,40 @@ class SubmitResponse(_message.Message):
 Global___SubmitResponse: _TypeAlias = SubmitResponse  # noqa: Y015
 
 @_typing.final
+class RunResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBMITTED_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    FINISHED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def submitted(self) -> Global___SubmitResponse:
+        """always the first message"""
+
+    @_builtins.property
+    def event(self) -> _common_pb2.TaskEvent: ...
+    @_builtins.property
+    def finished(self) -> _common_pb2.Task:
+        """the last message, once the task is finished"""
+
+    def __init__(
+        self,
+        *,
+        submitted: Global___SubmitResponse | None = ...,
+        event: _common_pb2.TaskEvent | None = ...,
+        finished: _common_pb2.Task | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "finished", b"finished", "kind", b"kind", "submitted", b"submitted"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "finished", b"finished", "kind", b"kind", "submitted", b"submitted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["submitted", "event", "finished"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___RunResponse: _TypeAlias = RunResponse  # noqa: Y015
+
+@_typing.final
 class SubmitManyRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -72,6 +72,11 @@ class TaskServiceStub:
                 request_serializer=cortex_dot_v1_dot_tasks__pb2.WaitTasksRequest.SerializeToString,
                 response_deserializer=cortex_dot_v1_dot_tasks__pb2.WaitTasksResponse.FromString,
                 _registered_method=True)
+        self.Run = channel.unary_stream(
+                '/cortex.v1.TaskService/Run',
+                request_serializer=cortex_dot_v1_dot_tasks__pb2.SubmitRequest.SerializeToString,
+                response_deserializer=cortex_dot_v1_dot_tasks__pb2.RunResponse.FromString,
+                _registered_method=True)
         self.Attach = channel.stream_stream(
                 '/cortex.v1.TaskService/Attach',
                 request_serializer=cortex_dot_v1_dot_tasks__pb2.AttachRequest.SerializeToString,
@@ -143,6 +148,14 @@ class TaskServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Run(self, request, context):
+        """Submit, then the task's events as Watch(follow) gives them, then the finished task as
+        Get answers it: one call for what Submit + Watch + Get do (`cortex run`, SDK run()).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Attach(self, request_iterator, context):
         """First message names the task; then stdin / resize / eof. Answers as Watch does.
         """
@@ -199,6 +212,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.WaitTasks,
                     request_deserializer=cortex_dot_v1_dot_tasks__pb2.WaitTasksRequest.FromString,
                     response_serializer=cortex_dot_v1_dot_tasks__pb2.WaitTasksResponse.SerializeToString,
+            ),
+            'Run': grpc.unary_stream_rpc_method_handler(
+                    servicer.Run,
+                    request_deserializer=cortex_dot_v1_dot_tasks__pb2.SubmitRequest.FromString,
+                    response_serializer=cortex_dot_v1_dot_tasks__pb2.RunResponse.SerializeToString,
             ),
             'Attach': grpc.stream_stream_rpc_method_handler(
                     servicer.Attach,
@@ -407,6 +425,33 @@ class TaskService:
             '/cortex.v1.TaskService/WaitTasks',
             cortex_dot_v1_dot_tasks__pb2.WaitTasksRequest.SerializeToString,
             cortex_dot_v1_dot_tasks__pb2.WaitTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Run(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cortex.v1.TaskService/Run',
+            cortex_dot_v1_dot_tasks__pb2.SubmitRequest.SerializeToString,
+            cortex_dot_v1_dot_tasks__pb2.RunResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -53,6 +53,10 @@ class TaskServiceStub:
     """Each task once it is finished (retries included), in batches as they finish; the
     stream ends when all of them have been sent. Up to 10000 ids.
     """
+    Run: _grpc.UnaryStreamMultiCallable[_tasks_pb2.SubmitRequest, _tasks_pb2.RunResponse]
+    """Submit, then the task's events as Watch(follow) gives them, then the finished task as
+    Get answers it: one call for what Submit + Watch + Get do (`cortex run`, SDK run()).
+    """
     Attach: _grpc.StreamStreamMultiCallable[_tasks_pb2.AttachRequest, _common_pb2.TaskEvent]
     """First message names the task; then stdin / resize / eof. Answers as Watch does."""
     ListNodes: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.ListNodesRequest, _tasks_pb2.ListNodesResponse]
@@ -81,6 +85,10 @@ class TaskServiceAsyncStub(TaskServiceStub):
     WaitTasks: _aio.UnaryStreamMultiCallable[_tasks_pb2.WaitTasksRequest, _tasks_pb2.WaitTasksResponse]  # type: ignore[assignment]
     """Each task once it is finished (retries included), in batches as they finish; the
     stream ends when all of them have been sent. Up to 10000 ids.
+    """
+    Run: _aio.UnaryStreamMultiCallable[_tasks_pb2.SubmitRequest, _tasks_pb2.RunResponse]  # type: ignore[assignment]
+    """Submit, then the task's events as Watch(follow) gives them, then the finished task as
+    Get answers it: one call for what Submit + Watch + Get do (`cortex run`, SDK run()).
     """
     Attach: _aio.StreamStreamMultiCallable[_tasks_pb2.AttachRequest, _common_pb2.TaskEvent]  # type: ignore[assignment]
     """First message names the task; then stdin / resize / eof. Answers as Watch does."""
@@ -149,6 +157,16 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_tasks_pb2.WaitTasksResponse], _abc.AsyncIterator[_tasks_pb2.WaitTasksResponse]]:
         """Each task once it is finished (retries included), in batches as they finish; the
         stream ends when all of them have been sent. Up to 10000 ids.
+        """
+
+    @_abc_1.abstractmethod
+    def Run(
+        self,
+        request: _tasks_pb2.SubmitRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_tasks_pb2.RunResponse], _abc.AsyncIterator[_tasks_pb2.RunResponse]]:
+        """Submit, then the task's events as Watch(follow) gives them, then the finished task as
+        Get answers it: one call for what Submit + Watch + Get do (`cortex run`, SDK run()).
         """
 
     @_abc_1.abstractmethod
