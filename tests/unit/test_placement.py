@@ -274,3 +274,27 @@ def test_pool_narrows_the_candidates() -> None:
     assert place(TaskRequirements(skill="shell", pool="gpu"), nodes) == Placement("n-b")
     none = place(TaskRequirements(skill="shell", pool="arm"), nodes)
     assert none.reason == "no node of pool 'arm' is connected"
+
+
+def _browsers(node_id: str, *, limit: int, open_: int, running: int = 0) -> NodeView:
+    return NodeView(id=node_id, labels={}, skills=frozenset({"browser"}), slots=4,
+                    running=running, session_limit=limit, sessions=open_)
+
+
+def test_a_new_browser_session_goes_where_there_is_room_for_one() -> None:
+    """Opening a session skips nodes at their session limit, even less loaded ones; other
+    browser actions (of a session already pinned) ignore the limit."""
+    nodes = [_browsers("n-a", limit=2, open_=2), _browsers("n-b", limit=2, open_=1, running=3)]
+    assert place(TaskRequirements(skill="browser", new_session=True), nodes) == Placement("n-b")
+    assert place(TaskRequirements(skill="browser"), nodes) == Placement("n-a")
+    pinned = TaskRequirements(skill="browser", session_node="n-a")
+    assert place(pinned, nodes) == Placement("n-a")
+
+
+def test_every_browser_node_full_is_a_transient_reason() -> None:
+    """No room anywhere: the task waits (a 'busy' reason, not stored) and is told how a
+    session frees up."""
+    nodes = [_browsers("n-a", limit=1, open_=1), _browsers("n-b", limit=3, open_=3)]
+    why = place(TaskRequirements(skill="browser", new_session=True), nodes).reason
+    assert why.startswith("busy: every matching node is at its browser session limit")
+    assert "cortex browser close" in why

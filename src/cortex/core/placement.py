@@ -1,9 +1,10 @@
 """Task placement: which connected node should run a task. Pure: values in, a decision out.
 
 Hard constraints filter (pinned node, sticky session, pool, skill, labels, draining,
-free slots, free CPU/memory/GPUs); among the feasible nodes the least loaded wins, ties
-broken by id so the result is deterministic. When nothing fits, the decision carries a
-reason a person or an agent can act on ("no node has label os=mac").
+free CPU/memory/GPUs, room for a new browser session, free slots); among the feasible
+nodes the least loaded wins, ties broken by id so the result is deterministic. When
+nothing fits, the decision carries a reason a person or an agent can act on ("no node
+has label os=mac").
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class NodeView:
     cpus_free: float = 0.0
     memory_free_mib: int = 0
     gpus_free: int = 0
+    session_limit: int = 0      # browser sessions it holds at most (0 = no browser skill)
+    sessions: int = 0           # browser sessions open there now
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +45,7 @@ class TaskRequirements:
     cpus: float = 0.0
     memory_mib: int = 0
     gpus: int = 0
+    new_session: bool = False   # opens a browser session (it counts against session_limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +101,13 @@ def place(req: TaskRequirements, nodes: Iterable[NodeView]) -> Placement:
         if not fits:
             return Placement(None, f"busy: no matching node has {amount:g} {what} free now")
         ready = fits
+    if req.new_session:
+        roomy = [n for n in ready if not n.session_limit or n.sessions < n.session_limit]
+        if not roomy:
+            return Placement(None, "busy: every matching node is at its browser session "
+                                   "limit; waiting for a session to close (cortex browser "
+                                   "close NAME, or the idle timeout)")
+        ready = roomy
     free = [n for n in ready if n.running < n.slots]
     if not free:
         return Placement(None, "every matching node is busy (all slots in use)")

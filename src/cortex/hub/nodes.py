@@ -144,7 +144,10 @@ class NodeSessions:
     async def _control(self, conn: NodeConn, msg: node_pb2.NodeMessage) -> None:
         kind = msg.WhichOneof("kind")
         if kind == "heartbeat":
+            if conn.node.load.browser_sessions != msg.heartbeat.load.browser_sessions:
+                self._tasks.wake()  # a browser session closed: a queued opener may fit now
             conn.node.load.CopyFrom(msg.heartbeat.load)
+            conn.new_sessions = 0
             conn.node.last_seen = time.time()
             if msg.heartbeat.draining != conn.draining:
                 conn.draining = msg.heartbeat.draining

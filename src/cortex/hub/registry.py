@@ -32,6 +32,9 @@ class NodeConn:
     heard_at: float = 0.0       # monotonic time of the last message from the node
     applying: bool = False      # the hub is applying a frame (not reading the stream)
     persisted_at: float = 0.0   # monotonic time the node row was last written
+    # Browser sessions this hub placed on the node since its last heartbeat said how many
+    # it has open (so one dispatch pass cannot overfill it).
+    new_sessions: int = 0
 
     def send(self, msg: node_pb2.HubMessage) -> bool:
         """Queue a message; False (and the connection is closed) if the node fell behind."""
@@ -73,6 +76,8 @@ class NodeConn:
             cpus_free=cap.cpus - used.cpus,
             memory_free_mib=cap.memory_mib - used.memory_mib,
             gpus_free=cap.gpus - used.gpus,
+            session_limit=cap.browser_sessions,
+            sessions=self.node.load.browser_sessions + self.new_sessions,
         )
 
 

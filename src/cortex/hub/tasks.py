@@ -46,6 +46,7 @@ _GAP = ("\n[cortex: {} events of attempt {} were lost: the hub's store lost writ
         "acknowledged (restored from a backup?)]\n")
 _MAX_BATCH = 1000
 _FINISH_STATES = frozenset(int(s) for s in states.FINISH_EVENT)
+_SESSION_OPENERS = frozenset({"open", "restore"})  # browser actions that start a session
 
 
 class TaskManager(Capacity, Reaping, Following):
@@ -235,6 +236,7 @@ class TaskManager(Capacity, Reaping, Following):
             deferred.pop()
             # Reserve the slot and the quota now so the rest of this pass sees them taken.
             conn.running.add((entry.task.id, entry.task.attempt))
+            conn.new_sessions += self._opens_session(entry)
             usage[tenant] = usage.get(tenant, Usage()).plus(demand_of(entry.task.spec))
             if len(conn.running) >= conn.slots:
                 free.discard(conn.node_id)
@@ -251,8 +253,16 @@ class TaskManager(Capacity, Reaping, Following):
             skill=spec.skill, labels=dict(spec.labels), node_id=spec.node_id,
             session_node=self._session_node(entry), pool=spec.pool,
             cpus=spec.resources.cpus, memory_mib=spec.resources.memory_mib,
-            gpus=spec.resources.gpus,
+            gpus=spec.resources.gpus, new_session=self._opens_session(entry),
         )
+
+    def _opens_session(self, entry: Entry) -> bool:
+        """A browser open/restore of a session not pinned to a node yet: it opens one."""
+        spec = entry.task.spec
+        if spec.skill != "browser" or not spec.session_id or self._session_node(entry):
+            return False
+        action = spec.args.fields.get("action")
+        return action is not None and action.string_value in _SESSION_OPENERS
 
     async def _place(self, entry: Entry, conns: list[NodeConn]) -> NodeConn | None:
         sid = entry.task.spec.session_id

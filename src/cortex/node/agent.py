@@ -80,6 +80,7 @@ class Agent:
         self._config = config
         self._id = identity
         self._supervisor = supervisor
+        self._reported_sessions = 0
         self._skills = skills
         self._journal = journal
         self._cgroups = cgroups
@@ -335,8 +336,10 @@ class Agent:
         if self._outbox is None:
             return
         running = sum(1 for h in self._held.values() if h.run is not None and not h.finished)
+        sessions = self._supervisor.in_use().get("browser_sessions", 0)
+        self._reported_sessions = sessions
         load = pb.NodeLoad(load1=os.getloadavg()[0], running_tasks=running,
-                           memory_used_mib=_memory_used_mib())
+                           memory_used_mib=_memory_used_mib(), browser_sessions=sessions)
         # When the stream is backed up with reports, those prove liveness as well.
         with contextlib.suppress(asyncio.QueueFull):
             self._outbox.put_nowait(node_pb2.NodeMessage(
@@ -493,6 +496,8 @@ class Agent:
         self._emit(held, node_pb2.NodeEvent(time=time.time(), finished=fin))
         held.finished = True
         self._flush()
+        if self._supervisor.in_use().get("browser_sessions", 0) != self._reported_sessions:
+            self._send_heartbeat()  # a session opened or closed: the hub places by it
 
     async def _upload_outputs(self, held: _Held, outcome: Outcome) -> Outcome:
         """Upload the spec's output globs before the task reports its end (so a finished

@@ -85,6 +85,16 @@ class Supervisor:
             merged.update(getattr(skill, "capacity", {}))
         return merged
 
+    def in_use(self) -> dict[str, int]:
+        """What skills hold now beyond their runs (the browser skill: open
+        ``browser_sessions``), reported in heartbeats against `capacity()`."""
+        merged: dict[str, int] = {}
+        for skill in self._skills.values():
+            in_use = getattr(skill, "in_use", None)
+            if in_use is not None:
+                merged.update(in_use())
+        return merged
+
     async def aclose_skills(self) -> None:
         """Let skills holding resources beyond their runs (browsers) release them."""
         for skill in self._skills.values():

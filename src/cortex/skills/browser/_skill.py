@@ -198,6 +198,11 @@ class BrowserSkill:
                 session.browser = None
 
     # --- sessions ------------------------------------------------------------------------
+    def in_use(self) -> dict[str, int]:
+        """Sessions whose Chromium runs now (the node's heartbeats report it)."""
+        return {"browser_sessions": sum(1 for s in self._sessions.values()
+                                        if s.browser is not None)}
+
 
     def _open(self, key: str) -> _Session:
         live = sum(1 for s in self._sessions.values() if s.browser is not None)

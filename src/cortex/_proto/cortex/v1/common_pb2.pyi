@@ -760,10 +760,13 @@ class NodeLoad(_message.Message):
     CPU_PERCENT_FIELD_NUMBER: _builtins.int
     MEMORY_USED_MIB_FIELD_NUMBER: _builtins.int
     RUNNING_TASKS_FIELD_NUMBER: _builtins.int
+    BROWSER_SESSIONS_FIELD_NUMBER: _builtins.int
     load1: _builtins.float
     cpu_percent: _builtins.float
     memory_used_mib: _builtins.int
     running_tasks: _builtins.int
+    browser_sessions: _builtins.int
+    """browser sessions open on the node now"""
     def __init__(
         self,
         *,
@@ -771,10 +774,11 @@ class NodeLoad(_message.Message):
         cpu_percent: _builtins.float = ...,
         memory_used_mib: _builtins.int = ...,
         running_tasks: _builtins.int = ...,
+        browser_sessions: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_percent", b"cpu_percent", "load1", b"load1", "memory_used_mib", b"memory_used_mib", "running_tasks", b"running_tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["browser_sessions", b"browser_sessions", "cpu_percent", b"cpu_percent", "load1", b"load1", "memory_used_mib", b"memory_used_mib", "running_tasks", b"running_tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
