@@ -158,8 +158,12 @@ EXPECTED: dict[str, dict[str, str]] = {
                                            "401", "401"),
     "POST /ui/tasks/{task_id}/retry": row("303", "303", "303", "403", "404", "404", "401",
                                           "401", "401"),
-    # Each admin sees its own tenant's page ("other" sees tenant other's).
-    "GET /ui/tenant": row("200", "403", "403", "403", "200", "200", "303", "303", "303"),
+    # Each admin sees its own tenant's section ("other" sees only tenant other's); the
+    # hub-admin sees every tenant's, acme's included.
+    "GET /ui/tenant": row(SEES, "403", "403", "403", SEES, BLIND, "303", "303", "303"),
+    # Changing limits is SetTenantLimits' business: hub-admin only.
+    "POST /ui/tenant/limits": row("403", "403", "403", "403", "303", "403", "401", "401",
+                                  "401"),
     "GET /ui/static/{path}": row(*("200",) * 9),
     # MCP over streamable HTTP: list_nodes bound by the caller's token.
     "DELETE|GET|POST /mcp": row(SEES, SEES, SEES, SEES, BLIND, BLIND, "401", "401", "401"),
@@ -741,7 +745,18 @@ async def _retry_path(w: World) -> str:
 
 
 PROBES["POST /ui/tasks/{task_id}/retry"] = _ui_post(_retry_path)
-PROBES["GET /ui/tenant"] = _ui_get(lambda w: "/ui/tenant")
+PROBES["GET /ui/tenant"] = _ui_get(lambda w: "/ui/tenant",
+                                   sees=lambda w: f'id="tenant-{ACME}"')
+
+
+async def _set_acme_limits(w: World, c: str) -> str:
+    http = await ui(w, c)
+    res = await http.post("/ui/tenant/limits", data={
+        "csrf": await _ui_csrf(http), "tenant": ACME, "weight": "1", "tasks": "0"})
+    return str(res.status_code)
+
+
+PROBES["POST /ui/tenant/limits"] = _set_acme_limits
 PROBES["GET /ui/static/{path}"] = _ui_get(lambda w: "/ui/static/htmx.min.js")
 
 

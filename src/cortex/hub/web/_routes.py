@@ -1,5 +1,6 @@
 """The dashboard's routes under /ui: login/logout, nodes, tasks, one task (with its live
-log over Server-Sent Events), cancel and retry, and the tenant page for admins.
+log over Server-Sent Events), cancel and retry, and the tenants page for admins (with the
+hub-admin's limits form).
 
 Every page is read for the logged-in token's tenant; every POST needs the session's CSRF
 token (hidden field `csrf` or header `X-CSRF-Token`) and a same-origin `Origin` if the
@@ -37,7 +38,7 @@ from cortex.hub.artifacts import ArtifactManager
 from cortex.hub.auth import Authenticator, Principal
 from cortex.hub.registry import Registry
 from cortex.hub.tasks import TaskManager
-from cortex.hub.web import _data
+from cortex.hub.web import _data, _tenants
 from cortex.hub.web._sessions import Session, Sessions, same_secret
 from cortex.hub.web._sse import OpenStreams, task_events
 from cortex.store.base import Store
@@ -130,6 +131,7 @@ class Dashboard:
             Route("/tasks/{task_id}/cancel", self._post(self._cancel), methods=["POST"]),
             Route("/tasks/{task_id}/retry", self._post(self._retry), methods=["POST"]),
             Route("/tenant", page(self._tenant), methods=["GET"]),
+            Route("/tenant/limits", self._post(self._set_limits), methods=["POST"]),
             Mount("/static", StaticFiles(packages=[("cortex.hub.web", "static")]),
                   name="static"),
         ]
@@ -302,8 +304,16 @@ class Dashboard:
                 "admin token")
         counts = await _data.tenant_counts(self._tasks, self._store, self._registry,
                                            viewer.principal.tenant)
-        return self._render(request, "tenant.html", viewer, counts=counts,
-                            sessions=len(self.sessions))
+        rows = await _tenants.tenant_rows(self._store, self._tasks, self._registry,
+                                          viewer.principal)
+        return self._render(request, "tenant.html", viewer, counts=counts, tenants=rows,
+                            sessions=len(self.sessions), now=self._clock(),
+                            may_edit=viewer.principal.role in _tenants.LIMIT_ROLES)
+
+    async def _set_limits(self, request: Request, viewer: Viewer) -> Response:
+        tenant = await _tenants.set_limits(self._store, self._tasks, viewer.principal,
+                                           await _form(request))
+        return RedirectResponse(f"{PREFIX}/tenant#tenant-{quote(tenant)}", status_code=303)
 
     # -- live log ----------------------------------------------------------------------
     async def _events(self, request: Request) -> Response:
