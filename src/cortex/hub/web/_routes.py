@@ -1,6 +1,6 @@
 """The dashboard's routes under /ui: login/logout, nodes, tasks, one task (with its live
-log over Server-Sent Events), cancel and retry, and the tenants page for admins (with the
-hub-admin's limits form).
+log over Server-Sent Events), cancel and retry, sessions (newest screenshot, live view of
+a recording), and the tenants page for admins (with the hub-admin's limits form).
 
 Every page is read for the logged-in token's tenant; every POST needs the session's CSRF
 token (hidden field `csrf` or header `X-CSRF-Token`) and a same-origin `Origin` if the
@@ -38,7 +38,7 @@ from cortex.hub.artifacts import ArtifactManager
 from cortex.hub.auth import Authenticator, Principal
 from cortex.hub.registry import Registry
 from cortex.hub.tasks import TaskManager
-from cortex.hub.web import _data, _tenants
+from cortex.hub.web import _browser_sessions, _data, _tenants
 from cortex.hub.web._sessions import Session, Sessions, same_secret
 from cortex.hub.web._sse import OpenStreams, task_events
 from cortex.store.base import Store
@@ -63,6 +63,7 @@ _HEADERS = {
     "Cache-Control": "no-store",
 }
 _MAX_FORM = 64 * 1024
+_INLINE = frozenset({"image/png", "image/jpeg"})
 MAX_STREAMS = 512
 """Live log streams open at once on one hub; past it a stream is refused with 503."""
 
@@ -130,6 +131,8 @@ class Dashboard:
                   methods=["GET"]),
             Route("/tasks/{task_id}/cancel", self._post(self._cancel), methods=["POST"]),
             Route("/tasks/{task_id}/retry", self._post(self._retry), methods=["POST"]),
+            Route("/sessions", page(self._sessions), methods=["GET"]),
+            Route("/sessions/{session_id}/live", page(self._live), methods=["GET"]),
             Route("/tenant", page(self._tenant), methods=["GET"]),
             Route("/tenant/limits", self._post(self._set_limits), methods=["POST"]),
             Mount("/static", StaticFiles(packages=[("cortex.hub.web", "static")]),
@@ -292,10 +295,34 @@ class Dashboard:
                 yield chunk.data
 
         name = file.name.rsplit("/", 1)[-1].replace('"', "")
+        # Inline only for images (the sessions page shows screenshots); anything else, an
+        # HTML file above all, is a download: it must never run as one of our pages.
+        inline = bool(request.query_params.get("inline")) and file.media_type in _INLINE
+        headers = {"Content-Disposition": f'{"inline" if inline else "attachment"}; '
+                                          f'filename="{name}"',
+                   "Content-Length": str(file.size), "X-Content-Type-Options": "nosniff"}
+        if inline:   # an artifact never changes: the 2 s refresh need not fetch it again
+            headers["Cache-Control"] = "private, max-age=3600"
         return StreamingResponse(body(), media_type=file.media_type or
-                                 "application/octet-stream", headers={
-                                     "Content-Disposition": f'attachment; filename="{name}"',
-                                     "Content-Length": str(file.size)})
+                                 "application/octet-stream", headers=headers)
+
+    async def _sessions(self, request: Request, viewer: Viewer) -> Response:
+        rows = await _browser_sessions.session_rows(
+            self._store, self._tasks, self._registry, self._artifacts(),
+            viewer.principal.tenant)
+        name = "_sessions_table.html" if request.query_params.get("fragment") \
+            else "sessions.html"
+        return self._render(request, name, viewer, sessions=rows, now=self._clock())
+
+    async def _live(self, request: Request, viewer: Viewer) -> Response:
+        """The newest frame of a recording session, as a JPEG (the live view's image)."""
+        session_id = request.path_params["session_id"]
+        if not session_id or len(session_id) > 256:
+            raise NotFound(f"no session {session_id[:40]!r}")
+        frame = await _browser_sessions.live_frame(
+            self._store, self._tasks, self._artifacts(), viewer.principal.tenant, session_id)
+        headers = dict(_HEADERS)
+        return Response(frame, media_type="image/jpeg", headers=headers)
 
     async def _tenant(self, request: Request, viewer: Viewer) -> Response:
         if not viewer.is_admin:
