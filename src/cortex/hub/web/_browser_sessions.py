@@ -19,7 +19,7 @@ from cortex.errors import NotFound
 from cortex.hub.artifacts import ArtifactManager
 from cortex.hub.registry import Registry
 from cortex.hub.tasks import TaskManager
-from cortex.hub.web._live import last_frame_jpeg, latest_fragment
+from cortex.hub.web._live import fragment_bounds, last_frame_jpeg, latest_fragment
 from cortex.store.base import Store, TaskQuery
 
 __all__ = ["MAX_SESSIONS", "SCAN", "SessionRow", "live_frame", "session_rows"]
@@ -46,6 +46,7 @@ class SessionRow:
     actions: int = 0                      # actions seen in the scanned window
     screenshot: pb.File | None = None
     recording: bool = False
+    live: bool = False                    # recording, and a frame is on the hub to show
     shots: list[pb.Task] = field(default_factory=list)  # its screenshot actions, newest first
 
     @property
@@ -72,9 +73,10 @@ async def session_rows(store: Store, tasks: TaskManager, registry: Registry,
     await _scan(tasks, tenant, rows)
     for row in rows.values():
         row.screenshot = await _newest_screenshot(store, tenant, row.shots)
-    for session_id in await _recording(tasks, artifacts, tenant):
-        if session_id in rows:
+    for session_id, key in (await _recording(tasks, artifacts, tenant)).items():
+        if session_id in rows and artifacts is not None:
             rows[session_id].recording = True
+            rows[session_id].live = await asyncio.to_thread(_has_fragment, artifacts, key)
     return list(rows.values())
 
 
@@ -138,6 +140,15 @@ async def live_frame(store: Store, tasks: TaskManager, artifacts: ArtifactManage
         raise NotFound(f"session {session_id} has no complete video fragment yet: the "
                        "first arrives about 2 s after the recording starts")
     return frame
+
+
+def _has_fragment(artifacts: ArtifactManager, key: str) -> bool:
+    part = artifacts.open_growing(key)
+    if part is None:
+        return False
+    with part:
+        part.seek(0, 2)
+        return fragment_bounds(part, part.tell()) is not None
 
 
 def _read_fragment(artifacts: ArtifactManager, key: str) -> bytes | None:

@@ -20,7 +20,7 @@ import struct
 from fractions import Fraction
 from typing import BinaryIO
 
-__all__ = ["MAX_FRAGMENT_BYTES", "last_frame_jpeg", "latest_fragment"]
+__all__ = ["MAX_FRAGMENT_BYTES", "fragment_bounds", "last_frame_jpeg", "latest_fragment"]
 
 MAX_FRAGMENT_BYTES = 32 * 1024 * 1024
 """A fragment bigger than this is not decoded for the live view (it says so instead)."""
@@ -31,6 +31,19 @@ _HEADER = struct.Struct(">I4s")
 def latest_fragment(part: BinaryIO, size: int) -> bytes | None:
     """The init boxes and the newest complete `moof`+`mdat` of the fMP4 in `part` (its
     first `size` bytes), as one playable MP4; None when no fragment is complete yet."""
+    found = fragment_bounds(part, size)
+    if found is None:
+        return None
+    init_end, start, end = found
+    part.seek(0)
+    init = part.read(init_end)
+    part.seek(start)
+    return init + part.read(end - start)
+
+
+def fragment_bounds(part: BinaryIO, size: int) -> tuple[int, int, int] | None:
+    """(end of the init boxes, start and end of the newest complete fragment) of the fMP4
+    in `part`, reading box headers only; None when no fragment is complete yet."""
     init_end = 0
     last: tuple[int, int] | None = None      # (start of moof, end of its mdat)
     moof_at = -1
@@ -54,10 +67,7 @@ def latest_fragment(part: BinaryIO, size: int) -> bytes | None:
     start, end = last
     if end - start > MAX_FRAGMENT_BYTES:
         return None
-    part.seek(0)
-    init = part.read(init_end)
-    part.seek(start)
-    return init + part.read(end - start)
+    return init_end, start, end
 
 
 def last_frame_jpeg(mp4: bytes, *, max_width: int = 960) -> bytes | None:
