@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Self, TypeVar, Unpack
 
 import grpc
 
+from cortex import tracing
 from cortex._proto.cortex.v1 import common_pb2, pki_pb2, pki_pb2_grpc, tasks_pb2, tasks_pb2_grpc
 from cortex.core.states import TERMINAL
 from cortex.errors import CortexError, InvalidArgument, Unavailable
@@ -121,6 +122,7 @@ class Client(ArtifactMethods, NodeFileMethods):
             raise InvalidArgument("pass a ClientConfig or overrides, not both")
         self._config = config if config is not None else ClientConfig.from_env(**overrides)
         self._metadata = (("authorization", f"Bearer {self._config.token}"),)
+        tracing.setup_from_env("cortex-client")  # once per process; off unless asked
         self._channel: grpc.aio.Channel | None = None
         self._stub_: TaskServiceAsyncStub | None = None
         self._admin: Admin | None = None
@@ -169,7 +171,12 @@ class Client(ArtifactMethods, NodeFileMethods):
             spec = build_spec(**options)
         elif options:
             raise InvalidArgument("pass a TaskSpec or keyword options, not both")
-        response = await self._unary(self._stub().Submit, tasks_pb2.SubmitRequest(spec=spec))
+        with tracing.span("cortex.client.submit", kind="client",
+                          attributes={"cortex.skill": spec.skill or "shell"}) as span:
+            response = await self._unary(self._stub().Submit,
+                                         tasks_pb2.SubmitRequest(spec=spec), traced=True)
+            if span is not None:
+                span.set_attribute("cortex.task_id", response.task.id)
         return response.task
 
     async def submit_many(
@@ -184,7 +191,8 @@ class Client(ArtifactMethods, NodeFileMethods):
         specs = list(specs)
         chunks = [specs[i:i + _SUBMIT_CHUNK] for i in range(0, len(specs), _SUBMIT_CHUNK)]
         responses = await asyncio.gather(*(
-            self._unary(self._stub().SubmitMany, tasks_pb2.SubmitManyRequest(specs=chunk))
+            self._unary(self._stub().SubmitMany, tasks_pb2.SubmitManyRequest(specs=chunk),
+                        traced=True)
             for chunk in chunks))
         return [task for response in responses for task in response.tasks]
 
@@ -358,13 +366,17 @@ class Client(ArtifactMethods, NodeFileMethods):
         `subprocess.run` kills its child). The Result keeps the last attempt's output;
         the callbacks see every attempt's, live.
         """
-        task = await self.submit(spec, **options)
-        try:
-            out, err = await self._collect(task.id, stdout, stderr)
-            final = await self.get(task.id)
-        except asyncio.CancelledError:
-            await self._cancel_quietly(task.id, "the caller stopped waiting for run()")
-            raise
+        with tracing.span("cortex.client.run", kind="internal") as span:
+            task = await self.submit(spec, **options)
+            try:
+                out, err = await self._collect(task.id, stdout, stderr)
+                final = await self.get(task.id)
+            except asyncio.CancelledError:
+                await self._cancel_quietly(task.id, "the caller stopped waiting for run()")
+                raise
+            if span is not None:
+                span.set_attributes({"cortex.task_id": task.id,
+                                     "cortex.state": common_pb2.TaskState.Name(final.state)})
         return Result(task=final, stdout=out, stderr=err)
 
     def attach(self, task_id: str, *, after_seq: int = 0) -> Attachment:
@@ -454,12 +466,16 @@ class Client(ArtifactMethods, NodeFileMethods):
         return self._stub_
 
     async def _unary(
-        self, method: grpc.aio.UnaryUnaryMultiCallable[_Req, _Resp], request: _Req
+        self, method: grpc.aio.UnaryUnaryMultiCallable[_Req, _Resp], request: _Req, *,
+        traced: bool = False
     ) -> _Resp:
+        metadata = self._metadata
+        if traced and (parent := tracing.current_traceparent()):
+            metadata = (*metadata, ("traceparent", parent))
         for delay in (*_CONNECT_RETRY_S, None):
             try:
                 return await method(
-                    request, timeout=self._config.call_timeout, metadata=self._metadata
+                    request, timeout=self._config.call_timeout, metadata=metadata
                 )
             except grpc.aio.AioRpcError as e:
                 # A call that never reached the hub (the TLS handshake failed, e.g. under
