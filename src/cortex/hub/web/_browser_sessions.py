@@ -26,8 +26,9 @@ __all__ = ["MAX_SESSIONS", "SCAN", "SessionRow", "live_frame", "session_rows"]
 
 MAX_SESSIONS = 200
 """Sessions listed at most (newest first)."""
-SCAN = 2000
-"""Tasks read at most to find each session's newest action and screenshot."""
+SCAN = 1000
+"""Tasks read at most to find each session's newest action and screenshot (the page
+refreshes every 2 s: this bounds what each refresh reads)."""
 _BATCH = 200
 _IMAGES = ("image/png", "image/jpeg")
 
@@ -94,7 +95,7 @@ async def _scan(tasks: TaskManager, tenant: str, rows: dict[str, SessionRow]) ->
                 row.last, row.skill = task, task.spec.skill or "shell"
             if _action(task) == "screenshot" and task.state == pb.SUCCEEDED:
                 row.shots.append(task)
-        if len(batch) < _BATCH:
+        if len(batch) < _BATCH or all(r.last is not None and r.shots for r in rows.values()):
             return
 
 
