@@ -61,6 +61,8 @@ async def session_rows(store: Store, tasks: TaskManager, registry: Registry,
     """The tenant's sessions, newest first, with what the page shows of each."""
     rows = {}
     for rec in await store.list_sessions(tenant, limit=MAX_SESSIONS):
+        if rec.id.startswith("."):
+            continue    # the SDK's own probes (".sessions.<node>" lists a node's sessions)
         conn = registry.get(rec.node_id)
         online = conn is not None and conn.tenant == tenant
         name = conn.node.name if conn is not None and online else ""
