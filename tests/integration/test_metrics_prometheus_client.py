@@ -1,9 +1,12 @@
 """/metrics read by Prometheus's own Python parser (`prometheus_client.parser`), on top of
-the strict hand-written parser of test_http.py: the two must agree on every family."""
+the strict hand-written parser of test_http.py: the two must agree on every family. Where
+promtool is installed (`make system-deps`), `promtool check metrics` must accept it too."""
 
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,6 +23,17 @@ pytestmark = pytest.mark.timeout(60)
 
 PY = sys.executable
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+def promtool_problems(text: str) -> str | None:
+    """What `promtool check metrics` says about `text` ("" = fine), None without promtool
+    (`make system-deps` installs it)."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        return None
+    checked = subprocess.run([promtool, "check", "metrics"], input=text.encode(),
+                             capture_output=True, timeout=30, check=False)
+    return "" if checked.returncode == 0 else (checked.stdout + checked.stderr).decode()
 
 
 @pytest.fixture
@@ -99,6 +113,7 @@ async def test_prometheus_client_parses_every_family_with_its_type(
     assert 86400 < serving <= min(e.not_after for e in entries) - time.time() + 5
     for e in entries:
         assert abs(certs[(e.kind, e.name)] - (e.not_after - time.time())) < 60
+    assert promtool_problems(text) in (None, "")
     samples = sum(len(f.samples) for f in families.values())
     lines = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
     assert samples == len(lines)   # nothing the strict parser sees was dropped here
