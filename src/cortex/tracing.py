@@ -121,16 +121,25 @@ def valid_traceparent(value: str) -> bool:
     return bool(_TRACEPARENT.fullmatch(value))
 
 
-@contextlib.contextmanager
+_OFF: contextlib.nullcontext[None] = contextlib.nullcontext()
+
+
 def span(name: str, *, parent: str = "", kind: str = "internal",
-         attributes: Mapping[str, Any] | None = None) -> Iterator[Span | None]:
-    """A span around the block (None while tracing is off): a child of `parent` (a
-    traceparent) when it is valid, else of the current span."""
+         attributes: Mapping[str, Any] | None = None
+         ) -> contextlib.AbstractContextManager[Span | None]:
+    """A span around a `with` block (it gives None while tracing is off, at the cost of
+    one check): a child of `parent` (a traceparent) when it is valid, else of the current
+    span."""
     if _tracer is None:
-        yield None
-        return
-    with _tracer.start_as_current_span(name, context=_context(parent), kind=_kind(kind),
-                                       attributes=dict(attributes or {})) as current:
+        return _OFF
+    return _span(_tracer, name, parent, kind, attributes)
+
+
+@contextlib.contextmanager
+def _span(tracer: Tracer, name: str, parent: str, kind: str,
+          attributes: Mapping[str, Any] | None) -> Iterator[Span]:
+    with tracer.start_as_current_span(name, context=_context(parent), kind=_kind(kind),
+                                      attributes=dict(attributes or {})) as current:
         yield current
 
 
