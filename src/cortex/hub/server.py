@@ -147,10 +147,11 @@ class Hub:
         """The hub's serving certificate and its CA certificates, for /metrics."""
         if self.pki is None:
             return []
-        out = [CertExpiry("hub-serving", HUB_SERVER_NAME, self.pki.ca.serving_root.name,
-                          serving_expiry(self.pki.serving_pair()[1]))]
-        out += [CertExpiry(e.kind, e.name, e.signed_by, e.not_after)
-                for e in self.pki.ca.status()]
+        out = [CertExpiry(e.kind, e.name, e.signed_by, e.not_after)
+               for e in self.pki.ca.status()]
+        if chain := self.pki.serving_chain:
+            out.insert(0, CertExpiry("hub-serving", HUB_SERVER_NAME,
+                                     self.pki.ca.serving_root.name, serving_expiry(chain)))
         return out
 
     def _dial_address(self) -> str:
