@@ -55,6 +55,12 @@ async def test_a_session_is_listed_with_its_node_and_newest_action(
         live = await http.get(f"{PREFIX}/sessions/s-one/live")
         assert live.status_code == 404
         assert "not recording" in html.unescape(live.text)
+        await client.run(argv=["true"], session_id="a/b c")
+        page = (await http.get(f"{PREFIX}/sessions")).text
+        assert 'id="session-a/b c"' in page
+        odd = await http.get(f"{PREFIX}/sessions/a/b%20c/live")   # as the page links it
+        assert odd.status_code == 404
+        assert "session a/b c is not recording" in html.unescape(odd.text)
         unknown = await http.get(f"{PREFIX}/sessions/nope/live")
         assert unknown.status_code == 404
         assert "no session 'nope'" in html.unescape(unknown.text)

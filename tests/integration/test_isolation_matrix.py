@@ -162,8 +162,8 @@ EXPECTED: dict[str, dict[str, str]] = {
     # A session of acme's (pinned in the store) is listed for acme's callers only; the
     # live view answers 404 to all (it is not recording; other tenants: no such session).
     "GET /ui/sessions": row(SEES, SEES, SEES, SEES, BLIND, BLIND, "303", "303", "303"),
-    "GET /ui/sessions/{session_id}/live": row("404", "404", "404", "404", "404", "404",
-                                              "303", "303", "303"),
+    "GET /ui/sessions/{session_id:path}/live": row("404", "404", "404", "404", "404",
+                                                   "404", "303", "303", "303"),
     # Each admin sees its own tenant's section ("other" sees only tenant other's); the
     # hub-admin sees every tenant's, acme's included.
     "GET /ui/tenant": row(SEES, "403", "403", "403", SEES, BLIND, "303", "303", "303"),
@@ -753,7 +753,7 @@ async def _retry_path(w: World) -> str:
 
 PROBES["POST /ui/tasks/{task_id}/retry"] = _ui_post(_retry_path)
 PROBES["GET /ui/sessions"] = _ui_get(lambda w: "/ui/sessions", sees=lambda w: SESSION)
-PROBES["GET /ui/sessions/{session_id}/live"] = _ui_get(
+PROBES["GET /ui/sessions/{session_id:path}/live"] = _ui_get(
     lambda w: f"/ui/sessions/{SESSION}/live")
 PROBES["GET /ui/tenant"] = _ui_get(lambda w: "/ui/tenant",
                                    sees=lambda w: f'id="tenant-{ACME}"')

@@ -132,7 +132,7 @@ class Dashboard:
             Route("/tasks/{task_id}/cancel", self._post(self._cancel), methods=["POST"]),
             Route("/tasks/{task_id}/retry", self._post(self._retry), methods=["POST"]),
             Route("/sessions", page(self._sessions), methods=["GET"]),
-            Route("/sessions/{session_id}/live", page(self._live), methods=["GET"]),
+            Route("/sessions/{session_id:path}/live", page(self._live), methods=["GET"]),
             Route("/tenant", page(self._tenant), methods=["GET"]),
             Route("/tenant/limits", self._post(self._set_limits), methods=["POST"]),
             Mount("/static", StaticFiles(packages=[("cortex.hub.web", "static")]),
