@@ -1,6 +1,7 @@
-"""The dashboard's sessions page in real Chromium: a browser session opened through the
-SDK appears with the screenshot it took, and while it records video its live view shows
-the newest frame streaming into the hub (a real JPEG that changes as the page animates).
+"""The dashboard's sessions and tenants pages in real Chromium: a browser session opened
+through the SDK appears with the screenshot it took, and while it records video its live
+view shows the newest frame streaming into the hub (a real JPEG that changes as the page
+animates); a hub-admin changes a tenant's limits with the page's form.
 
 Pages are saved under test-artifacts/dashboard/ for a person to look at; any console or
 page error fails the test.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import re
 import shutil
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -135,3 +137,26 @@ async def test_a_session_shows_its_screenshot_and_a_live_view_while_recording(
     await expect(row.locator("img.screenshot")).to_be_visible(timeout=WAIT_MS)
     await browser.close()
     await expect(row).to_contain_text("closed", timeout=WAIT_MS)
+
+
+@pytest.mark.asyncio
+async def test_a_hub_admin_changes_limits_in_the_browser(hub: Hub, page: Page) -> None:
+    """The form (with its hidden CSRF token) stores the new weight and quota; the page
+    shows them after the redirect."""
+    await hub.store.ensure_tenant("acme", now=time.time())
+    await log_in(page, hub.admin_token, "/ui/tenant")
+    form = page.locator("#limits-acme")
+    await form.locator('input[name="weight"]').fill("3")
+    await form.locator('input[name="tasks"]').fill("5")
+    await form.locator('input[name="cpus"]').fill("2.5")
+    await form.locator("button").click()
+    await expect(page).to_have_url(re.compile(r"/ui/tenant#tenant-acme$"))
+    acme = page.locator("#tenant-acme")
+    await expect(acme.locator(".weight")).to_have_text("3")
+    await expect(acme.locator(".quota-tasks .limit")).to_have_text("5")
+    await expect(acme.locator(".quota-cpus .limit")).to_have_text("2.5")
+    rec = await hub.store.get_tenant("acme")
+    assert rec is not None
+    assert (rec.weight, rec.quota) == (3.0, {"tasks": 5, "cpus": 2.5})
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SHOTS / "11-tenants-limits.png"), full_page=True)
