@@ -4,9 +4,11 @@ and, with tracing off, nothing recorded and the client's context passed through 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import grpc
+import httpx2
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -134,3 +136,29 @@ async def test_off_records_nothing_and_passes_the_clients_context_through(
         metadata = (auth, ("traceparent", sent)) if sent else (auth,)
         res = await stub.Submit(tasks_pb2.SubmitRequest(spec=spec), metadata=metadata)
         assert res.task.spec.traceparent == kept, (sent, in_spec)
+
+
+@pytest.mark.asyncio
+async def test_a_dashboard_retry_starts_a_trace_of_its_own(
+        hub: Hub, raw_channel: grpc.aio.Channel) -> None:
+    """Retry copies the spec but not its traceparent: the new task is not part of the old
+    task's trace."""
+    stub = tasks_pb2_grpc.TaskServiceStub(raw_channel)
+    theirs = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    old = (await stub.Submit(tasks_pb2.SubmitRequest(spec=pb.TaskSpec(skill="noop")),
+                             metadata=(("authorization", f"Bearer {hub.admin_token}"),
+                                       ("traceparent", theirs)))).task
+    assert old.spec.traceparent == theirs
+    async with httpx2.AsyncClient(base_url=f"http://127.0.0.1:{hub.http_port}") as http:
+        form = await http.get("/ui/login")
+        (secret,) = re.findall(r'name="csrf" value="([^"]+)"', form.text)
+        await http.post("/ui/login", data={"token": hub.admin_token, "csrf": secret})
+        page = await http.get(f"/ui/tasks/{old.id}")
+        csrf = re.findall(r'name="csrf" value="([^"]+)"', page.text)[0]
+        res = await http.post(f"/ui/tasks/{old.id}/retry", data={"csrf": csrf})
+    assert res.status_code == 303
+    new_id = res.headers["location"].rsplit("/", 1)[-1]
+    new = await stub.Get(tasks_pb2.GetTaskRequest(task_id=new_id),
+                         metadata=(("authorization", f"Bearer {hub.admin_token}"),))
+    assert new.spec.skill == "noop"
+    assert new.spec.traceparent == ""

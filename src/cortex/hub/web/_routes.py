@@ -379,6 +379,7 @@ class Dashboard:
         spec = pb.TaskSpec()
         spec.CopyFrom(old.spec)
         spec.idempotency_key = ""   # the same key would hand back the old task
+        spec.traceparent = ""       # a new task: not a part of the old one's trace
         task, _ = await self._tasks.submit(viewer.principal.tenant, spec)
         log.info("dashboard: token %s retried %s as %s", viewer.principal.token_id, old.id,
                  task.id, extra={"task_id": task.id, "tenant": viewer.principal.tenant})
