@@ -16,10 +16,12 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx2
 import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright, expect
 
+from cortex.hub.auth import issue_api_token
 from cortex.hub.server import Hub
 from cortex.node.agent import Agent
 from cortex.sdk import BrowserSession, Client
@@ -80,6 +82,19 @@ async def page(hub: Hub) -> AsyncIterator[Page]:
     assert problems == []
 
 
+async def browser_of_tenant(hub: Hub, tenant: str) -> httpx2.AsyncClient:
+    """A plain HTTP client logged in to the dashboard as an admin of `tenant`."""
+    await hub.store.ensure_tenant(tenant, now=time.time())
+    token = await issue_api_token(hub.store, tenant=tenant, role="admin", name="t",
+                                  now=time.time())
+    http = httpx2.AsyncClient(base_url=f"http://127.0.0.1:{hub.http_port}")
+    form = await http.get("/ui/login")
+    (secret,) = re.findall(r'name="csrf" value="([^"]+)"', form.text)
+    assert (await http.post("/ui/login", data={"token": token, "csrf": secret})
+            ).status_code == 303
+    return http
+
+
 async def log_in(page: Page, token: str, start: str) -> None:
     await page.goto(start)
     await expect(page).to_have_url(re.compile(r"/ui/login\?next="))
@@ -131,6 +146,12 @@ async def test_a_session_shows_its_screenshot_and_a_live_view_while_recording(
                 changed = True
                 break
         assert changed, "the live frame never changed while the page animated"
+        other = await browser_of_tenant(hub, "other")
+        try:
+            assert (await other.get(src)).status_code == 404   # acme's recording, unseen
+            assert 'id="session-shop"' not in (await other.get("/ui/sessions")).text
+        finally:
+            await other.aclose()
     finally:
         await browser.record_stop()
     await expect(row.locator(".recording")).to_have_count(0, timeout=WAIT_MS)
