@@ -4,6 +4,9 @@
 #
 #   CORTEX_NEED_BROWSER=1   chromium (+ fonts, so screenshots show text, not boxes)
 #   CORTEX_NEED_HAPROXY=1   haproxy
+#   CORTEX_NEED_PROMTOOL=1  promtool (checks /metrics in the tests), taken out of Debian's
+#                           prometheus package into /usr/local/bin: the server, its
+#                           service and its ~90 MB of web assets are not installed
 #
 # PostgreSQL has its own script (scripts/ensure_postgres.sh) because it must also be running.
 set -euo pipefail
@@ -15,6 +18,24 @@ if [[ "${CORTEX_NEED_BROWSER:-0}" == 1 ]]; then
 fi
 if [[ "${CORTEX_NEED_HAPROXY:-0}" == 1 ]]; then
     want+=("haproxy:haproxy")
+fi
+
+promtool_from_debian() {
+    local tmp
+    tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"' RETURN
+    echo "ensure_system_deps: extracting promtool from Debian's prometheus package"
+    # As the caller, not apt's sandbox user: that one cannot write into our temp dir.
+    (cd "$tmp" && apt-get -q -o APT::Sandbox::User="$(id -un)" download prometheus >/dev/null)
+    dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/x"
+    local sudo=()
+    [[ $(id -u) -eq 0 ]] || sudo=(sudo)
+    "${sudo[@]+"${sudo[@]}"}" install -m 0755 "$tmp/x/usr/bin/promtool" /usr/local/bin/promtool
+    echo "ensure_system_deps: installed /usr/local/bin/promtool ($(promtool --version 2>&1 | head -1))"
+}
+
+if [[ "${CORTEX_NEED_PROMTOOL:-0}" == 1 ]] && ! command -v promtool >/dev/null 2>&1; then
+    promtool_from_debian
 fi
 
 installed() {   # a package counts as present when its command is on PATH or dpkg has it

@@ -37,7 +37,7 @@ async def test_a_full_node_gets_no_new_session_until_one_closes(
         assert node.capacity.browser_sessions == 1
         first = await BrowserSession.open(client, "first", url=f"{site}/")
         async with asyncio.timeout(30):  # the heartbeat after the open reports it
-            while (await client.list_nodes(skill="browser"))[0].load.browser_sessions != 1:
+            while (await client.list_nodes(skill="browser"))[0].load.browser_sessions != 1:  # noqa: ASYNC110 - polling the hub
                 await asyncio.sleep(0.05)
 
         opening = asyncio.ensure_future(BrowserSession.open(client, "second", url=f"{site}/"))

@@ -55,6 +55,7 @@ from cortex.testing import running_hub, running_node
 CALLERS = ("admin", "operator", "agent", "viewer", "hub-admin", "other", "none", "expired",
            "revoked")
 ACME = "acme"
+SESSION = "s-matrix"
 
 # Served on the client port; the node port (NodeService) takes no API token at all: a node
 # authenticates by its certificate (see tests/integration/test_tasks.py and the PKI tests).
@@ -159,8 +160,17 @@ EXPECTED: dict[str, dict[str, str]] = {
                                            "401", "401"),
     "POST /ui/tasks/{task_id}/retry": row("303", "303", "303", "403", "404", "404", "401",
                                           "401", "401"),
-    # Each admin sees its own tenant's page ("other" sees tenant other's).
-    "GET /ui/tenant": row("200", "403", "403", "403", "200", "200", "303", "303", "303"),
+    # A session of acme's (pinned in the store) is listed for acme's callers only; the
+    # live view answers 404 to all (it is not recording; other tenants: no such session).
+    "GET /ui/sessions": row(SEES, SEES, SEES, SEES, BLIND, BLIND, "303", "303", "303"),
+    "GET /ui/sessions/{session_id:path}/live": row("404", "404", "404", "404", "404",
+                                                   "404", "303", "303", "303"),
+    # Each admin sees its own tenant's section ("other" sees only tenant other's); the
+    # hub-admin sees every tenant's, acme's included.
+    "GET /ui/tenant": row(SEES, "403", "403", "403", SEES, BLIND, "303", "303", "303"),
+    # Changing limits is SetTenantLimits' business: hub-admin only.
+    "POST /ui/tenant/limits": row("403", "403", "403", "403", "303", "403", "401", "401",
+                                  "401"),
     "GET /ui/static/{path}": row(*("200",) * 9),
     # MCP over streamable HTTP: list_nodes bound by the caller's token.
     "DELETE|GET|POST /mcp": row(SEES, SEES, SEES, SEES, BLIND, BLIND, "401", "401", "401"),
@@ -258,6 +268,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         async with running_node(hub, tmp_path / "acme-node", tenant=ACME):
             (conn,) = hub.registry.all()
             node_id = conn.node_id
+            await hub.store.pin_session(ACME, SESSION, node_id, now=now)
             config = ClientConfig(address=hub.address, token=tokens["admin"],
                                   ca_pem=hub.ca.cert_pem)
             async with Client(config) as acme:
@@ -755,7 +766,21 @@ async def _retry_path(w: World) -> str:
 
 
 PROBES["POST /ui/tasks/{task_id}/retry"] = _ui_post(_retry_path)
-PROBES["GET /ui/tenant"] = _ui_get(lambda w: "/ui/tenant")
+PROBES["GET /ui/sessions"] = _ui_get(lambda w: "/ui/sessions", sees=lambda w: SESSION)
+PROBES["GET /ui/sessions/{session_id:path}/live"] = _ui_get(
+    lambda w: f"/ui/sessions/{SESSION}/live")
+PROBES["GET /ui/tenant"] = _ui_get(lambda w: "/ui/tenant",
+                                   sees=lambda w: f'id="tenant-{ACME}"')
+
+
+async def _set_acme_limits(w: World, c: str) -> str:
+    http = await ui(w, c)
+    res = await http.post("/ui/tenant/limits", data={
+        "csrf": await _ui_csrf(http), "tenant": ACME, "weight": "1", "tasks": "0"})
+    return str(res.status_code)
+
+
+PROBES["POST /ui/tenant/limits"] = _set_acme_limits
 PROBES["GET /ui/static/{path}"] = _ui_get(lambda w: "/ui/static/htmx.min.js")
 
 

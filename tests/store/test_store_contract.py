@@ -663,3 +663,18 @@ async def test_sqlite_one_batch_commits_successes_around_a_failure(
     # The failed call's UPDATE was undone, so the save after it (also from version 1) won.
     assert {t.state for t in listed if t.id.startswith("s-")} == {pb.RUNNING}
     assert await event_seqs(store, "s-000") == [1, 2]
+
+
+# -- sessions --------------------------------------------------------------------------
+
+async def test_sessions_are_listed_per_tenant_newest_first_and_bounded(db: Store) -> None:
+    """list_sessions gives the tenant's own pinned sessions, newest first, at most limit."""
+    for n in range(3):
+        await db.pin_session(A, f"s-{n}", f"n-{n}", now=NOW + n)
+    await db.pin_session(B, "s-b", "n-b", now=NOW + 10)
+    await db.pin_session(A, "s-0", "n-9", now=NOW + 20)   # already pinned: unchanged
+    listed = await db.list_sessions(A, limit=10)
+    assert [(s.id, s.node_id, s.created_at) for s in listed] == [
+        ("s-2", "n-2", NOW + 2), ("s-1", "n-1", NOW + 1), ("s-0", "n-0", NOW)]
+    assert [s.id for s in await db.list_sessions(A, limit=2)] == ["s-2", "s-1"]
+    assert [s.id for s in await db.list_sessions(B, limit=10)] == ["s-b"]

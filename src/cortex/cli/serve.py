@@ -19,13 +19,17 @@ from cortex.errors import CortexError
 __all__ = ["register"]
 
 
-def _setup_logging(verbose: bool, log_format: str = "text") -> None:
+def _setup_logging(verbose: bool, log_format: str = "text", *, service: str = "cortex"
+                   ) -> None:
     from cortex.logfmt import FORMATS, setup_logging
 
     if log_format not in FORMATS:
         raise typer.BadParameter(f"{log_format!r}: pick one of {', '.join(FORMATS)}",
                                  param_hint="'--log-format'")
     setup_logging(verbose=verbose, fmt=log_format)
+    from cortex import tracing
+
+    tracing.setup_from_env(service)   # off unless CORTEX_TRACE / OTEL_EXPORTER_OTLP_* ask
 
 
 def _log_format_option() -> Any:
@@ -85,7 +89,7 @@ def register(app: typer.Typer) -> None:
         from cortex.hub.config import HubConfig
         from cortex.hub.main import run_hub
 
-        _setup_logging(verbose, log_format)
+        _setup_logging(verbose, log_format, service="cortex-hub")
         cfg = HubConfig(data_dir=data_dir or _home(None) / "hub", host=host, port=port,
                         node_port=node_port, http_port=http_port, http_host=http_host,
                         store=store, advertise=tuple(advertise),
@@ -116,7 +120,7 @@ def register(app: typer.Typer) -> None:
         from cortex.node.config import NodeConfig
         from cortex.node.main import run_node
 
-        _setup_logging(verbose, log_format)
+        _setup_logging(verbose, log_format, service="cortex-node")
         cfg = NodeConfig(data_dir=data_dir or _home(None) / "node", hub=hub, token=token,
                          labels=_labels(label), slots=slots, gpus=gpus,
                          drain_grace_s=drain_grace,

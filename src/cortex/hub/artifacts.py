@@ -15,6 +15,7 @@ import logging
 import mimetypes
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from cortex._proto.cortex.v1 import artifacts_pb2 as apb
 from cortex._proto.cortex.v1 import common_pb2 as pb
@@ -73,6 +74,18 @@ class ArtifactManager:
         self._clock = clock
         self._uploads: dict[str, _Upload] = {}
         self._gc_lock = asyncio.Lock()    # commits and GC sweeps never interleave
+
+    # -- uploads in progress (the dashboard's live view) -----------------------------------
+    def growing(self, tenant: str) -> list[tuple[str, apb.WriteHeader]]:
+        """The tenant's unfinished uploads of unknown size on this hub (recordings being
+        streamed): (key, header) each."""
+        prefix = _key(tenant, "")
+        return [(key, up.header) for key, up in self._uploads.items()
+                if key.startswith(prefix) and up.file is None and up.header.size < 0]
+
+    def open_growing(self, key: str) -> BinaryIO | None:
+        """The bytes received so far of an upload `growing` listed (None once gone)."""
+        return self._blobs.read_part(key)
 
     # -- writing ---------------------------------------------------------------------------
     async def write(self, tenant: str, requests: AsyncIterator[apb.WriteRequest]

@@ -18,6 +18,7 @@ from cortex._proto.cortex.v1 import common_pb2 as pb
 from cortex._proto.cortex.v1 import node_pb2
 from cortex.errors import CortexError, PermissionDenied
 from cortex.hub._grpc_errors import Ctx, status_for
+from cortex.hub._tracing import on_send
 from cortex.hub.config import HubConfig
 from cortex.hub.pki import NodeIdentity, identity_from_pem
 from cortex.hub.registry import NodeConn, Registry
@@ -74,6 +75,7 @@ class NodeSessions:
                     msg = await _next_frame(conn.outbox)
                     if msg is None:
                         break
+                    on_send(msg, conn.node_id)
                     yield msg
                 reader.cancel()
         finally:

@@ -71,6 +71,12 @@ class Lifecycle:
             self._serving_until = cert.not_valid_after_utc.timestamp() - _SERVER_RENEW_S
         return self._serving
 
+    @property
+    def serving_chain(self) -> bytes:
+        """The serving certificate chain last issued (b"" before the first), for reading:
+        unlike `serving_pair` it never issues one."""
+        return self._serving[1]
+
     def credentials(self, *, client_auth: bool) -> grpc.ServerCredentials:
         served = [-1]
 

@@ -38,8 +38,9 @@ from cortex.hub.auth import Authenticator, issue_api_token, issue_join_token
 from cortex.hub.blobs import DirBlobStore
 from cortex.hub.config import HTTP_OFF, HubConfig
 from cortex.hub.http import HttpServer, HubSource, McpSettings, open_http
+from cortex.hub.http._store_metrics import ArtifactBytes, CertExpiry, serving_expiry
 from cortex.hub.nodes import NodeSessions
-from cortex.hub.pki import CertificateAuthority, write_private
+from cortex.hub.pki import HUB_SERVER_NAME, CertificateAuthority, write_private
 from cortex.hub.pki_service import Lifecycle, NodeCertServicer, PkiServicer
 from cortex.hub.registry import Registry
 from cortex.hub.services import EnrollServicer, NodeServicer, TaskServicer
@@ -126,14 +127,32 @@ class Hub:
         source = HubSource(hub_id=cfg.hub_id, version=__version__, nodes=self.registry.all,
                            active_tasks=self.tasks.active_tasks, clock=time.time,
                            stats=lambda: self.tasks.stats,
-                           dashboard_sessions=lambda: len(self.dashboard.sessions))
+                           dashboard_sessions=lambda: len(self.dashboard.sessions),
+                           certificates=self._certificates)
         mcp = McpSettings(hub_address=self._dial_address, ca_pem=self.ca.cert_pem,
                           authenticate=authenticate)
         http = open_http(host=cfg.http_listen_host, port=cfg.http_port,
                          ready=lambda: self._ready, source=source, mcp=mcp,
-                         dashboard=self.dashboard.routes())
+                         dashboard=self.dashboard.routes(),
+                         artifact_bytes=ArtifactBytes(tenants=self._tenant_ids,
+                                                      bytes_of=self.store.artifact_bytes,
+                                                      mono=time.monotonic))
         self.http_port = http.port
         return http
+
+    async def _tenant_ids(self) -> list[str]:
+        return [t.id for t in await self.store.list_tenants_all()]
+
+    def _certificates(self) -> list[CertExpiry]:
+        """The hub's serving certificate and its CA certificates, for /metrics."""
+        if self.pki is None:
+            return []
+        out = [CertExpiry(e.kind, e.name, e.signed_by, e.not_after)
+               for e in self.pki.ca.status()]
+        if chain := self.pki.serving_chain:
+            out.insert(0, CertExpiry("hub-serving", HUB_SERVER_NAME,
+                                     self.pki.ca.serving_root.name, serving_expiry(chain)))
+        return out
 
     def _dial_address(self) -> str:
         """The client port as this process dials it (a wildcard host means loopback)."""

@@ -23,6 +23,7 @@ from cortex._proto.cortex.v1 import (
 from cortex.core.validation import check_labels
 from cortex.errors import Conflict, InvalidArgument, NotFound
 from cortex.hub._grpc_errors import Ctx, streaming, unary
+from cortex.hub._tracing import submit_span
 from cortex.hub.access import authorize
 from cortex.hub.auth import (
     Authenticator,
@@ -71,14 +72,18 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
     async def Submit(self, request: tasks_pb2.SubmitRequest,
                      context: Ctx) -> tasks_pb2.SubmitResponse:
         who = await self._principal(context, "Submit")
-        task, created = await self._tasks.submit(who.tenant, request.spec)
+        with submit_span(context, who.tenant, [request.spec]) as span:
+            task, created = await self._tasks.submit(who.tenant, request.spec)
+            if span is not None:
+                span.set_attribute("cortex.task_id", task.id)
         return tasks_pb2.SubmitResponse(task=task, created=created)
 
     @unary
     async def SubmitMany(self, request: tasks_pb2.SubmitManyRequest,
                          context: Ctx) -> tasks_pb2.SubmitManyResponse:
         who = await self._principal(context, "SubmitMany")
-        results = await self._tasks.submit_many(who.tenant, list(request.specs))
+        with submit_span(context, who.tenant, request.specs):
+            results = await self._tasks.submit_many(who.tenant, list(request.specs))
         return tasks_pb2.SubmitManyResponse(tasks=[t for t, _ in results],
                                             created=[c for _, c in results])
 
@@ -94,7 +99,10 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
     async def Run(self, request: tasks_pb2.SubmitRequest,
                   context: Ctx) -> AsyncIterator[tasks_pb2.RunResponse]:
         who = await self._principal(context, "Run")
-        task, created = await self._tasks.submit(who.tenant, request.spec)
+        with submit_span(context, who.tenant, [request.spec]) as span:
+            task, created = await self._tasks.submit(who.tenant, request.spec)
+            if span is not None:
+                span.set_attribute("cortex.task_id", task.id)
         yield tasks_pb2.RunResponse(submitted=tasks_pb2.SubmitResponse(task=task,
                                                                        created=created))
         events = self._tasks.watch(who.tenant, task.id, after_seq=0, follow=True)

@@ -319,7 +319,7 @@ class TaskManager(Capacity, Reaping, Following):
         remaining = max(0.0, task.deadline - self._clock()) if task.deadline else 0.0
         return node_pb2.HubMessage(assign=node_pb2.Assign(
             task_id=task.id, attempt=task.attempt, spec=task.spec, deadline=task.deadline,
-            tenant=entry.tenant, remaining_s=remaining,
+            tenant=entry.tenant, remaining_s=remaining, queued_at=task.created_at,
         ))
 
     async def _set_reason(self, entry: Entry, reason: str) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from cortex import __version__
+from cortex import __version__, tracing
 from cortex._proto.cortex.v1 import common_pb2 as pb
 from cortex._proto.cortex.v1 import node_pb2, node_pb2_grpc
 from cortex.core.states import State
@@ -462,6 +462,26 @@ class Agent:
     # -- running a task ---------------------------------------------------------------------
     async def _execute(self, held: _Held) -> None:
         a = held.assign
+        who = _span_attributes(a, self._id.node_id)
+        with tracing.span("cortex.node.execute", parent=a.traceparent or a.spec.traceparent,
+                          kind="consumer", attributes=who) as span:
+            outcome = await self._outcome(held)
+            if span is not None:
+                span.set_attribute("cortex.state", outcome.state.label)
+        self._mark_started(held)
+        fin = node_pb2.Finished(state=int(outcome.state), reason=outcome.reason)  # type: ignore[arg-type]
+        if outcome.exit_code is not None:
+            fin.exit_code = outcome.exit_code
+            fin.has_exit_code = True
+        self._emit(held, node_pb2.NodeEvent(time=time.time(), finished=fin))
+        held.finished = True
+        self._flush()
+        if self._supervisor.in_use().get("browser_sessions", 0) != self._reported_sessions:
+            self._send_heartbeat()  # a session opened or closed: the hub places by it
+
+    async def _outcome(self, held: _Held) -> Outcome:
+        """Run the assignment (inputs, process, outputs) to its outcome."""
+        a = held.assign
         timeout = a.remaining_s if a.remaining_s > 0 else None
         if held.cancel is not None:
             outcome = Outcome(held.cancel[0], None, held.cancel[1])
@@ -488,16 +508,7 @@ class Agent:
                 outcome = _with_requested_timeout(await run.wait(), a.spec)
                 if a.spec.artifacts:
                     outcome = await self._upload_outputs(held, outcome)
-        self._mark_started(held)
-        fin = node_pb2.Finished(state=int(outcome.state), reason=outcome.reason)  # type: ignore[arg-type]
-        if outcome.exit_code is not None:
-            fin.exit_code = outcome.exit_code
-            fin.has_exit_code = True
-        self._emit(held, node_pb2.NodeEvent(time=time.time(), finished=fin))
-        held.finished = True
-        self._flush()
-        if self._supervisor.in_use().get("browser_sessions", 0) != self._reported_sessions:
-            self._send_heartbeat()  # a session opened or closed: the hub places by it
+        return outcome
 
     async def _upload_outputs(self, held: _Held, outcome: Outcome) -> Outcome:
         """Upload the spec's output globs before the task reports its end (so a finished
@@ -585,6 +596,11 @@ def _take(events: list[node_pb2.NodeEvent], limit: int) -> list[node_pb2.NodeEve
     chunk = events[:n]
     del events[:n]
     return chunk
+
+
+def _span_attributes(a: node_pb2.Assign, node_id: str) -> dict[str, str | int]:
+    return {"cortex.task_id": a.task_id, "cortex.attempt": a.attempt, "cortex.tenant": a.tenant,
+            "cortex.node_id": node_id, "cortex.skill": a.spec.skill or "shell"}
 
 
 def _tenant_scoped(spec: pb.TaskSpec, tenant: str) -> pb.TaskSpec:

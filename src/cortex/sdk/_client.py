@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Self, TypeVar, Unpack
 
 import grpc
 
+from cortex import tracing
 from cortex._proto.cortex.v1 import common_pb2, pki_pb2, pki_pb2_grpc, tasks_pb2, tasks_pb2_grpc
 from cortex.core.states import TERMINAL
 from cortex.errors import CortexError, InvalidArgument, Unavailable
@@ -121,6 +122,7 @@ class Client(ArtifactMethods, NodeFileMethods):
             raise InvalidArgument("pass a ClientConfig or overrides, not both")
         self._config = config if config is not None else ClientConfig.from_env(**overrides)
         self._metadata = (("authorization", f"Bearer {self._config.token}"),)
+        tracing.setup_from_env("cortex-client")  # once per process; off unless asked
         self._channel: grpc.aio.Channel | None = None
         self._stub_: TaskServiceAsyncStub | None = None
         self._admin: Admin | None = None
@@ -169,7 +171,12 @@ class Client(ArtifactMethods, NodeFileMethods):
             spec = build_spec(**options)
         elif options:
             raise InvalidArgument("pass a TaskSpec or keyword options, not both")
-        response = await self._unary(self._stub().Submit, tasks_pb2.SubmitRequest(spec=spec))
+        with tracing.span("cortex.client.submit", kind="client",
+                          attributes={"cortex.skill": spec.skill or "shell"}) as span:
+            response = await self._unary(self._stub().Submit,
+                                         tasks_pb2.SubmitRequest(spec=spec), traced=True)
+            if span is not None:
+                span.set_attribute("cortex.task_id", response.task.id)
         return response.task
 
     async def submit_many(
@@ -184,7 +191,8 @@ class Client(ArtifactMethods, NodeFileMethods):
         specs = list(specs)
         chunks = [specs[i:i + _SUBMIT_CHUNK] for i in range(0, len(specs), _SUBMIT_CHUNK)]
         responses = await asyncio.gather(*(
-            self._unary(self._stub().SubmitMany, tasks_pb2.SubmitManyRequest(specs=chunk))
+            self._unary(self._stub().SubmitMany, tasks_pb2.SubmitManyRequest(specs=chunk),
+                        traced=True)
             for chunk in chunks))
         return [task for response in responses for task in response.tasks]
 
@@ -364,6 +372,16 @@ class Client(ArtifactMethods, NodeFileMethods):
             spec = build_spec(**options)
         elif options:
             raise InvalidArgument("pass a TaskSpec or keyword options, not both")
+        with tracing.span("cortex.client.run", kind="client",
+                          attributes={"cortex.skill": spec.skill or "shell"}) as span:
+            result = await self._run(spec, stdout, stderr)
+            if span is not None:
+                span.set_attributes({"cortex.task_id": result.task.id,
+                                     "cortex.state": common_pb2.TaskState.Name(result.state)})
+        return result
+
+    async def _run(self, spec: common_pb2.TaskSpec, stdout: OutputCallback | None,
+                   stderr: OutputCallback | None) -> Result:
         output = _Output(stdout, stderr)
         task_id = ""
         try:
@@ -402,9 +420,11 @@ class Client(ArtifactMethods, NodeFileMethods):
                         ) -> AsyncGenerator[tasks_pb2.RunResponse, None]:
         """TaskService.Run's messages; a call that never reached the hub is sent again.
         Raises `_OldHub` when the hub predates Run (nothing was submitted)."""
+        metadata = self._metadata
+        if parent := tracing.current_traceparent():
+            metadata = (*metadata, ("traceparent", parent))
         for delay in (*_CONNECT_RETRY_S, None):
-            call = self._stub().Run(tasks_pb2.SubmitRequest(spec=spec),
-                                    metadata=self._metadata)
+            call = self._stub().Run(tasks_pb2.SubmitRequest(spec=spec), metadata=metadata)
             received = False
             try:
                 async for msg in call:
@@ -507,12 +527,16 @@ class Client(ArtifactMethods, NodeFileMethods):
         return self._stub_
 
     async def _unary(
-        self, method: grpc.aio.UnaryUnaryMultiCallable[_Req, _Resp], request: _Req
+        self, method: grpc.aio.UnaryUnaryMultiCallable[_Req, _Resp], request: _Req, *,
+        traced: bool = False
     ) -> _Resp:
+        metadata = self._metadata
+        if traced and (parent := tracing.current_traceparent()):
+            metadata = (*metadata, ("traceparent", parent))
         for delay in (*_CONNECT_RETRY_S, None):
             try:
                 return await method(
-                    request, timeout=self._config.call_timeout, metadata=self._metadata
+                    request, timeout=self._config.call_timeout, metadata=metadata
                 )
             except grpc.aio.AioRpcError as e:
                 # A call that never reached the hub (the TLS handshake failed, e.g. under

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from cortex._proto.cortex.v1 import common_pb2 as pb
 
 __all__ = ["DEFAULT_POOL", "ApiTokenRecord", "CertificateRecord", "JoinTokenRecord",
-           "PoolRecord", "Store", "TaskQuery", "TenantRecord"]
+           "PoolRecord", "SessionRecord", "Store", "TaskQuery", "TenantRecord"]
 
 DEFAULT_POOL = "default"   # every tenant has it; nodes join it unless their token names another
 
@@ -61,6 +61,15 @@ class JoinTokenRecord:
     used_at: float = 0.0
     node_id: str = ""
     pool: str = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """A session (browser, language server, ...) pinned to the node that holds it."""
+
+    id: str
+    node_id: str
+    created_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +177,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def session_node(self, tenant: str, session_id: str) -> str | None: ...
+
+    @abc.abstractmethod
+    async def list_sessions(self, tenant: str, *, limit: int) -> list[SessionRecord]:
+        """The tenant's pinned sessions, newest first, at most `limit`."""
 
     # -- tasks ---------------------------------------------------------------------
     @abc.abstractmethod

@@ -66,6 +66,7 @@ from cortex.store.base import (
     CertificateRecord,
     JoinTokenRecord,
     PoolRecord,
+    SessionRecord,
     Store,
     TaskQuery,
     TenantRecord,
@@ -425,6 +426,12 @@ class PostgresStore(Store):
             "SELECT node_id FROM sessions WHERE tenant = %s AND id = %s", (tenant, session_id)
         )
         return None if row is None else str(row[0])
+
+    async def list_sessions(self, tenant: str, *, limit: int) -> list[SessionRecord]:
+        rows = await self._fetchall(
+            "SELECT id, node_id, created_at FROM sessions WHERE tenant = %s "
+            "ORDER BY created_at DESC, id LIMIT %s", (tenant, limit))
+        return [SessionRecord(str(i), str(n), float(t)) for i, n, t in rows]
 
     # -- tasks -----------------------------------------------------------------------
     async def insert_task(

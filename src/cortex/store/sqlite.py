@@ -28,6 +28,7 @@ from cortex.store.base import (
     CertificateRecord,
     JoinTokenRecord,
     PoolRecord,
+    SessionRecord,
     Store,
     TaskQuery,
     TenantRecord,
@@ -367,6 +368,12 @@ class SqliteStore(Store):
             lambda c: c.execute("SELECT node_id FROM sessions WHERE tenant = ? AND id = ?",
                                 (tenant, session_id)).fetchone())
         return None if row is None else str(row[0])
+
+    async def list_sessions(self, tenant: str, *, limit: int) -> list[SessionRecord]:
+        rows = await self._call(lambda c: c.execute(
+            "SELECT id, node_id, created_at FROM sessions WHERE tenant = ? "
+            "ORDER BY created_at DESC, id LIMIT ?", (tenant, limit)).fetchall())
+        return [SessionRecord(str(i), str(n), float(t)) for i, n, t in rows]
 
     # -- tasks -----------------------------------------------------------------------
     async def insert_task(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -16,11 +16,13 @@ __all__ = ["build_app"]
 
 
 def build_app(*, ready: Callable[[], bool], metrics: Callable[[], str],
-              mcp: ASGIApp | None, dashboard: list[BaseRoute] | None = None) -> Starlette:
+              mcp: ASGIApp | None, dashboard: list[BaseRoute] | None = None,
+              before_scrape: Callable[[], Awaitable[None]] | None = None) -> Starlette:
     """`/healthz` (the process serves), `/readyz` (`ready()`), `/metrics` (`metrics()`, the
     exposition text), unless `mcp` is None MCP's streamable HTTP at `/mcp` (503
     while not ready: its calls go through the gRPC ports, which are then draining), and
-    unless `dashboard` is None the dashboard's routes under `/ui` (`/` redirects there)."""
+    unless `dashboard` is None the dashboard's routes under `/ui` (`/` redirects there).
+    `before_scrape` refreshes what `metrics()` reads from the store (cached)."""
 
     async def healthz(_: Request) -> Response:
         return PlainTextResponse("ok\n")
@@ -31,6 +33,8 @@ def build_app(*, ready: Callable[[], bool], metrics: Callable[[], str],
         return PlainTextResponse("not ready: starting or shutting down\n", status_code=503)
 
     async def scrape(_: Request) -> Response:
+        if before_scrape is not None:
+            await before_scrape()
         return Response(metrics(), media_type=CONTENT_TYPE)
 
     routes: list[BaseRoute] = [

@@ -1,8 +1,10 @@
 """What `/metrics` reports: read from the hub's memory at scrape time, never the store.
 
 Everything here is a gauge of the present (tasks the task manager holds, connected nodes
-and their queues, certificate expiry) or a process figure; nothing is accumulated between
-scrapes, so two hubs in one process never share a series.
+and their queues and heartbeat load, certificate expiry) or a process figure; nothing is
+accumulated between scrapes, so two hubs in one process never share a series. The one
+figure from the store, artifact bytes, is read (cached) by `_store_metrics.ArtifactBytes`
+before the scrape renders.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import os
 import resource
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,12 +20,18 @@ from cortex._proto.cortex.v1 import common_pb2 as pb
 from cortex.core.states import State
 from cortex.hub._entry import LATENCY_BUCKETS_S, TaskStats
 from cortex.hub.http._exposition import Family
+from cortex.hub.http._store_metrics import (
+    CertExpiry,
+    artifact_family,
+    certificate_family,
+)
 from cortex.hub.registry import NodeConn
 
 __all__ = ["HubSource", "collect"]
 
 _ACTIVE = (State.QUEUED, State.ASSIGNED, State.RUNNING)
 _ACTIVE_VALUES = frozenset(int(s) for s in _ACTIVE)
+_MIB = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +46,8 @@ class HubSource:
     mcp_clients: Callable[[], int] | None = None
     stats: Callable[[], TaskStats] | None = None
     dashboard_sessions: Callable[[], int] | None = None
+    artifact_bytes: Callable[[], Mapping[str, int]] | None = None   # tenant -> bytes
+    certificates: Callable[[], list[CertExpiry]] | None = None      # the hub's own
 
 
 def collect(src: HubSource) -> list[Family]:
@@ -56,6 +66,10 @@ def collect(src: HubSource) -> list[Family]:
                     "Logged-in web dashboard sessions on this hub (all tenants).")
         ui.add(src.dashboard_sessions())
         families.append(ui)
+    if src.artifact_bytes is not None:
+        families.append(artifact_family(src.artifact_bytes()))
+    if src.certificates is not None:
+        families.append(certificate_family(src.certificates(), src.clock()))
     return families + _process()
 
 
@@ -106,6 +120,7 @@ def _nodes(conns: list[NodeConn], now: float) -> list[Family]:
     expiry = Family("cortex_node_certificate_expiry_seconds", "gauge",
                     "Seconds until each connected node's certificate expires "
                     "(negative: expired).")
+    load = _LoadFamilies()
     states = Counter((c.tenant, "draining" if c.draining else "online") for c in conns)
     for tenant in sorted({c.tenant for c in conns}):
         for state in ("online", "draining"):
@@ -117,8 +132,35 @@ def _nodes(conns: list[NodeConn], now: float) -> list[Family]:
         outbox.add(conn.outbox.qsize(), who)
         if conn.node.cert_not_after:
             expiry.add(round(conn.node.cert_not_after - now, 3), who)
+        load.add(conn.node, who)
     backlog.add(sum(c.outbox.qsize() for c in conns))
-    return [connected, running, slots, outbox, backlog, expiry]
+    return [connected, running, slots, outbox, backlog, expiry, *load.families()]
+
+
+class _LoadFamilies:
+    """What each connected node reports in its heartbeats, and its capacity."""
+
+    def __init__(self) -> None:
+        self.load1 = Family("cortex_node_load1", "gauge",
+                            "Each connected node's 1-minute load average (its last heartbeat).")
+        self.cpu = Family("cortex_node_cpu_percent", "gauge",
+                          "Each connected node's CPU use in percent (its last heartbeat).")
+        self.memory = Family("cortex_node_memory_used_bytes", "gauge",
+                             "Memory in use on each connected node (its last heartbeat).")
+        self.capacity = Family("cortex_node_memory_capacity_bytes", "gauge",
+                               "Memory each connected node offers to tasks.")
+        self.cpus = Family("cortex_node_cpus", "gauge",
+                           "CPU cores each connected node offers to tasks.")
+
+    def add(self, node: pb.Node, who: dict[str, str]) -> None:
+        self.load1.add(round(node.load.load1, 3), who)
+        self.cpu.add(round(node.load.cpu_percent, 2), who)
+        self.memory.add(node.load.memory_used_mib * _MIB, who)
+        self.capacity.add(node.capacity.memory_mib * _MIB, who)
+        self.cpus.add(node.capacity.cpus, who)
+
+    def families(self) -> list[Family]:
+        return [self.load1, self.cpu, self.memory, self.capacity, self.cpus]
 
 
 def _process() -> list[Family]:

@@ -12,6 +12,7 @@ from cortex.hub.http._app import build_app
 from cortex.hub.http._exposition import render
 from cortex.hub.http._metrics import HubSource, collect
 from cortex.hub.http._server import DeferredMcp, HttpServer, McpEndpoint, McpLoader
+from cortex.hub.http._store_metrics import ArtifactBytes
 
 __all__ = ["McpSettings", "open_http"]
 
@@ -29,16 +30,21 @@ class McpSettings:
 
 
 def open_http(*, host: str, port: int, ready: Callable[[], bool], source: HubSource,
-              mcp: McpSettings | None, dashboard: list[BaseRoute] | None = None
-              ) -> HttpServer:
+              mcp: McpSettings | None, dashboard: list[BaseRoute] | None = None,
+              artifact_bytes: ArtifactBytes | None = None) -> HttpServer:
     """The hub's HTTP server, bound (so its port is known) but not yet serving; `dashboard`
-    is the web dashboard's routes, served under /ui."""
+    is the web dashboard's routes, served under /ui; `artifact_bytes` (read from the store
+    before a scrape, cached) is reported as cortex_artifact_bytes."""
     loader = None
     if mcp is not None:
         loader = McpLoader(DeferredMcp(), _MCP_MODULE, _mcp_factory(mcp, host))
         source = dataclasses.replace(source, mcp_clients=loader.route.clients)
+    if artifact_bytes is not None:
+        figures = artifact_bytes
+        source = dataclasses.replace(source, artifact_bytes=lambda: figures.figures)
     app = build_app(ready=ready, metrics=lambda: render(collect(source)),
-                    mcp=loader.route if loader else None, dashboard=dashboard)
+                    mcp=loader.route if loader else None, dashboard=dashboard,
+                    before_scrape=artifact_bytes.refresh if artifact_bytes else None)
     return HttpServer(HttpServer.bind(host, port), app, mcp=loader)
 
 

@@ -1,5 +1,6 @@
 """The dashboard's routes under /ui: login/logout, nodes, tasks, one task (with its live
-log over Server-Sent Events), cancel and retry, and the tenant page for admins.
+log over Server-Sent Events), cancel and retry, sessions (newest screenshot, live view of
+a recording), and the tenants page for admins (with the hub-admin's limits form).
 
 Every page is read for the logged-in token's tenant; every POST needs the session's CSRF
 token (hidden field `csrf` or header `X-CSRF-Token`) and a same-origin `Origin` if the
@@ -37,7 +38,7 @@ from cortex.hub.artifacts import ArtifactManager
 from cortex.hub.auth import Authenticator, Principal
 from cortex.hub.registry import Registry
 from cortex.hub.tasks import TaskManager
-from cortex.hub.web import _data
+from cortex.hub.web import _browser_sessions, _data, _tenants
 from cortex.hub.web._sessions import Session, Sessions, same_secret
 from cortex.hub.web._sse import OpenStreams, task_events
 from cortex.store.base import Store
@@ -62,6 +63,7 @@ _HEADERS = {
     "Cache-Control": "no-store",
 }
 _MAX_FORM = 64 * 1024
+_INLINE = frozenset({"image/png", "image/jpeg"})
 MAX_STREAMS = 512
 """Live log streams open at once on one hub; past it a stream is refused with 503."""
 
@@ -129,7 +131,10 @@ class Dashboard:
                   methods=["GET"]),
             Route("/tasks/{task_id}/cancel", self._post(self._cancel), methods=["POST"]),
             Route("/tasks/{task_id}/retry", self._post(self._retry), methods=["POST"]),
+            Route("/sessions", page(self._sessions), methods=["GET"]),
+            Route("/sessions/{session_id:path}/live", page(self._live), methods=["GET"]),
             Route("/tenant", page(self._tenant), methods=["GET"]),
+            Route("/tenant/limits", self._post(self._set_limits), methods=["POST"]),
             Mount("/static", StaticFiles(packages=[("cortex.hub.web", "static")]),
                   name="static"),
         ]
@@ -290,10 +295,34 @@ class Dashboard:
                 yield chunk.data
 
         name = file.name.rsplit("/", 1)[-1].replace('"', "")
+        # Inline only for images (the sessions page shows screenshots); anything else, an
+        # HTML file above all, is a download: it must never run as one of our pages.
+        inline = bool(request.query_params.get("inline")) and file.media_type in _INLINE
+        headers = {"Content-Disposition": f'{"inline" if inline else "attachment"}; '
+                                          f'filename="{name}"',
+                   "Content-Length": str(file.size), "X-Content-Type-Options": "nosniff"}
+        if inline:   # an artifact never changes: the 2 s refresh need not fetch it again
+            headers["Cache-Control"] = "private, max-age=3600"
         return StreamingResponse(body(), media_type=file.media_type or
-                                 "application/octet-stream", headers={
-                                     "Content-Disposition": f'attachment; filename="{name}"',
-                                     "Content-Length": str(file.size)})
+                                 "application/octet-stream", headers=headers)
+
+    async def _sessions(self, request: Request, viewer: Viewer) -> Response:
+        rows = await _browser_sessions.session_rows(
+            self._store, self._tasks, self._registry, self._artifacts(),
+            viewer.principal.tenant)
+        name = "_sessions_table.html" if request.query_params.get("fragment") \
+            else "sessions.html"
+        return self._render(request, name, viewer, sessions=rows, now=self._clock())
+
+    async def _live(self, request: Request, viewer: Viewer) -> Response:
+        """The newest frame of a recording session, as a JPEG (the live view's image)."""
+        session_id = request.path_params["session_id"]
+        if not session_id or len(session_id) > 256:
+            raise NotFound(f"no session {session_id[:40]!r}")
+        frame = await _browser_sessions.live_frame(
+            self._store, self._tasks, self._artifacts(), viewer.principal.tenant, session_id)
+        headers = dict(_HEADERS)
+        return Response(frame, media_type="image/jpeg", headers=headers)
 
     async def _tenant(self, request: Request, viewer: Viewer) -> Response:
         if not viewer.is_admin:
@@ -302,8 +331,16 @@ class Dashboard:
                 "admin token")
         counts = await _data.tenant_counts(self._tasks, self._store, self._registry,
                                            viewer.principal.tenant)
-        return self._render(request, "tenant.html", viewer, counts=counts,
-                            sessions=len(self.sessions))
+        rows = await _tenants.tenant_rows(self._store, self._tasks, self._registry,
+                                          viewer.principal)
+        return self._render(request, "tenant.html", viewer, counts=counts, tenants=rows,
+                            sessions=len(self.sessions), now=self._clock(),
+                            may_edit=viewer.principal.role in _tenants.LIMIT_ROLES)
+
+    async def _set_limits(self, request: Request, viewer: Viewer) -> Response:
+        tenant = await _tenants.set_limits(self._store, self._tasks, viewer.principal,
+                                           await _form(request))
+        return RedirectResponse(f"{PREFIX}/tenant#tenant-{quote(tenant)}", status_code=303)
 
     # -- live log ----------------------------------------------------------------------
     async def _events(self, request: Request) -> Response:
@@ -342,6 +379,7 @@ class Dashboard:
         spec = pb.TaskSpec()
         spec.CopyFrom(old.spec)
         spec.idempotency_key = ""   # the same key would hand back the old task
+        spec.traceparent = ""       # a new task: not a part of the old one's trace
         task, _ = await self._tasks.submit(viewer.principal.tenant, spec)
         log.info("dashboard: token %s retried %s as %s", viewer.principal.token_id, old.id,
                  task.id, extra={"task_id": task.id, "tenant": viewer.principal.tenant})

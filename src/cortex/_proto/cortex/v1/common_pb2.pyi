@@ -265,6 +265,7 @@ class TaskSpec(_message.Message):
     CANCEL_ON_DISCONNECT_FIELD_NUMBER: _builtins.int
     ARTIFACTS_FIELD_NUMBER: _builtins.int
     INPUTS_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
     skill: _builtins.str
     """"shell" (default), "noop", later "browser", ..."""
     session_id: _builtins.str
@@ -284,6 +285,10 @@ class TaskSpec(_message.Message):
     cancel_on_disconnect: _builtins.bool
     """Cancel the task when the client that submitted it disconnects (its Watch/Attach
     stream ends) and no other client resumes watching within the hub's grace.
+    """
+    traceparent: _builtins.str
+    """W3C trace context of the hub's submit span when tracing is on (set by the hub; what a
+    client sets is replaced). 40: clear of the fields other branches add after 21.
     """
     @_builtins.property
     def shell(self) -> Global___ShellSpec: ...
@@ -329,10 +334,11 @@ class TaskSpec(_message.Message):
         cancel_on_disconnect: _builtins.bool = ...,
         artifacts: _abc.Iterable[_builtins.str] | None = ...,
         inputs: _abc.Iterable[Global___InputFile] | None = ...,
+        traceparent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "resources", b"resources", "retry", b"retry", "shell", b"shell"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "artifacts", b"artifacts", "cancel_on_disconnect", b"cancel_on_disconnect", "idempotency_key", b"idempotency_key", "inputs", b"inputs", "labels", b"labels", "max_output_bytes", b"max_output_bytes", "node_id", b"node_id", "pool", b"pool", "priority", b"priority", "resources", b"resources", "retry", b"retry", "session_id", b"session_id", "shell", b"shell", "skill", b"skill", "timeout_s", b"timeout_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "artifacts", b"artifacts", "cancel_on_disconnect", b"cancel_on_disconnect", "idempotency_key", b"idempotency_key", "inputs", b"inputs", "labels", b"labels", "max_output_bytes", b"max_output_bytes", "node_id", b"node_id", "pool", b"pool", "priority", b"priority", "resources", b"resources", "retry", b"retry", "session_id", b"session_id", "shell", b"shell", "skill", b"skill", "timeout_s", b"timeout_s", "traceparent", b"traceparent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -511,6 +511,8 @@ class Assign(_message.Message):
     DEADLINE_FIELD_NUMBER: _builtins.int
     TENANT_FIELD_NUMBER: _builtins.int
     REMAINING_S_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
+    QUEUED_AT_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     attempt: _builtins.int
     deadline: _builtins.float
@@ -520,6 +522,11 @@ class Assign(_message.Message):
     """Time left before the deadline when the hub sent this; the node converts it to its own
     monotonic clock on arrival and enforces it even while disconnected (no clock skew).
     """
+    traceparent: _builtins.str
+    """Tracing (empty when off): the hub's dispatch span, which the node's execution span
+    continues, and when the task was submitted (the hub's queue span starts there).
+    """
+    queued_at: _builtins.float
     @_builtins.property
     def spec(self) -> _common_pb2.TaskSpec: ...
     def __init__(
@@ -531,10 +538,12 @@ class Assign(_message.Message):
         deadline: _builtins.float = ...,
         tenant: _builtins.str = ...,
         remaining_s: _builtins.float = ...,
+        traceparent: _builtins.str = ...,
+        queued_at: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "deadline", b"deadline", "remaining_s", b"remaining_s", "spec", b"spec", "task_id", b"task_id", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "deadline", b"deadline", "queued_at", b"queued_at", "remaining_s", b"remaining_s", "spec", b"spec", "task_id", b"task_id", "tenant", b"tenant", "traceparent", b"traceparent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
