@@ -39,10 +39,11 @@ def spans() -> Iterator[InMemorySpanExporter]:
         provider.shutdown()
 
 
-def _by_name(exporter: InMemorySpanExporter, task_id: str) -> dict[str, ReadableSpan]:
+def _by_name(exporter: InMemorySpanExporter, task_id: str, root_name: str = "cortex.client.run"
+             ) -> dict[str, ReadableSpan]:
     """The spans of one task's trace, by name (each name once)."""
     finished = exporter.get_finished_spans()
-    (root,) = [s for s in finished if s.name == "cortex.client.run"
+    (root,) = [s for s in finished if s.name == root_name
                and (s.attributes or {}).get("cortex.task_id") == task_id]
     trace = [s for s in finished if s.context is not None and root.context is not None
              and s.context.trace_id == root.context.trace_id]
@@ -64,26 +65,31 @@ def _id(span: ReadableSpan) -> int:
 @pytest.mark.asyncio
 async def test_one_trace_links_client_hub_and_node(
         hub: Hub, node: Agent, client: Client, spans: InMemorySpanExporter) -> None:
-    """client.run → client.submit → hub.submit → hub.queue and hub.dispatch →
+    """client.run (one TaskService.Run call) → hub.submit → hub.queue and hub.dispatch →
     node.execute: one trace id, each span the child of the one before, with its kind."""
     done = await client.run(argv=["echo", "traced"])
     assert done.ok
     got = _by_name(spans, done.task.id)
-    assert set(got) == {"cortex.client.run", "cortex.client.submit", "cortex.hub.submit",
-                        "cortex.hub.queue", "cortex.hub.dispatch", "cortex.node.execute"}
-    run, submit = got["cortex.client.run"], got["cortex.client.submit"]
-    hub_submit, queue = got["cortex.hub.submit"], got["cortex.hub.queue"]
+    assert set(got) == {"cortex.client.run", "cortex.hub.submit", "cortex.hub.queue",
+                        "cortex.hub.dispatch", "cortex.node.execute"}
+    run, hub_submit = got["cortex.client.run"], got["cortex.hub.submit"]
+    queue = got["cortex.hub.queue"]
     dispatch, execute = got["cortex.hub.dispatch"], got["cortex.node.execute"]
     assert run.parent is None
-    assert _parent_of(submit) == _id(run)
-    assert _parent_of(hub_submit) == _id(submit)
+    assert _parent_of(hub_submit) == _id(run)
     assert hub_submit.parent is not None
     assert hub_submit.parent.is_remote      # it came over the wire, in gRPC metadata
     assert _parent_of(queue) == _id(hub_submit)
     assert _parent_of(dispatch) == _id(hub_submit)
     assert _parent_of(execute) == _id(dispatch)
-    assert [s.kind for s in (submit, hub_submit, dispatch, execute)] == [
+    assert [s.kind for s in (run, hub_submit, dispatch, execute)] == [
         SpanKind.CLIENT, SpanKind.SERVER, SpanKind.PRODUCER, SpanKind.CONSUMER]
+    # A plain submit is its own client span, the parent of the hub's.
+    queued = await client.submit(argv=["true"])
+    await client.wait(queued.id)
+    again = _by_name(spans, queued.id, "cortex.client.submit")
+    assert _parent_of(again["cortex.hub.submit"]) == _id(again["cortex.client.submit"])
+    assert again["cortex.client.submit"].kind == SpanKind.CLIENT
     for span in (hub_submit, queue, dispatch, execute):
         assert span.attributes is not None
         assert span.attributes.get("cortex.task_id", done.task.id) == done.task.id
