@@ -40,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import psycopg
@@ -59,6 +59,7 @@ from cortex.errors import (
     PermissionDenied,
     Unavailable,
 )
+from cortex.store._pg_batch import TaskWriter
 from cortex.store._pg_schema import migrate
 from cortex.store.base import (
     DEFAULT_POOL,
@@ -83,44 +84,6 @@ _ACTIVE = (pb.QUEUED, pb.ASSIGNED, pb.RUNNING)
 _SELECT_ACTIVE = sql.SQL("SELECT body FROM tasks WHERE state IN ({}) ORDER BY id").format(
     sql.SQL(", ").join(sql.Literal(int(s)) for s in _ACTIVE)
 )
-
-# In both statements the events and the attempt are fed by the task row the first CTE
-# wrote, so when that wrote nothing (key taken, version moved on) they write nothing
-# either; a duplicate event seq fails the whole statement. Only the idempotency index is
-# an ON CONFLICT arbiter: a reused task id must still fail.
-_INSERT_TASK = """
-    WITH task AS (
-        INSERT INTO tasks(id, tenant, state, node_id, idempotency_key, version, labels, body)
-        VALUES (%(id)s, %(tenant)s, %(state)s, %(node_id)s, %(key)s, %(version)s,
-                %(labels)s, %(body)s)
-        ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-        RETURNING id
-    ), events AS (
-        INSERT INTO task_events(task_id, seq, tenant, body)
-        SELECT task.id, e.seq, %(tenant)s, e.body
-        FROM task, unnest(%(seqs)s::bigint[], %(event_bodies)s::bytea[]) AS e(seq, body)
-    )
-    SELECT count(*) FROM task"""
-_SAVE_TASK = """
-    WITH task AS (
-        UPDATE tasks SET state = %(state)s, node_id = %(node_id)s, version = %(version)s,
-                         labels = %(labels)s, body = %(body)s
-        WHERE id = %(id)s AND tenant = %(tenant)s AND version = %(expected)s
-        RETURNING id
-    ), events AS (
-        INSERT INTO task_events(task_id, seq, tenant, body)
-        SELECT task.id, e.seq, %(tenant)s, e.body
-        FROM task, unnest(%(seqs)s::bigint[], %(event_bodies)s::bytea[]) AS e(seq, body)
-    ), attempt AS (
-        INSERT INTO task_attempts(task_id, attempt, tenant, body)
-        SELECT task.id, a.attempt, %(tenant)s, a.body
-        FROM task, unnest(%(attempts)s::integer[], %(attempt_bodies)s::bytea[])
-             AS a(attempt, body)
-        ON CONFLICT (task_id, attempt) DO UPDATE
-            SET tenant = EXCLUDED.tenant, body = EXCLUDED.body
-    )
-    SELECT count(*) FROM task"""
-
 
 class PostgresStore(Store):
     """A store on the database named by `url` (a libpq URL or ``key=value`` string).
@@ -148,6 +111,7 @@ class PostgresStore(Store):
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._writer = TaskWriter(self._pooled)
 
     # -- lifecycle -------------------------------------------------------------------
     async def open(self) -> None:
@@ -176,19 +140,39 @@ class PostgresStore(Store):
         """Refuse new calls, let the calls already made finish, then close the pool."""
         self._closed = True
         await self._idle.wait()
+        await self._writer.wait_idle()  # batches whose callers stopped waiting
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
 
     @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[_Conn]:
-        """A pooled autocommit connection (each statement its own transaction), driver
-        errors translated."""
-        pool = self._pool
-        if pool is None or self._closed:
+    async def _call(self) -> AsyncIterator[None]:
+        """One call in flight, which close() waits for; refused once close() began."""
+        if self._pool is None or self._closed:
             raise Unavailable("the store is closed")
         self._in_flight += 1
         self._idle.clear()
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[_Conn]:
+        """A pooled autocommit connection (each statement its own transaction), driver
+        errors translated."""
+        async with self._call(), self._pooled() as conn:
+            yield conn
+
+    @contextlib.asynccontextmanager
+    async def _pooled(self) -> AsyncIterator[_Conn]:
+        """`_connection` for work admitted already (a batch of task writes): the pool
+        stays open until that work is done."""
+        pool = self._pool
+        if pool is None:
+            raise Unavailable("the store is closed")
         conn: _Conn | None = None
         try:
             async with pool.connection() as conn:
@@ -199,10 +183,6 @@ class PostgresStore(Store):
                 # one. Replace them now so that the caller's retry gets a live one.
                 await pool.check()
             raise _translate(exc, self._where) from exc
-        finally:
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._idle.set()
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[_Conn]:
@@ -430,25 +410,8 @@ class PostgresStore(Store):
     async def insert_task(
         self, tenant: str, task: pb.Task, events: Sequence[pb.TaskEvent]
     ) -> tuple[pb.Task, bool]:
-        key = task.spec.idempotency_key or None
-        args = {
-            "id": task.id, "tenant": tenant, "state": task.state, "node_id": task.node_id,
-            "key": key, "version": task.version, "labels": Jsonb(dict(task.spec.labels)),
-            "body": task.SerializeToString(), **_event_arrays(events),
-        }
-        async with self._connection() as conn:
-            if await _fetch_count(conn, _INSERT_TASK, args):
-                return task, True
-            cur = await conn.execute(
-                "SELECT body FROM tasks WHERE tenant = %s AND idempotency_key = %s",
-                (tenant, key), binary=True,
-            )
-            row = await cur.fetchone()
-        if row is None:
-            # Unreachable while tasks are never deleted: the key's holder vanished between
-            # the INSERT and this SELECT.
-            raise Conflict(f"idempotency key {key!r} changed hands concurrently: retry")
-        return pb.Task.FromString(row[0]), False
+        async with self._call():
+            return await self._writer.insert(tenant, task, events)
 
     async def save_task(
         self,
@@ -459,21 +422,9 @@ class PostgresStore(Store):
         events: Sequence[pb.TaskEvent] = (),
         attempt: pb.Attempt | None = None,
     ) -> None:
-        attempts = [] if attempt is None else [attempt]
-        args = {
-            "id": task.id, "tenant": tenant, "expected": expected_version,
-            "state": task.state, "node_id": task.node_id, "version": task.version,
-            "labels": Jsonb(dict(task.spec.labels)), "body": task.SerializeToString(),
-            "attempts": [a.attempt for a in attempts],
-            "attempt_bodies": [a.SerializeToString() for a in attempts],
-            **_event_arrays(events),
-        }
-        async with self._connection() as conn:
-            saved = await _fetch_count(conn, _SAVE_TASK, args)
-        if not saved:
-            raise Conflict(
-                f"task {task.id} changed concurrently (expected version {expected_version})"
-            )
+        async with self._call():
+            await self._writer.save(tenant, task, expected_version=expected_version,
+                                    events=events, attempt=attempt)
 
     async def get_task(
         self, tenant: str, task_id: str, *, with_attempts: bool = False
@@ -632,20 +583,9 @@ class PostgresStore(Store):
         return {str(r[0]): float(r[1]) for r in rows}
 
 
-def _event_arrays(events: Sequence[pb.TaskEvent]) -> dict[str, list[Any]]:
-    return {"seqs": [e.seq for e in events], "event_bodies": [e.SerializeToString()
-                                                              for e in events]}
-
-
-
 def _artifact(row: Sequence[Any]) -> pb.File:
     return pb.File(artifact_id=row[0], task_id=row[1], name=row[2], sha256=row[3],
                    size=row[4], media_type=row[5], created_at=row[6], expires_at=row[7])
-
-async def _fetch_count(conn: _Conn, query: str, args: Mapping[str, Any]) -> int:
-    cur = await conn.execute(query, args)
-    row = await cur.fetchone()
-    return 0 if row is None else int(row[0])
 
 
 _CONSTRAINT_HINTS = {
