@@ -121,16 +121,14 @@ class _Write:
     attempt: pb.Attempt | None = None
     done: asyncio.Future[pb.Task | None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
+    key: str | None = field(init=False)
+    # What no other write in its batch or in flight may share.
+    locks: tuple[tuple[str, ...], ...] = field(init=False)
 
-    @property
-    def key(self) -> str | None:
-        return self.task.spec.idempotency_key or None
-
-    def locks(self) -> tuple[tuple[str, ...], ...]:
-        """What no other write in its batch or in flight may share."""
-        if self.key is None:
-            return (("id", self.task.id),)
-        return ("id", self.task.id), ("key", self.tenant, self.key)
+    def __post_init__(self) -> None:
+        self.key = self.task.spec.idempotency_key or None
+        self.locks = (("id", self.task.id),) if self.key is None else (
+            ("id", self.task.id), ("key", self.tenant, self.key))
 
 
 class TaskWriter:
@@ -201,7 +199,7 @@ class TaskWriter:
         batch: list[_Write] = []
         keep: list[_Write] = []
         for write in self._pending:
-            locks = write.locks()
+            locks = write.locks
             if len(batch) >= MAX_BATCH or any(k in self._locked for k in locks):
                 keep.append(write)
                 continue
@@ -227,7 +225,7 @@ class TaskWriter:
                 _answer(write, exc)
         finally:
             for write in batch:
-                self._locked.difference_update(write.locks())
+                self._locked.difference_update(write.locks)
 
     async def _run(self, statement: Callable[[_Conn, list[_Write]], Any],
                    writes: list[_Write]) -> None:
@@ -309,7 +307,8 @@ def _event_arrays(writes: list[_Write]) -> dict[str, list[Any]]:
 
 
 def _labels(task: pb.Task) -> str:
-    return json.dumps(dict(task.spec.labels), separators=(",", ":"))
+    labels = task.spec.labels
+    return json.dumps(dict(labels)) if labels else "{}"
 
 
 def _answer(write: _Write, result: pb.Task | Exception | None) -> None:
