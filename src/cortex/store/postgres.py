@@ -2,9 +2,11 @@
 
 Every method is one transaction. Most are ONE statement on an autocommit connection, so
 the statement is the transaction and costs one round trip (an explicit BEGIN … COMMIT
-would triple that); saving a task with its events and attempt is one statement with
-data-modifying CTEs, all applied or none. Only consume_join_token, which must read before
-it decides, runs an explicit transaction.
+would triple that). Task writes (`insert_task`, `save_task`) are group-committed: the
+writes queued within one event-loop tick go out as one multi-row statement whose
+data-modifying CTEs write tasks, events and attempts together, all or nothing per task,
+and each caller is answered after that commit (`cortex.store._pg_batch`). Only
+consume_join_token, which must read before it decides, runs an explicit transaction.
 
 Every race two hubs can run is settled by Postgres, never by a read in Python followed by
 a write:
@@ -19,17 +21,20 @@ a write:
 - save_task: ``UPDATE … WHERE version = expected``; a second writer from the same version
   waits for the first, re-checks the WHERE against the committed row, matches nothing and
   gets Conflict; its events and attempt, fed by the UPDATE's RETURNING, are not written.
+  In a batch this holds row by row: only the stale rows' callers get Conflict.
 - consume_join_token: ``SELECT … FOR UPDATE``; a second consumer waits, then sees it used.
 
 A connection is not tested when it leaves the pool (that would cost a round trip per
 call); a call on a connection the server dropped fails with Unavailable, never retried
 here (a write may have committed), and the pool then replaces all its dead connections.
 
-There is no group commit as in the SQLite store: concurrent transactions commit on their
-own connections and Postgres already shares WAL flushes between them. psycopg prepares a
-statement by itself once it has run a few times on a connection.
+Why batch at all, when Postgres already shares WAL flushes between concurrent commits:
+the cost was in Python, not in the server. One statement per write spent several
+milliseconds of hub CPU per dispatched task (psycopg's per-statement work, a pool
+checkout, a wake-up per reply); one statement per tick costs that once for the batch.
+psycopg prepares a statement by itself once it has run a few times on a connection.
 
-Driver errors become Cortex errors in one place (`_translate`), the original chained:
+Driver errors become Cortex errors in one place (`cortex.store._pg_errors`), the original chained:
 integrity violations (unique, foreign key) are Conflict, values Postgres cannot hold are
 InvalidArgument, everything else (connection refused or lost, pool exhausted, serialization
 failures, a dropped schema) is Unavailable. Migrations: see `cortex.store._pg_schema`.
@@ -48,18 +53,18 @@ from psycopg import AsyncConnection, sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
 from cortex._proto.cortex.v1 import common_pb2 as pb
 from cortex.errors import (
     Conflict,
-    CortexError,
     InvalidArgument,
     NotFound,
     PermissionDenied,
     Unavailable,
 )
 from cortex.store._pg_batch import TaskWriter
+from cortex.store._pg_errors import describe, translate
 from cortex.store._pg_schema import migrate
 from cortex.store.base import (
     DEFAULT_POOL,
@@ -99,7 +104,7 @@ class PostgresStore(Store):
         except psycopg.ProgrammingError as exc:
             raise InvalidArgument(f"not a usable Postgres URL: {exc}") from exc
         self._url = url
-        self._where = _describe(params)
+        self._where = describe(params)
         self._kwargs: dict[str, Any] = {"autocommit": True}
         if "connect_timeout" not in params:
             self._kwargs["connect_timeout"] = _CONNECT_TIMEOUT_S
@@ -123,7 +128,7 @@ class PostgresStore(Store):
             async with await AsyncConnection.connect(self._url, **self._kwargs) as conn:
                 await migrate(conn)
         except psycopg.Error as exc:
-            raise _translate(exc, self._where) from exc
+            raise translate(exc, self._where) from exc
         pool: AsyncConnectionPool[_Conn] = AsyncConnectionPool(
             self._url, kwargs=self._kwargs, min_size=self._min_size,
             max_size=self._max_size, open=False, name="cortex-store",
@@ -133,7 +138,7 @@ class PostgresStore(Store):
             await pool.open(wait=True, timeout=_POOL_TIMEOUT_S)
         except psycopg.Error as exc:
             await pool.close()
-            raise _translate(exc, self._where) from exc
+            raise translate(exc, self._where) from exc
         self._pool = pool
 
     async def close(self) -> None:
@@ -182,7 +187,7 @@ class PostgresStore(Store):
                 # The server restarted or cut us off: the idle connections died with this
                 # one. Replace them now so that the caller's retry gets a live one.
                 await pool.check()
-            raise _translate(exc, self._where) from exc
+            raise translate(exc, self._where) from exc
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[_Conn]:
@@ -586,48 +591,6 @@ class PostgresStore(Store):
 def _artifact(row: Sequence[Any]) -> pb.File:
     return pb.File(artifact_id=row[0], task_id=row[1], name=row[2], sha256=row[3],
                    size=row[4], media_type=row[5], created_at=row[6], expires_at=row[7])
-
-
-_CONSTRAINT_HINTS = {
-    "task_events_pkey": "event sequence numbers already used",
-    "tasks_pkey": "a task with this id exists already",
-    "nodes_pkey": "a node with this id belongs to another tenant",
-}
-
-
-def _translate(exc: psycopg.Error, where: str) -> CortexError:
-    """psycopg's error as Cortex's; the caller chains the original (`raise … from exc`)."""
-    if isinstance(exc, psycopg.IntegrityError):
-        hint = _CONSTRAINT_HINTS.get(exc.diag.constraint_name or "", "")
-        return Conflict(f"the store refused a write that conflicts with existing data"
-                        f"{': ' + hint if hint else ''} ({_first_line(exc)})")
-    if isinstance(exc, psycopg.DataError):
-        return InvalidArgument(f"Postgres cannot store this value: {_first_line(exc)}")
-    if isinstance(exc, PoolTimeout):
-        return Unavailable(f"no connection to Postgres at {where} came free in time: the "
-                           f"server is slow or unreachable; retry later ({_first_line(exc)})")
-    if isinstance(exc, psycopg.OperationalError) and _connection_lost(exc.sqlstate):
-        return Unavailable(f"cannot reach Postgres at {where}: {_first_line(exc)}; check that "
-                           f"the server is running and the store URL is right, then retry")
-    return Unavailable(f"the Postgres store at {where} failed: {_first_line(exc)}"
-                       f"{f' (SQLSTATE {exc.sqlstate})' if exc.sqlstate else ''}")
-
-
-def _connection_lost(sqlstate: str | None) -> bool:
-    # None: libpq's own failure (refused, timed out, socket closed); 08: connection
-    # exception; 57P0x: the server is shutting down, crashed or still starting.
-    return sqlstate is None or sqlstate.startswith(("08", "57P0"))
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-
-
-def _describe(params: dict[str, Any]) -> str:
-    """host:port/dbname of a conninfo, never its password."""
-    host = params.get("host") or params.get("hostaddr") or "the local socket"
-    port = params.get("port") or "5432"
-    return f"{host}:{port}/{params.get('dbname') or params.get('user') or 'postgres'}"
 
 
 def _pool(row: TupleRow) -> PoolRecord:
