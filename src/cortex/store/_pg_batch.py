@@ -124,6 +124,7 @@ class _Write:
     key: str | None = field(init=False)
     # What no other write in its batch or in flight may share.
     locks: tuple[tuple[str, ...], ...] = field(init=False)
+    answered: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         self.key = self.task.spec.idempotency_key or None
@@ -237,8 +238,8 @@ class TaskWriter:
                 _answer(writes[0], exc)
                 return
             # The statement failed for one of its writes and rolled back entirely: find
-            # that one by running each on its own.
-            for write in writes:
+            # that one by running each on its own (not those committed before it failed).
+            for write in [w for w in writes if not w.answered]:
                 await self._run(statement, [write])
         except CortexError as exc:
             for write in writes:
@@ -258,7 +259,12 @@ async def _insert_all(conn: _Conn, writes: list[_Write]) -> None:
         "bodies": [w.task.SerializeToString() for w in writes], **_event_arrays(writes),
     })
     inserted = {row[0] for row in await cur.fetchall()}
-    losers = [w for w in writes if w.task.id not in inserted]
+    losers = []
+    for write in writes:
+        if write.task.id in inserted:
+            _answer(write, None)
+        else:
+            losers.append(write)
     winners: dict[tuple[str, str], pb.Task] = {}
     if losers:
         # A second statement: the winners committed after the first one began, so it
@@ -266,10 +272,8 @@ async def _insert_all(conn: _Conn, writes: list[_Write]) -> None:
         cur = await conn.execute(_WINNERS, ([w.tenant for w in losers],
                                             [w.key for w in losers]), binary=True)
         winners = {(r[0], r[1]): pb.Task.FromString(r[2]) for r in await cur.fetchall()}
-    for write in writes:
-        if write.task.id in inserted:
-            _answer(write, None)
-        elif (winner := winners.get((write.tenant, write.key or ""))) is not None:
+    for write in losers:
+        if (winner := winners.get((write.tenant, write.key or ""))) is not None:
             _answer(write, winner)
         else:
             _answer(write, Conflict(f"idempotency key {write.key!r} changed hands "
@@ -312,6 +316,7 @@ def _labels(task: pb.Task) -> str:
 
 
 def _answer(write: _Write, result: pb.Task | Exception | None) -> None:
+    write.answered = True
     if write.done.done():
         return  # answered already, or the caller stopped waiting
     if isinstance(result, Exception):
