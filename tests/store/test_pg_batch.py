@@ -119,6 +119,18 @@ async def test_inserts_of_one_tick_commit_as_one_transaction(
     assert [await seqs(db, i) for i in ids] == [[1]] * 100
 
 
+async def test_more_writes_than_one_batch_holds_go_in_several_and_all_land(
+    db: PostgresStore, admin: Admin
+) -> None:
+    """700 inserts at once exceed one batch (512 rows): they land in two transactions,
+    none lost or written twice."""
+    ids = [f"t-{n:03d}" for n in range(700)]
+    await inserted(db, ids)
+    assert len(await xmins(admin, "tasks", ids)) == 2
+    cur = await admin.execute("SELECT count(*), count(DISTINCT task_id) FROM task_events")
+    assert await cur.fetchone() == (700, 700)
+
+
 async def test_stale_saves_conflict_alone_and_write_nothing_while_the_batch_commits(
     db: PostgresStore, admin: Admin
 ) -> None:

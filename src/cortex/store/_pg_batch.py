@@ -164,9 +164,6 @@ class TaskWriter:
             else:
                 await asyncio.sleep(0)  # the flush scheduled for this tick starts
 
-    def statistics(self) -> dict[str, int]:
-        return {"pending": len(self._pending), "flights": len(self._flights)}
-
     # -- batching --------------------------------------------------------------------
     async def _submit(self, write: _Write) -> pb.Task | None:
         self._pending.append(write)
