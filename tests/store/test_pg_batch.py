@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 
 from cortex._proto.cortex.v1 import common_pb2 as pb
-from cortex.errors import Conflict, CortexError, Unavailable
+from cortex.errors import Conflict, CortexError, InvalidArgument, Unavailable
 from cortex.store.postgres import PostgresStore
 
 pytestmark = [pytest.mark.postgres, pytest.mark.asyncio]
@@ -218,6 +218,18 @@ async def test_a_write_postgres_refuses_fails_alone_and_the_rest_of_its_batch_co
         assert await seqs(db, task.id) == [1, 2]
     assert [r[1] for r in results[10:20]] == [True] * 10
     assert await db.get_task("nobody", "x-1") is None
+
+
+async def test_a_value_postgres_cannot_hold_fails_only_its_write(db: PostgresStore) -> None:
+    """A NUL in one insert's idempotency key (Postgres text cannot hold it) fails that
+    insert with InvalidArgument; the others of its batch are created."""
+    good = [make_task(f"t-{n}") for n in range(5)]
+    bad = make_task("t-bad", key="k\x00")
+    results = await asyncio.gather(*(outcome(db.insert_task(A, t, [event(t.id, 1)]))
+                                     for t in (*good[:2], bad, *good[2:])))
+    assert isinstance(results[2], InvalidArgument)
+    assert [r for n, r in enumerate(results) if n != 2] == [(t, True) for t in good]
+    assert await db.get_task(A, "t-bad") is None
 
 
 async def test_one_idempotency_key_twice_in_a_tick_creates_one_task(db: PostgresStore) -> None:
