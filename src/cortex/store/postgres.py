@@ -2,9 +2,11 @@
 
 Every method is one transaction. Most are ONE statement on an autocommit connection, so
 the statement is the transaction and costs one round trip (an explicit BEGIN … COMMIT
-would triple that); saving a task with its events and attempt is one statement with
-data-modifying CTEs, all applied or none. Only consume_join_token, which must read before
-it decides, runs an explicit transaction.
+would triple that). Task writes (`insert_task`, `save_task`) are group-committed: the
+writes queued within one event-loop tick go out as one multi-row statement whose
+data-modifying CTEs write tasks, events and attempts together, all or nothing per task,
+and each caller is answered after that commit (`cortex.store._pg_batch`). Only
+consume_join_token, which must read before it decides, runs an explicit transaction.
 
 Every race two hubs can run is settled by Postgres, never by a read in Python followed by
 a write:
@@ -19,17 +21,20 @@ a write:
 - save_task: ``UPDATE … WHERE version = expected``; a second writer from the same version
   waits for the first, re-checks the WHERE against the committed row, matches nothing and
   gets Conflict; its events and attempt, fed by the UPDATE's RETURNING, are not written.
+  In a batch this holds row by row: only the stale rows' callers get Conflict.
 - consume_join_token: ``SELECT … FOR UPDATE``; a second consumer waits, then sees it used.
 
 A connection is not tested when it leaves the pool (that would cost a round trip per
 call); a call on a connection the server dropped fails with Unavailable, never retried
 here (a write may have committed), and the pool then replaces all its dead connections.
 
-There is no group commit as in the SQLite store: concurrent transactions commit on their
-own connections and Postgres already shares WAL flushes between them. psycopg prepares a
-statement by itself once it has run a few times on a connection.
+Why batch at all, when Postgres already shares WAL flushes between concurrent commits:
+the cost was in Python, not in the server. One statement per write spent several
+milliseconds of hub CPU per dispatched task (psycopg's per-statement work, a pool
+checkout, a wake-up per reply); one statement per tick costs that once for the batch.
+psycopg prepares a statement by itself once it has run a few times on a connection.
 
-Driver errors become Cortex errors in one place (`_translate`), the original chained:
+Driver errors become Cortex errors in one place (`cortex.store._pg_errors`), the original chained:
 integrity violations (unique, foreign key) are Conflict, values Postgres cannot hold are
 InvalidArgument, everything else (connection refused or lost, pool exhausted, serialization
 failures, a dropped schema) is Unavailable. Migrations: see `cortex.store._pg_schema`.
@@ -40,7 +45,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import psycopg
@@ -48,17 +53,18 @@ from psycopg import AsyncConnection, sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
 from cortex._proto.cortex.v1 import common_pb2 as pb
 from cortex.errors import (
     Conflict,
-    CortexError,
     InvalidArgument,
     NotFound,
     PermissionDenied,
     Unavailable,
 )
+from cortex.store._pg_batch import TaskWriter
+from cortex.store._pg_errors import describe, translate
 from cortex.store._pg_schema import migrate
 from cortex.store.base import (
     DEFAULT_POOL,
@@ -85,44 +91,6 @@ _SELECT_ACTIVE = sql.SQL("SELECT body FROM tasks WHERE state IN ({}) ORDER BY id
     sql.SQL(", ").join(sql.Literal(int(s)) for s in _ACTIVE)
 )
 
-# In both statements the events and the attempt are fed by the task row the first CTE
-# wrote, so when that wrote nothing (key taken, version moved on) they write nothing
-# either; a duplicate event seq fails the whole statement. Only the idempotency index is
-# an ON CONFLICT arbiter: a reused task id must still fail.
-_INSERT_TASK = """
-    WITH task AS (
-        INSERT INTO tasks(id, tenant, state, node_id, idempotency_key, version, labels, body)
-        VALUES (%(id)s, %(tenant)s, %(state)s, %(node_id)s, %(key)s, %(version)s,
-                %(labels)s, %(body)s)
-        ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-        RETURNING id
-    ), events AS (
-        INSERT INTO task_events(task_id, seq, tenant, body)
-        SELECT task.id, e.seq, %(tenant)s, e.body
-        FROM task, unnest(%(seqs)s::bigint[], %(event_bodies)s::bytea[]) AS e(seq, body)
-    )
-    SELECT count(*) FROM task"""
-_SAVE_TASK = """
-    WITH task AS (
-        UPDATE tasks SET state = %(state)s, node_id = %(node_id)s, version = %(version)s,
-                         labels = %(labels)s, body = %(body)s
-        WHERE id = %(id)s AND tenant = %(tenant)s AND version = %(expected)s
-        RETURNING id
-    ), events AS (
-        INSERT INTO task_events(task_id, seq, tenant, body)
-        SELECT task.id, e.seq, %(tenant)s, e.body
-        FROM task, unnest(%(seqs)s::bigint[], %(event_bodies)s::bytea[]) AS e(seq, body)
-    ), attempt AS (
-        INSERT INTO task_attempts(task_id, attempt, tenant, body)
-        SELECT task.id, a.attempt, %(tenant)s, a.body
-        FROM task, unnest(%(attempts)s::integer[], %(attempt_bodies)s::bytea[])
-             AS a(attempt, body)
-        ON CONFLICT (task_id, attempt) DO UPDATE
-            SET tenant = EXCLUDED.tenant, body = EXCLUDED.body
-    )
-    SELECT count(*) FROM task"""
-
-
 class PostgresStore(Store):
     """A store on the database named by `url` (a libpq URL or ``key=value`` string).
 
@@ -137,7 +105,7 @@ class PostgresStore(Store):
         except psycopg.ProgrammingError as exc:
             raise InvalidArgument(f"not a usable Postgres URL: {exc}") from exc
         self._url = url
-        self._where = _describe(params)
+        self._where = describe(params)
         self._kwargs: dict[str, Any] = {"autocommit": True}
         if "connect_timeout" not in params:
             self._kwargs["connect_timeout"] = _CONNECT_TIMEOUT_S
@@ -149,6 +117,7 @@ class PostgresStore(Store):
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._writer = TaskWriter(self._pooled)
 
     # -- lifecycle -------------------------------------------------------------------
     async def open(self) -> None:
@@ -160,7 +129,7 @@ class PostgresStore(Store):
             async with await AsyncConnection.connect(self._url, **self._kwargs) as conn:
                 await migrate(conn)
         except psycopg.Error as exc:
-            raise _translate(exc, self._where) from exc
+            raise translate(exc, self._where) from exc
         pool: AsyncConnectionPool[_Conn] = AsyncConnectionPool(
             self._url, kwargs=self._kwargs, min_size=self._min_size,
             max_size=self._max_size, open=False, name="cortex-store",
@@ -170,26 +139,46 @@ class PostgresStore(Store):
             await pool.open(wait=True, timeout=_POOL_TIMEOUT_S)
         except psycopg.Error as exc:
             await pool.close()
-            raise _translate(exc, self._where) from exc
+            raise translate(exc, self._where) from exc
         self._pool = pool
 
     async def close(self) -> None:
         """Refuse new calls, let the calls already made finish, then close the pool."""
         self._closed = True
         await self._idle.wait()
+        await self._writer.wait_idle()  # batches whose callers stopped waiting
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
 
     @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[_Conn]:
-        """A pooled autocommit connection (each statement its own transaction), driver
-        errors translated."""
-        pool = self._pool
-        if pool is None or self._closed:
+    async def _call(self) -> AsyncIterator[None]:
+        """One call in flight, which close() waits for; refused once close() began."""
+        if self._pool is None or self._closed:
             raise Unavailable("the store is closed")
         self._in_flight += 1
         self._idle.clear()
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[_Conn]:
+        """A pooled autocommit connection (each statement its own transaction), driver
+        errors translated."""
+        async with self._call(), self._pooled() as conn:
+            yield conn
+
+    @contextlib.asynccontextmanager
+    async def _pooled(self) -> AsyncIterator[_Conn]:
+        """`_connection` for work admitted already (a batch of task writes): the pool
+        stays open until that work is done."""
+        pool = self._pool
+        if pool is None:
+            raise Unavailable("the store is closed")
         conn: _Conn | None = None
         try:
             async with pool.connection() as conn:
@@ -199,11 +188,7 @@ class PostgresStore(Store):
                 # The server restarted or cut us off: the idle connections died with this
                 # one. Replace them now so that the caller's retry gets a live one.
                 await pool.check()
-            raise _translate(exc, self._where) from exc
-        finally:
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._idle.set()
+            raise translate(exc, self._where) from exc
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[_Conn]:
@@ -437,25 +422,8 @@ class PostgresStore(Store):
     async def insert_task(
         self, tenant: str, task: pb.Task, events: Sequence[pb.TaskEvent]
     ) -> tuple[pb.Task, bool]:
-        key = task.spec.idempotency_key or None
-        args = {
-            "id": task.id, "tenant": tenant, "state": task.state, "node_id": task.node_id,
-            "key": key, "version": task.version, "labels": Jsonb(dict(task.spec.labels)),
-            "body": task.SerializeToString(), **_event_arrays(events),
-        }
-        async with self._connection() as conn:
-            if await _fetch_count(conn, _INSERT_TASK, args):
-                return task, True
-            cur = await conn.execute(
-                "SELECT body FROM tasks WHERE tenant = %s AND idempotency_key = %s",
-                (tenant, key), binary=True,
-            )
-            row = await cur.fetchone()
-        if row is None:
-            # Unreachable while tasks are never deleted: the key's holder vanished between
-            # the INSERT and this SELECT.
-            raise Conflict(f"idempotency key {key!r} changed hands concurrently: retry")
-        return pb.Task.FromString(row[0]), False
+        async with self._call():
+            return await self._writer.insert(tenant, task, events)
 
     async def save_task(
         self,
@@ -466,21 +434,9 @@ class PostgresStore(Store):
         events: Sequence[pb.TaskEvent] = (),
         attempt: pb.Attempt | None = None,
     ) -> None:
-        attempts = [] if attempt is None else [attempt]
-        args = {
-            "id": task.id, "tenant": tenant, "expected": expected_version,
-            "state": task.state, "node_id": task.node_id, "version": task.version,
-            "labels": Jsonb(dict(task.spec.labels)), "body": task.SerializeToString(),
-            "attempts": [a.attempt for a in attempts],
-            "attempt_bodies": [a.SerializeToString() for a in attempts],
-            **_event_arrays(events),
-        }
-        async with self._connection() as conn:
-            saved = await _fetch_count(conn, _SAVE_TASK, args)
-        if not saved:
-            raise Conflict(
-                f"task {task.id} changed concurrently (expected version {expected_version})"
-            )
+        async with self._call():
+            await self._writer.save(tenant, task, expected_version=expected_version,
+                                    events=events, attempt=attempt)
 
     async def get_task(
         self, tenant: str, task_id: str, *, with_attempts: bool = False
@@ -639,62 +595,9 @@ class PostgresStore(Store):
         return {str(r[0]): float(r[1]) for r in rows}
 
 
-def _event_arrays(events: Sequence[pb.TaskEvent]) -> dict[str, list[Any]]:
-    return {"seqs": [e.seq for e in events], "event_bodies": [e.SerializeToString()
-                                                              for e in events]}
-
-
-
 def _artifact(row: Sequence[Any]) -> pb.File:
     return pb.File(artifact_id=row[0], task_id=row[1], name=row[2], sha256=row[3],
                    size=row[4], media_type=row[5], created_at=row[6], expires_at=row[7])
-
-async def _fetch_count(conn: _Conn, query: str, args: Mapping[str, Any]) -> int:
-    cur = await conn.execute(query, args)
-    row = await cur.fetchone()
-    return 0 if row is None else int(row[0])
-
-
-_CONSTRAINT_HINTS = {
-    "task_events_pkey": "event sequence numbers already used",
-    "tasks_pkey": "a task with this id exists already",
-    "nodes_pkey": "a node with this id belongs to another tenant",
-}
-
-
-def _translate(exc: psycopg.Error, where: str) -> CortexError:
-    """psycopg's error as Cortex's; the caller chains the original (`raise … from exc`)."""
-    if isinstance(exc, psycopg.IntegrityError):
-        hint = _CONSTRAINT_HINTS.get(exc.diag.constraint_name or "", "")
-        return Conflict(f"the store refused a write that conflicts with existing data"
-                        f"{': ' + hint if hint else ''} ({_first_line(exc)})")
-    if isinstance(exc, psycopg.DataError):
-        return InvalidArgument(f"Postgres cannot store this value: {_first_line(exc)}")
-    if isinstance(exc, PoolTimeout):
-        return Unavailable(f"no connection to Postgres at {where} came free in time: the "
-                           f"server is slow or unreachable; retry later ({_first_line(exc)})")
-    if isinstance(exc, psycopg.OperationalError) and _connection_lost(exc.sqlstate):
-        return Unavailable(f"cannot reach Postgres at {where}: {_first_line(exc)}; check that "
-                           f"the server is running and the store URL is right, then retry")
-    return Unavailable(f"the Postgres store at {where} failed: {_first_line(exc)}"
-                       f"{f' (SQLSTATE {exc.sqlstate})' if exc.sqlstate else ''}")
-
-
-def _connection_lost(sqlstate: str | None) -> bool:
-    # None: libpq's own failure (refused, timed out, socket closed); 08: connection
-    # exception; 57P0x: the server is shutting down, crashed or still starting.
-    return sqlstate is None or sqlstate.startswith(("08", "57P0"))
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-
-
-def _describe(params: dict[str, Any]) -> str:
-    """host:port/dbname of a conninfo, never its password."""
-    host = params.get("host") or params.get("hostaddr") or "the local socket"
-    port = params.get("port") or "5432"
-    return f"{host}:{port}/{params.get('dbname') or params.get('user') or 'postgres'}"
 
 
 def _pool(row: TupleRow) -> PoolRecord:
