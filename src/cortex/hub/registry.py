@@ -32,6 +32,7 @@ class NodeConn:
     heard_at: float = 0.0       # monotonic time of the last message from the node
     applying: bool = False      # the hub is applying a frame (not reading the stream)
     persisted_at: float = 0.0   # monotonic time the node row was last written
+    leased: bool = False        # this hub holds the node's lease (shared store only)
 
     def send(self, msg: node_pb2.HubMessage) -> bool:
         """Queue a message; False (and the connection is closed) if the node fell behind."""

@@ -12,6 +12,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import secrets
 import time
 from pathlib import Path
 
@@ -87,6 +88,8 @@ class Hub:
         self.pki = Lifecycle(ca=self.ca, store=self.store, registry=self.registry,
                              tasks=self.tasks, config=cfg)
         await self.store.open()
+        if self.store.shared:
+            await self.tasks.claim_hub_id(secrets.token_hex(8))
         await self.store.ensure_tenant(DEFAULT_TENANT, now=time.time())
         self.artifacts = ArtifactManager(
             self.store, DirBlobStore(cfg.artifact_root), ArtifactLimits(
@@ -208,6 +211,7 @@ class Hub:
             asyncio.create_task(self._reap_loop(), name="reaper"),
             asyncio.create_task(self._artifact_gc_loop(), name="artifact-gc"),
             asyncio.create_task(self._pki_loop(), name="pki"),
+            *(asyncio.create_task(c) for c in self.tasks.cluster_loops()),
         ]
 
     @property

@@ -59,6 +59,7 @@ from cortex.errors import (
     PermissionDenied,
     Unavailable,
 )
+from cortex.store._pg_cluster import ClusterQueries
 from cortex.store._pg_schema import migrate
 from cortex.store.base import (
     DEFAULT_POOL,
@@ -122,7 +123,7 @@ _SAVE_TASK = """
     SELECT count(*) FROM task"""
 
 
-class PostgresStore(Store):
+class PostgresStore(ClusterQueries, Store):
     """A store on the database named by `url` (a libpq URL or ``key=value`` string).
 
     The schema is the first one of the connection's ``search_path``; pin it with
