@@ -74,6 +74,7 @@ class Entry:
     tail: list[pb.TaskEvent] = field(default_factory=list)
     tail_bytes: int = 0
     followers: int = 0                  # open Watch/Attach streams following it live
+    sent_attempt: int = 0               # the attempt whose Assign this hub sent its node
 
     def remember(self, events: list[pb.TaskEvent]) -> None:
         self.tail.extend(events)

@@ -171,7 +171,11 @@ class Following:
             if entry is None or entry.tenant != tenant:
                 raise Conflict(f"task {task_id} is not running; stdin cannot be delivered")
             conn = self._registry.get(entry.task.node_id)
-            if entry.task.state in (pb.ASSIGNED, pb.RUNNING) and conn is not None:
+            # Not before the node has the Assign (a woken waiter can run before the
+            # dispatcher sends it): it would drop input for a task it does not know.
+            if conn is not None and (entry.task.state == pb.RUNNING or (
+                    entry.task.state == pb.ASSIGNED
+                    and entry.sent_attempt == entry.task.attempt)):
                 size = len(msg.stdin.data) if msg.WhichOneof("kind") == "stdin" else 0
                 if entry.stdin_sent - entry.stdin_acked + size <= _STDIN_WINDOW or (
                         entry.stdin_sent == entry.stdin_acked):

@@ -151,7 +151,7 @@ class TaskManager(Capacity, Reaping, Following, Clustering):
         event = pb.TaskEvent(task_id=task.id, seq=1, attempt=1, time=now,
                              state=pb.StateChange(state=pb.QUEUED))
         stored, created = await self._store.insert_task(tenant, task, [event])
-        if created:
+        if created and stored.id not in self._active:  # (the change feed may be first)
             entry = Entry(tenant, stored)
             entry.remember([event])
             self._track(entry)
@@ -313,6 +313,7 @@ class TaskManager(Capacity, Reaping, Following, Clustering):
             entry.acked_seq = 0
             entry.stdin_sent = entry.stdin_acked = 0
             conn.send(self._assign_msg(entry))
+            entry.sent_attempt = entry.task.attempt
 
     def _assign_msg(self, entry: Entry) -> node_pb2.HubMessage:
         task = entry.task
@@ -363,11 +364,13 @@ class TaskManager(Capacity, Reaping, Following, Clustering):
                 continue
             key = (task.id, task.attempt)
             if key in held_keys:
+                entry.sent_attempt = task.attempt
                 if task.cancel_requested:
                     self._send_cancel(entry, task.reason, pb.CANCELLED)
             elif task.state == pb.ASSIGNED:
                 conn.running.add(key)
                 conn.send(self._assign_msg(entry))
+                entry.sent_attempt = task.attempt
             else:
                 async with entry.lock:
                     if entry.task.state == pb.RUNNING and entry.task.node_id == conn.node_id:
