@@ -1,0 +1,66 @@
+"""Three hubs on one Postgres, no balancer: a task submitted on hub A runs on a node
+connected to hub B, is watched from hub C and cancelled from hub A."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import pytest
+from cluster_harness import Cluster, eventually, numbered_lines, stored_attempts
+
+from cortex.sdk import TaskState
+
+pytestmark = [pytest.mark.postgres, pytest.mark.e2e, pytest.mark.slow]
+
+
+@pytest.mark.asyncio
+async def test_submit_on_a_run_via_b_watch_from_c_cancel_from_a(cluster: Cluster) -> None:
+    a, b, c = await cluster.start_hubs(3)
+    on_a, on_b, on_c = (cluster.client(h.address) for h in (a, b, c))
+    await cluster.start_node(on_b, b.address, f"127.0.0.1:{b.node_port}", "n1")
+
+    # Finishes: its whole log arrives through C, exactly once and in order.
+    done = await on_a.submit(argv=["sh", "-c", "for i in 1 2 3; do echo line-$i; done",
+                                   cluster.marker])
+    events = [ev async for ev in on_c.watch(done.id)]
+    out = b"".join(e.output.data for e in events if e.HasField("output")).decode()
+    assert out == numbered_lines(3)
+    seqs = [e.seq for e in events]
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert (await on_a.get(done.id)).state == TaskState.SUCCEEDED
+    # Waiting on a hub that never held the task.
+    finished = [t async for t in on_c.wait_many([done.id])]
+    assert [t.state for t in finished] == [TaskState.SUCCEEDED]
+
+    # Cancelled from A while B's node runs it; C's watcher sees the end.
+    long = await on_a.submit(argv=["sh", "-c", "echo started; exec sleep 60",
+                                   cluster.marker])
+    seen: list[str] = []
+
+    async def watch_from_c() -> None:
+        async for ev in on_c.watch(long.id):
+            if ev.HasField("output"):
+                seen.append(ev.output.data.decode())
+            if ev.HasField("state"):
+                seen.append(TaskState.Name(ev.state.state))
+
+    watcher = asyncio.create_task(watch_from_c())
+    try:
+        await eventually(lambda: _has(seen, "started\n"), "the task's output on C")
+        cancelled = await on_a.cancel(long.id, reason="from hub A")
+        assert cancelled.cancel_requested or cancelled.state == TaskState.CANCELLED
+        await asyncio.wait_for(watcher, 30)
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(BaseException):
+            await watcher
+    final = await on_b.get(long.id)
+    assert final.state == TaskState.CANCELLED, final.reason
+    assert "from hub A" in final.reason
+    assert seen[-1] == "CANCELLED"
+    assert len(stored_attempts(cluster)[long.id]) == 1
+
+
+async def _has(seen: list[str], item: str) -> bool:
+    return item in seen
