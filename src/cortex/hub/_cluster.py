@@ -309,6 +309,10 @@ class Clustering:
             if self._registry.get(node_id) is not None:
                 continue  # it is connected here after all: the lease is rightly ours
             log.warning("node %s: its lease expired; failing its tasks over", node_id)
+            node = await self._store.get_node(tenant, node_id)
+            if node is not None and node.state in (pb.ONLINE, pb.DRAINING):
+                node.state = pb.OFFLINE
+                await self._store.upsert_node(tenant, node)
             for task in await self._node_tasks(tenant, node_id):
                 entry = self._active.get(task.id)
                 if entry is None:
