@@ -6,7 +6,8 @@ log line exactly once and in order.
 
 CORTEX_CLUSTER_TASKS (default 300 in `make test`; the issue's 1,000 for a soak run) and
 CORTEX_CLUSTER_KILL_EVERY (default 100) size it; at most CORTEX_CLUSTER_KILLS (default 3)
-hubs are killed, one at a time (a killed hub is back before the next kill).
+hubs are killed, one at a time (a killed hub is back before the next kill), each a random
+one of the hubs a node is connected to at that moment.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from cluster_harness import (
 
 from cortex._proto.cortex.v1 import common_pb2 as pb
 from cortex.sdk import Client, TaskEvent, Unavailable
+from cortex.testing import HubProcess
 
 pytestmark = [pytest.mark.postgres, pytest.mark.e2e, pytest.mark.slow]
 
@@ -50,6 +52,13 @@ async def _submit(client: Client, i: int, runs: str, marker: str) -> str:
         except Unavailable:
             await asyncio.sleep(0.2)
     raise AssertionError(f"task {i} could not be submitted through the balancer")
+
+
+async def _serving_nodes(client: Client, hubs: list[HubProcess]) -> list[HubProcess]:
+    """The hubs a node is connected to now (killing one of those is the point)."""
+    serving = {n.hub_id for n in await client.list_nodes()
+               if n.state == pb.ONLINE}
+    return [h for i, h in enumerate(hubs) if f"hub-{i + 1}" in serving] or hubs
 
 
 async def _watch(client: Client, task_id: str) -> list[TaskEvent]:
@@ -76,7 +85,7 @@ async def test_hubs_killed_mid_run_lose_and_repeat_nothing(cluster: Cluster) -> 
             if i and i % KILL_EVERY == 0 and kills < KILLS:
                 if restart is not None:
                     await restart  # one hub down at a time
-                victim = rng.choice(hubs)
+                victim = rng.choice(await _serving_nodes(client, hubs))
                 cluster.kill_hub(victim)
                 kills += 1
                 restart = asyncio.create_task(cluster.restart_hub(victim))
@@ -100,6 +109,9 @@ async def test_hubs_killed_mid_run_lose_and_repeat_nothing(cluster: Cluster) -> 
             with contextlib.suppress(BaseException):
                 await restart
     assert kills == min(KILLS, (TASKS - 1) // KILL_EVERY)
+    # The nodes did fail over: each kill took a node's hub, which it left for another.
+    connects = sum(n.log().count("connected to hub") for n in cluster.nodes)
+    assert connects >= 2 + kills, cluster.logs()
 
     # Every task finished once, succeeded, on its first attempt; one attempt row each.
     assert len(set(ids)) == TASKS
