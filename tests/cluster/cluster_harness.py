@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -260,7 +261,7 @@ def stored_attempts(cluster: Cluster) -> dict[str, list[pb.Attempt]]:
 
 @pytest_asyncio.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    if not Path(HAPROXY).exists():
+    if shutil.which(HAPROXY) is None:
         pytest.fail(f"{HAPROXY} is missing: install the haproxy Debian package "
                     "(scripts/ensure_system_deps.sh)")
     with postgres_schema_url(POSTGRES_URL) as url:

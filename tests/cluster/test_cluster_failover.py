@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import os
 import random
+from pathlib import Path
 
 import pytest
 from cluster_harness import (
@@ -38,8 +39,8 @@ KILLS = int(os.environ.get("CORTEX_CLUSTER_KILLS", "3"))
 LINES = 5
 WATCH_EVERY = 10          # every 10th task has a live watcher through the balancer
 # Each run appends its index to a file first: the node side's proof of "ran once".
-SCRIPT = ('echo "$1" >> "$2"; i=1; while [ $i -le %d ]; do echo line-$i; sleep 0.02; '
-          'i=$((i+1)); done' % LINES)
+SCRIPT = (f'echo "$1" >> "$2"; i=1; while [ $i -le {LINES} ]; do echo line-$i; '
+          'sleep 0.02; i=$((i+1)); done')
 
 
 async def _submit(client: Client, i: int, runs: str, marker: str) -> str:
@@ -123,8 +124,7 @@ async def test_hubs_killed_mid_run_lose_and_repeat_nothing(cluster: Cluster) -> 
     attempts = stored_attempts(cluster)
     assert {tid: len(a) for tid, a in attempts.items() if len(a) != 1} == {}
     # Every task ran exactly once on a node.
-    with open(runs) as f:
-        ran = sorted(int(line) for line in f.read().split())
+    ran = sorted(int(line) for line in Path(runs).read_text().split())  # noqa: ASYNC240
     assert ran == list(range(TASKS))
     # Every log, as stored: each line exactly once, in order, seqs dense.
     expected = numbered_lines(LINES)

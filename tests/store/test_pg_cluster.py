@@ -71,9 +71,11 @@ async def test_two_hubs_racing_to_claim_one_task_exactly_one_wins(
         results = await asyncio.gather(*claims, return_exceptions=True)
         won = [r for r in results if r is None]
         lost = [r for r in results if isinstance(r, Conflict)]
-        assert len(won) == 1 and len(lost) == 1, results
+        assert len(won) == 1, results
+        assert len(lost) == 1, results
         stored = await two.get_task(A, task.id, with_attempts=True)
-        assert stored is not None and stored.state == pb.ASSIGNED and stored.version == 2
+        assert stored is not None
+        assert (stored.state, stored.version) == (pb.ASSIGNED, 2)
         events = await one.read_events(A, task.id, after_seq=0, limit=10)
         assert [e.seq for e in events] == [1, 2]
         assert [a.node_id for a in stored.attempts] == [stored.node_id]

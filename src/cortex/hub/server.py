@@ -9,6 +9,7 @@ Shutdown is two-phase: `close()` stops intake, `wait_closed()` drains within the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -29,7 +30,7 @@ from cortex._proto.cortex.v1 import (
     pki_pb2_grpc,
     tasks_pb2_grpc,
 )
-from cortex.errors import Unavailable
+from cortex.errors import CortexError, Unavailable
 from cortex.hub._artifact_service import ArtifactServicer, client_tenant, node_tenant
 from cortex.hub._grpc_errors import StrictDecoding
 from cortex.hub.access import HUB_ADMIN
@@ -305,6 +306,9 @@ class Hub:
         for loop in self._loops:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
+        if self.store.shared and self.tasks.instance:
+            with contextlib.suppress(CortexError):  # else its lease just runs out
+                await self.store.release_hub(self.config.hub_id, self.tasks.instance)
         await self.store.close()
 
     async def wait_closed(self) -> None:

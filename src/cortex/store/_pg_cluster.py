@@ -141,6 +141,11 @@ class ClusterQueries:
                                                   "ttl": ttl_s})
             return await cur.fetchone() is not None
 
+    async def release_hub(self, hub_id: str, instance: str) -> None:
+        async with self._connection() as conn:
+            await conn.execute("DELETE FROM hubs WHERE id = %s AND instance = %s",
+                               (hub_id, instance))
+
     async def renew_hub(self, hub_id: str, instance: str, *, ttl_s: float,
                         nodes: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
         async with self._connection() as conn:

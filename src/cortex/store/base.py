@@ -117,6 +117,10 @@ class Store(abc.ABC):
         """Take `hub_id` for this process (`instance`) unless another live one holds it."""
         raise NotImplementedError("a single-hub store has no hub registry")
 
+    async def release_hub(self, hub_id: str, instance: str) -> None:
+        """Give `hub_id` up (a clean stop): the next process may take it at once."""
+        raise NotImplementedError("a single-hub store has no hub registry")
+
     async def renew_hub(self, hub_id: str, instance: str, *, ttl_s: float,
                         nodes: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
         """Renew the hub's lease and those of its connected `nodes` (tenant, node id), in
