@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,7 @@ _EVENT_PAGE = 2000
 _MAX_WAIT = 10_000
 _STDIN_WINDOW = 1024 * 1024   # unacknowledged stdin bytes in flight per task
 _POLL_S = 2.0                 # with several hubs: re-read the store at least this often
+_POLL_IDS = 200               # ... for at most this many waited-for tasks per round
 
 
 class Following:
@@ -88,7 +90,10 @@ class Following:
         """The pending tasks this hub does not hold that are finished (read from the store;
         on one hub every unfinished task is held)."""
         out = []
-        for task_id in list(pending):
+        ids = list(pending)
+        if self.clustered and len(ids) > _POLL_IDS:  # a safety net: a sample per round
+            ids = random.sample(ids, _POLL_IDS)
+        for task_id in ids:
             if task_id not in self._active:
                 task = await self.get(tenant, task_id)
                 if states.is_terminal(State(task.state)) or not self.clustered:
