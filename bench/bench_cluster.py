@@ -67,6 +67,7 @@ async def measure(root: Path, *, hubs: int, store: str, n_rt: int, n_tp: int
 async def _sqlite_hub(cluster: Cluster) -> list[Any]:
     from cortex.testing import HubProcess
 
+    (cluster.root / "hub1").mkdir(parents=True, exist_ok=True)
     hub = HubProcess(cluster.root / "hub1", http_port=-1)
     cluster.hubs.append(hub)
     await asyncio.to_thread(hub.start, 60.0)

@@ -120,7 +120,7 @@ class Cluster:
     # -- hubs ---------------------------------------------------------------------------
     async def start_hubs(self, count: int) -> list[HubProcess]:
         shared = self.root / "artifacts"
-        shared.mkdir(exist_ok=True)
+        shared.mkdir(parents=True, exist_ok=True)
         for i in range(count):
             data = self.root / f"hub{i + 1}"
             if i:
