@@ -163,7 +163,7 @@ class TaskManager(Capacity, Reaping, Following, Clustering):
             raise NotFound(f"no task {task_id!r} (check the id with `cortex tasks ls`)")
         entry = self._active.get(task_id)
         if task.state == pb.QUEUED and not task.reason and entry is not None:
-            task.reason = self._why_queued(entry)  # transient reasons are not stored
+            task.reason = entry.why or self._why_queued(entry)  # transient: not stored
         return task
 
     def _why_queued(self, entry: Entry) -> str:
@@ -299,6 +299,7 @@ class TaskManager(Capacity, Reaping, Following, Clustering):
                 if await self._pin_session(entry, conn.node_id) != conn.node_id:
                     raise Conflict("the session was pinned to another node meanwhile")
                 await self._move(entry, Event.ASSIGN, node_id=conn.node_id, reason="")
+                entry.why = ""
             except CortexError as exc:  # stays queued; a later pass tries again
                 conn.running.discard((entry.task.id, entry.task.attempt))
                 if self.clustered and isinstance(exc, Conflict):
@@ -325,6 +326,11 @@ class TaskManager(Capacity, Reaping, Following, Clustering):
 
     async def _set_reason(self, entry: Entry, reason: str) -> None:
         async with entry.lock:
+            # Several hubs each see only their nodes: their reasons would overwrite each
+            # other's back and forth, so each keeps its own in memory (what `get` says).
+            if self.clustered:
+                entry.why = reason
+                return
             if entry.task.state != pb.QUEUED:
                 return
             new = copy_task(entry.task)
@@ -592,9 +598,3 @@ class TaskManager(Capacity, Reaping, Following, Clustering):
                 task_id=entry.task.id, attempt=entry.task.attempt, reason=reason,
                 state=state)))  # type: ignore[arg-type]
 
-    def active_tasks(self) -> list[pb.Task]:
-        """The unfinished tasks this hub holds (latest committed copies)."""
-        return [entry.task for entry in self._active.values()]
-
-    def statistics(self) -> dict[str, int]:
-        return {"active": len(self._active), "queued": len(self._queued)}
