@@ -1,5 +1,6 @@
-"""Three hubs on one Postgres, no balancer: a task submitted on hub A runs on a node
-connected to hub B, is watched from hub C and cancelled from hub A."""
+"""Hubs on one Postgres, no balancer: a task submitted on hub A runs on a node connected
+to hub B, is watched from hub C and cancelled from hub A; a node whose hub died for good
+has its tasks failed over by another hub; hub ids are unique among live hubs."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import contextlib
 import pytest
 from cluster_harness import Cluster, eventually, numbered_lines, stored_attempts
 
-from cortex.sdk import TaskState
+from cortex.sdk import NodeState, TaskState
+from cortex.testing import HubProcess
 
 pytestmark = [pytest.mark.postgres, pytest.mark.e2e, pytest.mark.slow]
 
@@ -64,3 +66,48 @@ async def test_submit_on_a_run_via_b_watch_from_c_cancel_from_a(cluster: Cluster
 
 async def _has(seen: list[str], item: str) -> bool:
     return item in seen
+
+
+@pytest.mark.asyncio
+async def test_a_node_whose_hub_died_for_good_has_its_tasks_lost_and_retried(
+        cluster: Cluster) -> None:
+    """Hub B is killed and its node cannot reach another hub: once the node's lease
+    expires, hub A takes it over, marks the node offline and fails its task over (`lost`,
+    then retried per its policy), exactly as one hub does after lost_after."""
+    a, b = await cluster.start_hubs(2)
+    on_a = cluster.client(a.address)
+    await cluster.start_node(cluster.client(b.address), b.address,
+                             f"127.0.0.1:{b.node_port}", "n1")
+    task = await on_a.submit(argv=["sh", "-c", "echo started; exec sleep 120",
+                                   cluster.marker], max_attempts=2)
+
+    async def running() -> bool:
+        return (await on_a.get(task.id)).state == TaskState.RUNNING
+
+    await eventually(running, "the task running on B's node")
+    cluster.kill_hub(b)
+
+    async def retried() -> bool:
+        return (await on_a.get(task.id)).attempt == 2
+
+    await eventually(retried, "the task lost and queued again by hub A")
+    again = await on_a.get(task.id)
+    assert again.state == TaskState.QUEUED
+    first = again.attempts[0]
+    assert first.state == TaskState.LOST
+    assert "its hub is gone" in first.reason
+    (node,) = await on_a.list_nodes(labels={"cluster-node": "n1"})
+    assert node.state != NodeState.ONLINE
+
+
+@pytest.mark.asyncio
+async def test_a_second_live_hub_with_the_same_id_is_refused(cluster: Cluster) -> None:
+    (a,) = await cluster.start_hubs(1)
+    twin = HubProcess(cluster.root / "twin", http_port=-1, extra=(
+        "--store", cluster.store_url, "--hub-id", "hub-1", "--lost-after", "3",
+        "--heartbeat-interval", "1"))
+    cluster.hubs.append(twin)
+    with pytest.raises(RuntimeError, match="held by another live hub"):
+        await asyncio.to_thread(twin.start, 60.0)
+    assert a.proc is not None
+    assert a.proc.poll() is None
