@@ -47,7 +47,7 @@ async def measure(root: Path, *, hubs: int, store: str, n_rt: int, n_tp: int
             address, dial = lb.address, lb.node_address
         else:
             address, dial = started[0].address, f"127.0.0.1:{started[0].node_port}"
-        client = cluster.client(address)
+        client = cluster.client(address, call_timeout=120.0)
         for i in range(hubs):
             await cluster.start_node(client, address, dial, f"n{i + 1}", slots=64)
         await round_trips(client, 20)   # warm up channels and caches
@@ -87,7 +87,7 @@ def _ratios(fig: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
 
 
 async def main(quick: bool, postgres: str) -> None:
-    n_rt, n_tp = (100, 1000) if quick else (300, 3000)
+    n_rt, n_tp = (100, 1000) if quick else (300, 2000)
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         lite = await measure(tmp / "sqlite", hubs=1, store="", n_rt=n_rt, n_tp=n_tp)

@@ -152,10 +152,10 @@ class Cluster:
     def ca_pem(self) -> bytes:
         return (self.root / "hub1" / "ca" / "bundle.pem").read_bytes()
 
-    def client(self, address: str) -> Client:
+    def client(self, address: str, *, call_timeout: float = 15.0) -> Client:
         token = (self.root / "hub1" / "admin.token").read_text().strip()
         client = Client(ClientConfig(address=address, token=token, ca_pem=self.ca_pem,
-                                     call_timeout=15.0, reconnect_timeout=WAIT_S))
+                                     call_timeout=call_timeout, reconnect_timeout=WAIT_S))
         self.clients.append(client)
         return client
 
