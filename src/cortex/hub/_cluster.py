@@ -313,27 +313,37 @@ class Clustering:
             if node is not None and node.state in (pb.ONLINE, pb.DRAINING):
                 node.state = pb.OFFLINE
                 await self._store.upsert_node(tenant, node)
-            for task in await self._node_tasks(tenant, node_id):
-                entry = self._active.get(task.id)
-                if entry is None:
-                    entry = Entry(task.tenant, task)
-                    self._track(entry)
-                reason = (f"the node went silent past {self._config.lost_after_s:g} s "
-                          f"(its hub is gone and it did not come back)")
-
-                async def lose(e: Entry, why: str = reason, node: str = node_id) -> None:
-                    if e.task.node_id == node and e.task.state in _HELD:
-                        await self._lose(e, why)
-
-                try:
-                    await self.cas_retry(entry, lose)
-                    lost += 1
-                except CortexError as exc:
-                    log.warning("could not fail over task %s: %s", task.id, exc)
-                if entry.task.state in _HELD:
-                    self._forget(entry, finished=False)
+            lost += await self.fail_over_node(tenant, node_id, (
+                f"the node went silent past {self._config.lost_after_s:g} s "
+                f"(its hub is gone and it did not come back)"))
             await self._store.drop_node_lease(tenant, node_id, self._config.hub_id,
                                               expires_at)
+        if lost:
+            self.wake()
+        return lost
+
+    async def fail_over_node(self, tenant: str, node_id: str, reason: str) -> int:
+        """Make every assigned/running task of the node `lost` (retried per policy),
+        whichever hub holds it: read from the store, written with CAS. How many."""
+        lost = 0
+        for task in await self._node_tasks(tenant, node_id):
+            entry = self._active.get(task.id)
+            if entry is None:
+                entry = Entry(task.tenant, task)
+                self._track(entry)
+
+            async def lose(e: Entry) -> None:
+                nonlocal lost
+                if e.task.node_id == node_id and e.task.state in _HELD:
+                    await self._lose(e, reason)
+                    lost += 1
+
+            try:
+                await self.cas_retry(entry, lose)
+            except CortexError as exc:
+                log.warning("could not fail over task %s: %s", task.id, exc)
+            if entry.task.state in _HELD and not self._local(tenant, entry.task.node_id):
+                self._forget(entry, finished=False)
         if lost:
             self.wake()
         return lost

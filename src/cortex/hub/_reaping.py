@@ -42,6 +42,7 @@ class Reaping:
         def _why_queued(self, entry: Entry) -> str: ...
         def wake(self) -> None: ...
         async def node_left(self, conn: NodeConn) -> None: ...
+        async def fail_over_node(self, tenant: str, node_id: str, reason: str) -> int: ...
         async def _refresh_locked(self, entry: Entry, task: pb.Task | None = None
                                   ) -> None: ...
 
@@ -132,6 +133,8 @@ class Reaping:
     async def lose_node_tasks(self, tenant: str, node_id: str, reason: str) -> int:
         """Fail over every assigned or running task of a node at once (it was revoked):
         each becomes `lost` and is retried per its policy. How many were lost."""
+        if self._store.shared:  # held by whichever hub it was connected to
+            return await self.fail_over_node(tenant, node_id, reason)
         lost = 0
         for entry in list(self._active.values()):
             task = entry.task
