@@ -176,3 +176,21 @@ async def test_a_sqlite_store_is_a_single_hub_store(tmp_path: object) -> None:
     store = SqliteStore(f"{tmp_path}/cortex.db")
     assert not store.shared
     assert store.change_feed() is None
+
+
+@pytest.mark.asyncio
+async def test_a_nodes_tasks_of_every_tenant_fail_over_with_it(
+        hubs: tuple[Store, Store]) -> None:
+    """A shared pool's node runs other tenants' tasks: all of them are found by node."""
+    one, _ = hubs
+    await one.ensure_tenant("tenant-b", now=NOW)
+    for task_id, tenant in (("t-a", A), ("t-b", "tenant-b"), ("t-q", A)):
+        task = make_task(task_id)
+        task.tenant = tenant
+        await one.insert_task(tenant, task, [])
+        if task_id != "t-q":
+            new, _, _ = assigned(task, "node-x")
+            await one.claim_task(tenant, new, expected_version=1)
+    found = await one.node_tasks_all_tenants("node-x")
+    assert [(t.id, t.tenant) for t in found] == [("t-a", A), ("t-b", "tenant-b")]
+    assert await one.node_tasks_all_tenants("node-y") == []

@@ -34,13 +34,12 @@ from cortex.hub._entry import Entry, copy_task
 from cortex.hub._fair import Ledger, demand_of, holds
 from cortex.hub.config import HubConfig
 from cortex.hub.registry import NodeConn, Registry
-from cortex.store.base import Store, TaskChange, TaskQuery
+from cortex.store.base import Store, TaskChange
 
 __all__ = ["Clustering"]
 
 log = logging.getLogger("cortex.hub.cluster")
 _HELD = (pb.ASSIGNED, pb.RUNNING)
-_NODE_TASKS = 1000          # a node's assigned/running tasks read at once (its slots)
 _SWEEP_S = 30.0             # the resync safety net's period
 _CAS_TRIES = 20             # writes retried after re-reading a task another hub moved
 
@@ -282,8 +281,10 @@ class Clustering:
             await self._absorb(task)
 
     async def _node_tasks(self, tenant: str, node_id: str) -> list[pb.Task]:
-        return await self._store.list_tasks(tenant, TaskQuery(
-            states=_HELD, node_id=node_id, limit=_NODE_TASKS))
+        """The node's assigned/running tasks, its tenant's and those of tenants its pool
+        is shared with (node ids are unique across tenants)."""
+        del tenant
+        return await self._store.node_tasks_all_tenants(node_id)
 
     async def node_left(self, conn: NodeConn) -> None:
         """The node's stream here ended: its lease runs out in `lost_after` unless it

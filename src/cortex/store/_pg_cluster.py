@@ -182,6 +182,13 @@ class ClusterQueries:
                 "DELETE FROM node_leases WHERE tenant = %s AND node_id = %s AND hub = %s"
                 " AND expires_at = %s", (tenant, node_id, hub, expires_at))
 
+    async def node_tasks_all_tenants(self, node_id: str) -> list[pb.Task]:
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                "SELECT body FROM tasks WHERE node_id = %s AND state IN (2, 3) ORDER BY id",
+                (node_id,), binary=True)
+            return [pb.Task.FromString(r[0]) for r in await cur.fetchall()]
+
     async def lease_holder(self, tenant: str, node_id: str) -> str | None:
         async with self._connection() as conn:
             cur = await conn.execute(

@@ -180,7 +180,7 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX node_leases_hub ON node_leases(hub);
     CREATE INDEX node_leases_expiry ON node_leases(expires_at);
-    CREATE INDEX tasks_node_active ON tasks(tenant, node_id) WHERE state IN (2, 3);
+    CREATE INDEX tasks_node_active ON tasks(node_id) WHERE state IN (2, 3);
     CREATE FUNCTION cortex_tasks_notify() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
         PERFORM pg_notify('cortex_tasks_' || left(md5(TG_TABLE_SCHEMA), 16),

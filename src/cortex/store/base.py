@@ -148,6 +148,11 @@ class Store(abc.ABC):
         (hub, expires_at), so a node that came back meanwhile keeps its lease)."""
         raise NotImplementedError("a single-hub store has no node leases")
 
+    async def node_tasks_all_tenants(self, node_id: str) -> list[pb.Task]:
+        """The assigned/running tasks on a node, of every tenant (a shared pool's node
+        runs other tenants' tasks): what fails over with it."""
+        raise NotImplementedError("a single-hub store holds node tasks in hub memory")
+
     async def lease_holder(self, tenant: str, node_id: str) -> str | None:
         """The hub holding the node's lease now (live or not), or None."""
         raise NotImplementedError("a single-hub store has no node leases")
