@@ -111,3 +111,27 @@ async def test_a_second_live_hub_with_the_same_id_is_refused(cluster: Cluster) -
         await asyncio.to_thread(twin.start, 60.0)
     assert a.proc is not None
     assert a.proc.poll() is None
+
+
+@pytest.mark.asyncio
+async def test_input_through_a_hub_that_does_not_hold_the_task_reaches_it(
+        cluster: Cluster) -> None:
+    """Attach on hub C to a task that B's node runs: C relays the input (through the
+    store's feed) to B, in order, big input in parts."""
+    _, b, c = await cluster.start_hubs(3)
+    on_b, on_c = cluster.client(b.address), cluster.client(c.address)
+    await cluster.start_node(on_b, b.address, f"127.0.0.1:{b.node_port}", "n1")
+    task = await on_c.submit(argv=["sh", "-c", "read x; echo got-$x; wc -c",
+                                   cluster.marker], interactive=True, timeout=60)
+    out = b""
+    async with on_c.attach(task.id) as att:
+        await att.send_stdin(b"hello\n")
+        await att.send_stdin(b"y" * 10_000)
+        await att.close_stdin()
+        events = att.events()
+        async with contextlib.aclosing(events):
+            async for ev in events:
+                if ev.HasField("output"):
+                    out += ev.output.data
+    assert out.split() == [b"got-hello", b"10000"], out
+    assert (await on_b.get(task.id)).state == TaskState.SUCCEEDED

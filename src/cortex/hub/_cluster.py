@@ -25,7 +25,10 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
+from google.protobuf.message import DecodeError
+
 from cortex._proto.cortex.v1 import common_pb2 as pb
+from cortex._proto.cortex.v1 import node_pb2
 from cortex.core import states
 from cortex.core.quota import Quota
 from cortex.core.states import Event, State
@@ -40,6 +43,9 @@ __all__ = ["Clustering"]
 
 log = logging.getLogger("cortex.hub.cluster")
 _HELD = (pb.ASSIGNED, pb.RUNNING)
+_RELAY_POLL_S = 2.0         # relayed input: re-read a queued task at least this often
+_RELAY_WAIT_S = 60.0        # ... and the holder waits at most this for the node to have it
+_INPUT_CHUNK = 4096         # stdin bytes per relayed message (NOTIFY payloads < 8000 B)
 _SWEEP_S = 30.0             # the resync safety net's period
 _CAS_TRIES = 20             # writes retried after re-reading a task another hub moved
 
@@ -62,6 +68,8 @@ class Clustering:
         def share_pool(self, owner: str, pool: str, tenants: list[str] | tuple[str, ...]
                        ) -> None: ...
         def wake(self) -> None: ...
+        async def stdin(self, tenant: str, task_id: str, msg: node_pb2.HubMessage, *,
+                        relayed: bool = False) -> None: ...
         async def _move(self, entry: Entry, event: Event, *, reason: str = "",
                         node_id: str = "") -> None: ...
         async def _save(self, entry: Entry, new: pb.Task, events: list[pb.TaskEvent], *,
@@ -76,6 +84,7 @@ class Clustering:
         self._feed_events: dict[str, asyncio.Event] = {}
         self._feed_jobs: set[asyncio.Task[None]] = set()
         self.instance = ""          # this process, in the hubs table
+        self._input_locks: dict[str, asyncio.Lock] = {}   # relayed input, per task
 
     # -- watchers of tasks held anywhere ---------------------------------------------
     def feed_event(self, task_id: str) -> asyncio.Event:
@@ -195,6 +204,7 @@ class Clustering:
                 self.ledger.release(entry.tenant, demand_of(entry.task.spec))
         self._queued.pop(task_id, None)
         self._orphans.pop(task_id, None)
+        self._input_locks.pop(task_id, None)
         if finished:
             for queue in self._done_waiters.pop(task_id, ()):
                 queue.put_nowait(entry.task)
@@ -267,6 +277,49 @@ class Clustering:
 
         await self.cas_retry(entry, write)
         return entry.task
+
+    # -- input for a task another hub holds ------------------------------------------
+    async def relay_stdin(self, tenant: str, task_id: str, msg: node_pb2.HubMessage
+                          ) -> None:
+        """Input for a task this hub does not hold: once it runs (somewhere), relay it
+        through the store to every hub; only the holder delivers it, in order (relayed
+        input has no flow control beyond the client's own pacing)."""
+        while True:
+            fed = self.feed_event(task_id)
+            if self._active.get(task_id) is not None:  # queued (here too) or now ours
+                await self.stdin(tenant, task_id, msg)
+                return
+            task = await self.get(tenant, task_id)
+            if states.is_terminal(State(task.state)):
+                raise Conflict(f"task {task_id} is not running; stdin cannot be delivered")
+            if task.state in _HELD:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(fed.wait(), _RELAY_POLL_S)
+        for part in _input_parts(msg):
+            await self._store.publish_input(tenant, task_id, part.SerializeToString())
+
+    def on_input(self, tenant: str, task_id: str, message: bytes) -> None:
+        """Relayed input (every hub hears it): delivered if this hub holds the task."""
+        if task_id not in self._active:
+            return
+        try:
+            msg = node_pb2.HubMessage.FromString(message)
+        except DecodeError:
+            return
+        lock = self._input_locks.setdefault(task_id, asyncio.Lock())  # keeps the order
+        job = asyncio.ensure_future(self._deliver_input(lock, tenant, task_id, msg))
+        self._feed_jobs.add(job)
+        job.add_done_callback(self._feed_jobs.discard)
+
+    async def _deliver_input(self, lock: asyncio.Lock, tenant: str, task_id: str,
+                             msg: node_pb2.HubMessage) -> None:
+        async with lock:
+            try:
+                await asyncio.wait_for(self.stdin(tenant, task_id, msg, relayed=True),
+                                       _RELAY_WAIT_S)
+            except (CortexError, TimeoutError) as exc:
+                log.warning("relayed input for task %s dropped: %s", task_id, exc)
 
     # -- node leases --------------------------------------------------------------------
     async def adopt_node(self, conn: NodeConn) -> None:
@@ -386,7 +439,7 @@ class Clustering:
         feed = self._store.change_feed()
         if not self.clustered or feed is None:
             return []
-        return [feed.run(self.on_change, self.resync), self._lease_loop(),
+        return [feed.run(self.on_change, self.resync, self.on_input), self._lease_loop(),
                 self._sweep_loop()]
 
     async def _lease_loop(self) -> None:
@@ -405,6 +458,16 @@ class Clustering:
                 await self.resync()
             except Exception:  # the safety net must not stop; the next sweep retries
                 log.exception("resync sweep failed")
+
+
+def _input_parts(msg: node_pb2.HubMessage) -> list[node_pb2.HubMessage]:
+    """`msg` split so that each part's stdin fits one relayed message (eof on the last)."""
+    if msg.WhichOneof("kind") != "stdin" or len(msg.stdin.data) <= _INPUT_CHUNK:
+        return [msg]
+    data, eof = msg.stdin.data, msg.stdin.eof
+    chunks = [data[i:i + _INPUT_CHUNK] for i in range(0, len(data), _INPUT_CHUNK)]
+    return [node_pb2.HubMessage(stdin=node_pb2.Stdin(
+        data=c, eof=eof and i == len(chunks) - 1)) for i, c in enumerate(chunks)]
 
 
 def _renew_every(ttl: float) -> float:

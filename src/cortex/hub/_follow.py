@@ -46,6 +46,8 @@ class Following:
         async def get(self, tenant: str, task_id: str, *,
                       with_attempts: bool = False) -> pb.Task: ...
         def feed_event(self, task_id: str) -> asyncio.Event: ...
+        async def relay_stdin(self, tenant: str, task_id: str,
+                              msg: node_pb2.HubMessage) -> None: ...
 
     async def wait_tasks(self, tenant: str, task_ids: list[str]
                          ) -> AsyncIterator[list[pb.Task]]:
@@ -168,12 +170,20 @@ class Following:
                 if changed is not None:  # always, with an entry: captured before the read
                     await changed.wait()
 
-    async def stdin(self, tenant: str, task_id: str, msg: node_pb2.HubMessage) -> None:
+    async def stdin(self, tenant: str, task_id: str, msg: node_pb2.HubMessage, *,
+                    relayed: bool = False) -> None:
         """Forward stdin/resize to the node running the task, once it has one, keeping at
-        most a window of unacknowledged stdin in flight (backpressure to the client)."""
+        most a window of unacknowledged stdin in flight (backpressure to the client).
+        With several hubs, input for a task another hub holds is relayed to it; a relayed
+        input (`relayed`) for a task this hub does not hold is not this hub's to deliver."""
         while True:
             entry = self._active.get(task_id)
             if entry is None or entry.tenant != tenant:
+                if relayed:
+                    return
+                if self.clustered:
+                    await self.relay_stdin(tenant, task_id, msg)
+                    return
                 raise Conflict(f"task {task_id} is not running; stdin cannot be delivered")
             conn = self._registry.get(entry.task.node_id)
             # Not before the node has the Assign (a woken waiter can run before the

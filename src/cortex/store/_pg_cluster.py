@@ -21,6 +21,7 @@ disagree still agree on who holds what.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import random
@@ -40,7 +41,9 @@ __all__ = ["ClusterQueries", "PgChangeFeed"]
 
 log = logging.getLogger("cortex.store.feed")
 _Conn = AsyncConnection[TupleRow]
-_CHANNEL = "SELECT 'cortex_tasks_' || left(md5(current_schema()), 16)"
+_CHANNELS = ("SELECT 'cortex_tasks_' || left(md5(current_schema()), 16),"
+             " 'cortex_input_' || left(md5(current_schema()), 16)")
+_PUBLISH_INPUT = "SELECT pg_notify('cortex_input_' || left(md5(current_schema()), 16), %s)"
 _BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0)
 
 _CLAIM_TASK = """
@@ -189,6 +192,11 @@ class ClusterQueries:
                 (node_id,), binary=True)
             return [pb.Task.FromString(r[0]) for r in await cur.fetchall()]
 
+    async def publish_input(self, tenant: str, task_id: str, message: bytes) -> None:
+        payload = f"{tenant} {task_id} {base64.b64encode(message).decode()}"
+        async with self._connection() as conn:
+            await conn.execute(_PUBLISH_INPUT, (payload,))
+
     async def lease_holder(self, tenant: str, node_id: str) -> str | None:
         async with self._connection() as conn:
             cur = await conn.execute(
@@ -209,13 +217,17 @@ class PgChangeFeed(ChangeFeed):
                         "keepalives_count": 3}
 
     async def run(self, on_change: Callable[[TaskChange], None],
-                  on_connect: Callable[[], Awaitable[None]]) -> None:
+                  on_connect: Callable[[], Awaitable[None]],
+                  on_input: Callable[[str, str, bytes], None] | None = None) -> None:
         failures = 0
         while True:
             try:
                 async for change in self._listen(on_connect):
                     failures = 0
-                    on_change(change)
+                    if isinstance(change, TaskChange):
+                        on_change(change)
+                    elif on_input is not None:
+                        on_input(*change)
             except (psycopg.Error, OSError, CortexError) as exc:
                 delay = _BACKOFF_S[min(failures, len(_BACKOFF_S) - 1)]
                 failures += 1
@@ -225,18 +237,22 @@ class PgChangeFeed(ChangeFeed):
                 await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter
 
     async def _listen(self, on_connect: Callable[[], Awaitable[None]]
-                      ) -> AsyncIterator[TaskChange]:
+                      ) -> AsyncIterator[TaskChange | tuple[str, str, bytes]]:
         async with await AsyncConnection.connect(self._url, **self._kwargs) as conn:
-            cur = await conn.execute(_CHANNEL)
+            cur = await conn.execute(_CHANNELS)
             row = await cur.fetchone()
-            channel = str(row[0]) if row else "cortex_tasks"
-            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
-            log.info("change feed listening on %s", channel)
+            tasks, inputs = (str(row[0]), str(row[1])) if row else ("", "")
+            for channel in (tasks, inputs):
+                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+            log.info("change feed listening on %s", tasks)
             await on_connect()
             async for note in conn.notifies():
-                change = parse_change(note.payload)
-                if change is not None:
-                    yield change
+                if note.channel == tasks:
+                    change = parse_change(note.payload)
+                    if change is not None:
+                        yield change
+                elif (relayed := parse_input(note.payload)) is not None:
+                    yield relayed
 
 
 def parse_change(payload: str) -> TaskChange | None:
@@ -246,5 +262,16 @@ def parse_change(payload: str) -> TaskChange | None:
         return None
     try:
         return TaskChange(parts[0], parts[1], int(parts[2]), int(parts[3]), parts[4])
+    except ValueError:
+        return None
+
+
+def parse_input(payload: str) -> tuple[str, str, bytes] | None:
+    """A relayed input's ``tenant task_id base64(message)`` (None if malformed)."""
+    parts = payload.split(" ", 2)
+    if len(parts) != 3:
+        return None
+    try:
+        return parts[0], parts[1], base64.b64decode(parts[2], validate=True)
     except ValueError:
         return None

@@ -89,9 +89,11 @@ class ChangeFeed(abc.ABC):
 
     @abc.abstractmethod
     async def run(self, on_change: Callable[[TaskChange], None],
-                  on_connect: Callable[[], Awaitable[None]]) -> None:
+                  on_connect: Callable[[], Awaitable[None]],
+                  on_input: Callable[[str, str, bytes], None] | None = None) -> None:
         """Listen until cancelled: `on_connect` after every (re)connect, once listening,
-        then `on_change` per announcement; reconnects with backoff on its own."""
+        then `on_change` per announcement and `on_input(tenant, task id, message)` per
+        relayed input (`Store.publish_input`); reconnects with backoff on its own."""
 
 
 class Store(abc.ABC):
@@ -152,6 +154,11 @@ class Store(abc.ABC):
         """The assigned/running tasks on a node, of every tenant (a shared pool's node
         runs other tenants' tasks): what fails over with it."""
         raise NotImplementedError("a single-hub store holds node tasks in hub memory")
+
+    async def publish_input(self, tenant: str, task_id: str, message: bytes) -> None:
+        """Relay a task's input (a serialized HubMessage, at most 4 KiB of stdin) to the
+        hub holding it, through the change feed's connection of every hub."""
+        raise NotImplementedError("a single-hub store has no other hub to relay to")
 
     async def lease_holder(self, tenant: str, node_id: str) -> str | None:
         """The hub holding the node's lease now (live or not), or None."""
