@@ -330,13 +330,12 @@ class Clustering:
         await self._store.take_node_lease(conn.tenant, conn.node_id, self._config.hub_id,
                                           ttl_s=self._config.lost_after_s)
         conn.leased = True
-        for task in await self._node_tasks(conn.tenant, conn.node_id):
+        for task in await self._node_tasks(conn.node_id):
             await self._absorb(task)
 
-    async def _node_tasks(self, tenant: str, node_id: str) -> list[pb.Task]:
+    async def _node_tasks(self, node_id: str) -> list[pb.Task]:
         """The node's assigned/running tasks, its tenant's and those of tenants its pool
         is shared with (node ids are unique across tenants)."""
-        del tenant
         return await self._store.node_tasks_all_tenants(node_id)
 
     async def node_left(self, conn: NodeConn) -> None:
@@ -380,7 +379,7 @@ class Clustering:
         """Make every assigned/running task of the node `lost` (retried per policy),
         whichever hub holds it: read from the store, written with CAS. How many."""
         lost = 0
-        for task in await self._node_tasks(tenant, node_id):
+        for task in await self._node_tasks(node_id):
             entry = self._active.get(task.id)
             if entry is None:
                 entry = Entry(task.tenant, task)
