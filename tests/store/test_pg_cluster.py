@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import psycopg
 import pytest
 import pytest_asyncio
 
@@ -194,3 +195,38 @@ async def test_a_nodes_tasks_of_every_tenant_fail_over_with_it(
     found = await one.node_tasks_all_tenants("node-x")
     assert [(t.id, t.tenant) for t in found] == [("t-a", A), ("t-b", "tenant-b")]
     assert await one.node_tasks_all_tenants("node-y") == []
+
+
+@pytest.mark.asyncio
+async def test_the_change_feed_reconnects_and_resyncs_after_losing_its_connection(
+        hubs: tuple[Store, Store], postgres_url: str) -> None:
+    """The listening connection is killed server-side (as a Postgres restart would): the
+    feed reconnects by itself, calls back to resync, and announces later writes."""
+    one, two = hubs
+    feed = one.change_feed()
+    assert feed is not None
+    seen: asyncio.Queue[TaskChange] = asyncio.Queue()
+    connects: asyncio.Queue[int] = asyncio.Queue()
+
+    async def connected() -> None:
+        connects.put_nowait(1)
+
+    runner = asyncio.create_task(feed.run(seen.put_nowait, connected))
+    try:
+        await asyncio.wait_for(connects.get(), 10)
+        async with await psycopg.AsyncConnection.connect(postgres_url,
+                                                         autocommit=True) as admin:
+            # This schema's listener only (its channels are named after the schema).
+            cur = await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE query LIKE 'LISTEN%' AND query LIKE '%' || 'cortex_input_'"
+                " || left(md5(current_schema()), 16) || '%'")
+            assert [r[0] for r in await cur.fetchall()] == [True]
+        await asyncio.wait_for(connects.get(), 10)   # reconnected, resync asked for
+        await two.insert_task(A, make_task("t-after"), [])
+        change = await asyncio.wait_for(seen.get(), 10)
+        assert change.task_id == "t-after"
+    finally:
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
