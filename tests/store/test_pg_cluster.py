@@ -164,7 +164,7 @@ async def test_the_change_feed_announces_every_task_write_of_any_hub(
         await two.claim_task(A, new, expected_version=1, events=[event], attempt=attempt)
         first = await asyncio.wait_for(seen.get(), 10)
         second = await asyncio.wait_for(seen.get(), 10)
-        assert first == TaskChange(A, "t-fed", pb.QUEUED, 1, "")
+        assert first == TaskChange(A, "t-fed", pb.QUEUED, 1, "", task.SerializeToString())
         assert second == TaskChange(A, "t-fed", pb.ASSIGNED, 2, "node-9")
     finally:
         runner.cancel()

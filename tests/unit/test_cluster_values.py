@@ -11,9 +11,12 @@ from cortex.store.base import TaskChange
 
 
 def test_a_trigger_payload_becomes_a_change_and_junk_becomes_nothing() -> None:
-    assert parse_change("acme t-1 3 7 n-9") == TaskChange("acme", "t-1", 3, 7, "n-9")
-    assert parse_change("acme t-1 1 1 ") == TaskChange("acme", "t-1", 1, 1, "")
-    assert parse_change("acme t-1 x 1 n") is None
+    assert parse_change("acme t-1 3 7 - n-9") == TaskChange("acme", "t-1", 3, 7, "n-9")
+    body = base64.b64encode(b"\x08\x01").decode()
+    assert parse_change(f"acme t-1 1 1 {body} ") == TaskChange("acme", "t-1", 1, 1, "",
+                                                               b"\x08\x01")
+    assert parse_change("acme t-1 x 1 - n") is None
+    assert parse_change("acme t-1 1 1 !!! n") is None
     assert parse_change("too few") is None
 
 

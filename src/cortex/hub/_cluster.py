@@ -114,17 +114,20 @@ class Clustering:
             pass  # a waiter here wants it
         else:
             return
-        job = asyncio.ensure_future(self._apply_change(change.tenant, change.task_id))
+        job = asyncio.ensure_future(self._apply_change(change))
         self._feed_jobs.add(job)
         job.add_done_callback(self._feed_jobs.discard)
 
-    async def _apply_change(self, tenant: str, task_id: str) -> None:
+    async def _apply_change(self, change: TaskChange) -> None:
         try:
-            task = await self._store.get_task(tenant, task_id)
+            if change.body:  # a queued task, sent along: no read back
+                task: pb.Task | None = pb.Task.FromString(change.body)
+            else:
+                task = await self._store.get_task(change.tenant, change.task_id)
             if task is not None:
                 await self._absorb(task)
-        except CortexError as exc:  # the resync after the next reconnect catches up
-            log.warning("could not apply the change of task %s: %s", task_id, exc)
+        except (CortexError, DecodeError) as exc:  # the next resync catches up
+            log.warning("could not apply the change of task %s: %s", change.task_id, exc)
 
     async def _absorb(self, task: pb.Task) -> None:
         """Bring memory in line with `task` as stored (newer or not)."""

@@ -256,12 +256,14 @@ class PgChangeFeed(ChangeFeed):
 
 
 def parse_change(payload: str) -> TaskChange | None:
-    """The trigger's ``tenant id state version node_id`` payload (None if malformed)."""
-    parts = payload.split(" ", 4)
-    if len(parts) != 5:
+    """The trigger's ``tenant id state version body node_id`` payload (body: base64 of a
+    queued task's, or ``-``); None if malformed."""
+    parts = payload.split(" ", 5)
+    if len(parts) != 6:
         return None
     try:
-        return TaskChange(parts[0], parts[1], int(parts[2]), int(parts[3]), parts[4])
+        body = b"" if parts[4] == "-" else base64.b64decode(parts[4], validate=True)
+        return TaskChange(parts[0], parts[1], int(parts[2]), int(parts[3]), parts[5], body)
     except ValueError:
         return None
 

@@ -181,11 +181,16 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX node_leases_hub ON node_leases(hub);
     CREATE INDEX node_leases_expiry ON node_leases(expires_at);
     CREATE INDEX tasks_node_active ON tasks(node_id) WHERE state IN (2, 3);
+    -- A queued task's body rides along when small (every hub queues it: no read back).
     CREATE FUNCTION cortex_tasks_notify() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
         PERFORM pg_notify('cortex_tasks_' || left(md5(TG_TABLE_SCHEMA), 16),
                           NEW.tenant || ' ' || NEW.id || ' ' || NEW.state || ' '
-                          || NEW.version || ' ' || NEW.node_id);
+                          || NEW.version || ' ' || CASE
+                              WHEN NEW.state = 1 AND length(NEW.body) <= 4096
+                              THEN translate(encode(NEW.body, 'base64'), chr(10), '')
+                              ELSE '-' END
+                          || ' ' || NEW.node_id);
         RETURN NULL;
     END $$;
     CREATE TRIGGER tasks_notify AFTER INSERT OR UPDATE ON tasks

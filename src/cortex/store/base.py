@@ -81,6 +81,7 @@ class TaskChange:
     state: int
     version: int
     node_id: str
+    body: bytes = b""   # the serialized Task when the store sends it along (queued ones)
 
 
 class ChangeFeed(abc.ABC):
