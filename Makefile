@@ -52,7 +52,7 @@ venv: $(STAMP)
 # Chromium for the browser skill and the dashboard's browser tests (Debian's, never a
 # downloaded build); promtool (from Debian's prometheus package) to check /metrics.
 system-deps:
-	@CORTEX_NEED_BROWSER=1 CORTEX_NEED_PROMTOOL=1 bash scripts/ensure_system_deps.sh
+	@CORTEX_NEED_BROWSER=1 CORTEX_NEED_PROMTOOL=1 CORTEX_NEED_HAPROXY=1 bash scripts/ensure_system_deps.sh
 
 postgres:
 	@bash scripts/ensure_postgres.sh

@@ -67,6 +67,8 @@ def register(app: typer.Typer) -> None:
         data_dir: Path | None = typer.Option(None, help="Default: $CORTEX_HOME/hub."),
         store: str = typer.Option("", help="Store URL; default SQLite in the data dir."),
         advertise: list[str] = typer.Option([], help="Extra DNS names/IPs for the hub cert."),
+        hub_id: str = typer.Option("hub-1", help="This hub's id; hubs sharing a Postgres "
+                                   "store need distinct ones."),
         lost_after: float = typer.Option(15.0, help="Seconds a silent node keeps its tasks."),
         heartbeat_interval: float = typer.Option(2.0, help="Seconds between node heartbeats."),
         default_timeout: float = typer.Option(86400.0, help="Task deadline when none given."),
@@ -92,7 +94,7 @@ def register(app: typer.Typer) -> None:
         _setup_logging(verbose, log_format, service="cortex-hub")
         cfg = HubConfig(data_dir=data_dir or _home(None) / "hub", host=host, port=port,
                         node_port=node_port, http_port=http_port, http_host=http_host,
-                        store=store, advertise=tuple(advertise),
+                        store=store, advertise=tuple(advertise), hub_id=hub_id,
                         lost_after_s=lost_after, heartbeat_interval_s=heartbeat_interval,
                         default_timeout_s=default_timeout, max_output_bytes=max_output,
                         artifact_dir=artifact_dir, artifact_quota_bytes=artifact_quota,

@@ -68,6 +68,13 @@ class Capacity:
         return own + [c for c in self._registry.all()
                       if c.tenant != tenant and self.serves(c, tenant)]
 
+    def active_tasks(self) -> list[pb.Task]:
+        """The unfinished tasks this hub holds (latest committed copies)."""
+        return [entry.task for entry in self._active.values()]
+
+    def statistics(self) -> dict[str, int]:
+        return {"active": len(self._active), "queued": len(self._queued)}
+
     def usage(self, tenant: str) -> Usage:
         return self.ledger.of(tenant)
 

@@ -74,6 +74,9 @@ class Entry:
     tail: list[pb.TaskEvent] = field(default_factory=list)
     tail_bytes: int = 0
     followers: int = 0                  # open Watch/Attach streams following it live
+    why: str = ""                       # why it waits (kept here, not stored, by a hub
+                                        # sharing its store: each sees only its nodes)
+    sent_attempt: int = 0               # the attempt whose Assign this hub sent its node
 
     def remember(self, events: list[pb.TaskEvent]) -> None:
         self.tail.extend(events)

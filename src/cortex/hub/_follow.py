@@ -6,6 +6,8 @@ A mixin of `TaskManager` (the moves live there); split out to keep each module r
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
@@ -23,6 +25,8 @@ __all__ = ["Following"]
 _EVENT_PAGE = 2000
 _MAX_WAIT = 10_000
 _STDIN_WINDOW = 1024 * 1024   # unacknowledged stdin bytes in flight per task
+_POLL_S = 2.0                 # with several hubs: re-read the store at least this often
+_POLL_IDS = 200               # ... for at most this many waited-for tasks per round
 
 
 class Following:
@@ -36,9 +40,14 @@ class Following:
     # cancel_on_disconnect tasks that nobody follows, and since when (monotonic).
     _orphans: dict[str, float]
 
+    clustered: bool
+
     if TYPE_CHECKING:
         async def get(self, tenant: str, task_id: str, *,
                       with_attempts: bool = False) -> pb.Task: ...
+        def feed_event(self, task_id: str) -> asyncio.Event: ...
+        async def relay_stdin(self, tenant: str, task_id: str,
+                              msg: node_pb2.HubMessage) -> None: ...
 
     async def wait_tasks(self, tenant: str, task_ids: list[str]
                          ) -> AsyncIterator[list[pb.Task]]:
@@ -54,10 +63,7 @@ class Following:
         for task_id in pending:
             self._done_waiters.setdefault(task_id, []).append(done)
         try:
-            ready = []
-            for task_id in list(pending):
-                if task_id not in self._active:
-                    ready.append(await self.get(tenant, task_id))
+            ready = await self._finished_elsewhere(tenant, pending)
             while True:
                 for task in ready:
                     pending.discard(task.id)
@@ -65,7 +71,12 @@ class Following:
                     yield ready
                 if not pending:
                     return
-                ready = [await done.get()]
+                try:
+                    ready = [await asyncio.wait_for(done.get(), _POLL_S)] if self.clustered \
+                        else [await done.get()]
+                except TimeoutError:  # an announcement lost by the feed: read the store
+                    ready = await self._finished_elsewhere(tenant, pending)
+                    continue
                 while not done.empty():
                     ready.append(done.get_nowait())
                 ready = [t for t in ready if t.id in pending and t.tenant == tenant]
@@ -77,6 +88,20 @@ class Following:
                     if not queues:
                         del self._done_waiters[task_id]
 
+    async def _finished_elsewhere(self, tenant: str, pending: set[str]) -> list[pb.Task]:
+        """The pending tasks this hub does not hold that are finished (read from the store;
+        on one hub every unfinished task is held)."""
+        out = []
+        ids = list(pending)
+        if self.clustered and len(ids) > _POLL_IDS:  # a safety net: a sample per round
+            ids = random.sample(ids, _POLL_IDS)
+        for task_id in ids:
+            if task_id not in self._active:
+                task = await self.get(tenant, task_id)
+                if states.is_terminal(State(task.state)) or not self.clustered:
+                    out.append(task)
+        return out
+
     async def watch(
         self, tenant: str, task_id: str, *, after_seq: int, follow: bool
     ) -> AsyncGenerator[pb.TaskEvent, None]:
@@ -87,7 +112,9 @@ class Following:
         is read from the store.
         """
         entry = self._active.get(task_id)
-        if entry is None or entry.tenant != tenant:
+        if entry is None or entry.tenant != tenant or self.clustered:
+            # With several hubs a task's events are written by whichever hub holds it:
+            # read them from the store, woken by the change feed.
             await self.get(tenant, task_id)  # NotFound for unknown ids and other tenants
             entry = None
         if not follow or entry is None:
@@ -111,6 +138,7 @@ class Following:
                       follow: bool) -> AsyncIterator[pb.TaskEvent]:
         while True:
             changed = entry.changed if entry is not None else None
+            fed = self.feed_event(task_id) if self.clustered else None
             events = entry.events_after(after_seq) if entry is not None else None
             if events is None:
                 events = await self._store.read_events(
@@ -127,6 +155,12 @@ class Following:
                 task = await self.get(tenant, task_id)
                 if states.is_terminal(State(task.state)) and task.last_seq <= after_seq:
                     return
+                if fed is not None:
+                    # Woken by the task's next write on any hub; a slow poll covers an
+                    # announcement the feed lost.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(fed.wait(), _POLL_S)
+                    continue
                 entry = self._active.get(task_id)  # e.g. still queued after a hub restart
                 if entry is None:
                     raise Unavailable(f"task {task_id} is not followed by this hub; retry")
@@ -136,15 +170,27 @@ class Following:
                 if changed is not None:  # always, with an entry: captured before the read
                     await changed.wait()
 
-    async def stdin(self, tenant: str, task_id: str, msg: node_pb2.HubMessage) -> None:
+    async def stdin(self, tenant: str, task_id: str, msg: node_pb2.HubMessage, *,
+                    relayed: bool = False) -> None:
         """Forward stdin/resize to the node running the task, once it has one, keeping at
-        most a window of unacknowledged stdin in flight (backpressure to the client)."""
+        most a window of unacknowledged stdin in flight (backpressure to the client).
+        With several hubs, input for a task another hub holds is relayed to it; a relayed
+        input (`relayed`) for a task this hub does not hold is not this hub's to deliver."""
         while True:
             entry = self._active.get(task_id)
             if entry is None or entry.tenant != tenant:
+                if relayed:
+                    return
+                if self.clustered:
+                    await self.relay_stdin(tenant, task_id, msg)
+                    return
                 raise Conflict(f"task {task_id} is not running; stdin cannot be delivered")
             conn = self._registry.get(entry.task.node_id)
-            if entry.task.state in (pb.ASSIGNED, pb.RUNNING) and conn is not None:
+            # Not before the node has the Assign (a woken waiter can run before the
+            # dispatcher sends it): it would drop input for a task it does not know.
+            if conn is not None and (entry.task.state == pb.RUNNING or (
+                    entry.task.state == pb.ASSIGNED
+                    and entry.sent_attempt == entry.task.attempt)):
                 size = len(msg.stdin.data) if msg.WhichOneof("kind") == "stdin" else 0
                 if entry.stdin_sent - entry.stdin_acked + size <= _STDIN_WINDOW or (
                         entry.stdin_sent == entry.stdin_acked):

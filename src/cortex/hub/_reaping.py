@@ -16,7 +16,7 @@ from cortex.core.states import Event
 from cortex.errors import Conflict
 from cortex.hub._entry import Entry
 from cortex.hub.config import HubConfig
-from cortex.hub.registry import Registry
+from cortex.hub.registry import NodeConn, Registry
 from cortex.store.base import Store
 
 __all__ = ["Reaping"]
@@ -40,6 +40,11 @@ class Reaping:
                         node_id: str = "") -> None: ...
         def _send_cancel(self, entry: Entry, reason: str, state: int) -> None: ...
         def _why_queued(self, entry: Entry) -> str: ...
+        def wake(self) -> None: ...
+        async def node_left(self, conn: NodeConn) -> None: ...
+        async def fail_over_node(self, tenant: str, node_id: str, reason: str) -> int: ...
+        async def _refresh_locked(self, entry: Entry, task: pb.Task | None = None
+                                  ) -> None: ...
 
     async def reap(self) -> None:
         """One pass: lose tasks of nodes gone past the bound, time out past deadlines."""
@@ -51,6 +56,7 @@ class Reaping:
                 log.warning("node %s silent for %.0f s; disconnecting it", conn.node_id,
                             mono - conn.heard_at)
                 self._registry.detach(conn, now=conn.heard_at)
+                await self.node_left(conn)
                 conn.close()
                 conn.node.state = pb.OFFLINE
                 await self._store.upsert_node(conn.tenant, conn.node)
@@ -70,6 +76,8 @@ class Reaping:
         await self._cancel_orphans(mono)
 
     async def _cancel_orphans(self, mono: float) -> None:
+        if self._store.shared:
+            return  # followers may be on any hub: not enforced with several (documented)
         grace = self._config.disconnect_grace_s
         for task_id, since in list(self._orphans.items()):
             entry = self._active.get(task_id)
@@ -92,18 +100,26 @@ class Reaping:
             if entry is None or deadline not in (entry.task.deadline, entry.kill_deadline):
                 continue
             async with entry.lock:
-                task = entry.task
-                if task.state == pb.QUEUED:
-                    why = f": {task.reason or self._why_queued(entry)}"
-                    await self._move(entry, Event.TIME_OUT,
-                                     reason=f"deadline passed while queued{why}")
-                elif not entry.kill_deadline:
-                    entry.kill_deadline = deadline + grace
-                    self._send_cancel(entry, "deadline passed", pb.TIMED_OUT)
-                    heapq.heappush(self._deadlines, (entry.kill_deadline, task_id))
-                else:
-                    await self._move(entry, Event.TIME_OUT,
-                                     reason="deadline passed and the node did not confirm the kill")
+                try:
+                    await self._expire(entry, deadline, grace)
+                except Conflict:
+                    if not self._store.shared:
+                        raise
+                    await self._refresh_locked(entry)  # another hub moved it first
+
+    async def _expire(self, entry: Entry, deadline: float, grace: float) -> None:
+        """Stop one task past its deadline (caller holds its lock)."""
+        task = entry.task
+        if task.state == pb.QUEUED:
+            why = f": {task.reason or self._why_queued(entry)}"
+            await self._move(entry, Event.TIME_OUT, reason=f"deadline passed while queued{why}")
+        elif not entry.kill_deadline:
+            entry.kill_deadline = deadline + grace
+            self._send_cancel(entry, "deadline passed", pb.TIMED_OUT)
+            heapq.heappush(self._deadlines, (entry.kill_deadline, task.id))
+        else:
+            await self._move(entry, Event.TIME_OUT,
+                             reason="deadline passed and the node did not confirm the kill")
 
     async def _lose(self, entry: Entry, reason: str) -> None:
         conn = self._registry.get(entry.task.node_id)
@@ -113,3 +129,22 @@ class Reaping:
             await self._move(entry, Event.CANCEL, reason=f"{reason} while cancelling")
         else:
             await self._move(entry, Event.LOSE, reason=reason)
+
+    async def lose_node_tasks(self, tenant: str, node_id: str, reason: str) -> int:
+        """Fail over every assigned or running task of a node at once (it was revoked):
+        each becomes `lost` and is retried per its policy. How many were lost."""
+        if self._store.shared:  # held by whichever hub it was connected to
+            return await self.fail_over_node(tenant, node_id, reason)
+        lost = 0
+        for entry in list(self._active.values()):
+            task = entry.task
+            if task.tenant != tenant or task.node_id != node_id:
+                continue
+            async with entry.lock:
+                if entry.task.node_id == node_id and entry.task.state in (pb.ASSIGNED,
+                                                                          pb.RUNNING):
+                    await self._lose(entry, reason)
+                    lost += 1
+        self._registry.gone_since.pop(node_id, None)
+        self.wake()
+        return lost

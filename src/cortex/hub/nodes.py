@@ -64,6 +64,7 @@ class NodeSessions:
             return
         conn = await self._open(ident, stored, first.hello)
         try:
+            await self._tasks.adopt_node(conn)  # several hubs: its lease and its tasks
             yield node_pb2.HubMessage(welcome=node_pb2.Welcome(
                 node_id=ident.node_id, hub_id=self._config.hub_id,
                 heartbeat_interval_s=self._config.heartbeat_interval_s,
@@ -167,6 +168,7 @@ class NodeSessions:
     async def _close(self, conn: NodeConn) -> None:
         conn.close()
         if self._registry.detach(conn, now=self._monotonic()):
+            await self._tasks.node_left(conn)
             if conn.node.state != pb.REVOKED:
                 conn.node.state = pb.OFFLINE
             conn.node.last_seen = time.time()

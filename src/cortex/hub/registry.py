@@ -35,6 +35,7 @@ class NodeConn:
     # Browser sessions this hub placed on the node since its last heartbeat said how many
     # it has open (so one dispatch pass cannot overfill it).
     new_sessions: int = 0
+    leased: bool = False        # this hub holds the node's lease (shared store only)
 
     def send(self, msg: node_pb2.HubMessage) -> bool:
         """Queue a message; False (and the connection is closed) if the node fell behind."""

@@ -9,9 +9,11 @@ Shutdown is two-phase: `close()` stops intake, `wait_closed()` drains within the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
+import secrets
 import time
 from pathlib import Path
 
@@ -28,7 +30,7 @@ from cortex._proto.cortex.v1 import (
     pki_pb2_grpc,
     tasks_pb2_grpc,
 )
-from cortex.errors import Unavailable
+from cortex.errors import CortexError, Unavailable
 from cortex.hub._artifact_service import ArtifactServicer, client_tenant, node_tenant
 from cortex.hub._grpc_errors import StrictDecoding
 from cortex.hub.access import HUB_ADMIN
@@ -88,6 +90,8 @@ class Hub:
         self.pki = Lifecycle(ca=self.ca, store=self.store, registry=self.registry,
                              tasks=self.tasks, config=cfg)
         await self.store.open()
+        if self.store.shared:
+            await self.tasks.claim_hub_id(secrets.token_hex(8))
         await self.store.ensure_tenant(DEFAULT_TENANT, now=time.time())
         self.artifacts = ArtifactManager(
             self.store, DirBlobStore(cfg.artifact_root), ArtifactLimits(
@@ -227,6 +231,7 @@ class Hub:
             asyncio.create_task(self._reap_loop(), name="reaper"),
             asyncio.create_task(self._artifact_gc_loop(), name="artifact-gc"),
             asyncio.create_task(self._pki_loop(), name="pki"),
+            *(asyncio.create_task(c) for c in self.tasks.cluster_loops()),
         ]
 
     @property
@@ -320,6 +325,9 @@ class Hub:
         for loop in self._loops:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
+        if self.store.shared and self.tasks.instance:
+            with contextlib.suppress(CortexError):  # else its lease just runs out
+                await self.store.release_hub(self.config.hub_id, self.tasks.instance)
         await self.store.close()
 
     async def wait_closed(self) -> None:

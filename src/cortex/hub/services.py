@@ -211,7 +211,9 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
             if conn is not None and conn.tenant == who.tenant:
                 node.CopyFrom(conn.node)
                 node.running_tasks = len(conn.running)
-            elif node.state in (pb.ONLINE, pb.DRAINING):
+            elif node.state in (pb.ONLINE, pb.DRAINING) and not self._store.shared:
+                # (With several hubs the row says: another hub serves it, and marks it
+                # offline when it leaves or its lease is taken over.)
                 node.state = pb.OFFLINE
             if request.skill and request.skill not in node.skills:
                 continue

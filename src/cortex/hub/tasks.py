@@ -19,6 +19,7 @@ from cortex.core.quota import Quota, Usage
 from cortex.core.states import Event, State
 from cortex.errors import Conflict, CortexError, InvalidArgument, NotFound
 from cortex.hub._capacity import Capacity
+from cortex.hub._cluster import Clustering
 from cortex.hub._entry import (
     Entry,
     TaskStats,
@@ -49,7 +50,7 @@ _FINISH_STATES = frozenset(int(s) for s in states.FINISH_EVENT)
 _SESSION_OPENERS = frozenset({"open", "restore"})  # browser actions that start a session
 
 
-class TaskManager(Capacity, Reaping, Following):
+class TaskManager(Capacity, Reaping, Following, Clustering):
     def __init__(
         self, store: Store, registry: Registry, config: HubConfig,
         clock: Callable[[], float], monotonic: Callable[[], float],
@@ -74,6 +75,7 @@ class TaskManager(Capacity, Reaping, Following):
         # (tenant, session id) -> node id; a cache of the store's sessions table.
         self._sessions: dict[tuple[str, str], str] = {}
         self._orphans: dict[str, float] = {}
+        self._init_cluster()
 
     # -- recovery ----------------------------------------------------------------------
     async def recover(self) -> None:
@@ -83,6 +85,8 @@ class TaskManager(Capacity, Reaping, Following):
         for pool in await self._store.list_shared_pools_all():
             self.share_pool(pool.tenant, pool.name, pool.shared_with)
         for task in await self._store.list_active_tasks_all_tenants():
+            if self.clustered and task.state != pb.QUEUED:
+                continue  # held by the hub its node connects to (node leases)
             entry = Entry(task.tenant, task)
             sid = task.spec.session_id
             if sid and (node := await self._store.session_node(task.tenant, sid)):
@@ -148,7 +152,7 @@ class TaskManager(Capacity, Reaping, Following):
         event = pb.TaskEvent(task_id=task.id, seq=1, attempt=1, time=now,
                              state=pb.StateChange(state=pb.QUEUED))
         stored, created = await self._store.insert_task(tenant, task, [event])
-        if created:
+        if created and stored.id not in self._active:  # (the change feed may be first)
             entry = Entry(tenant, stored)
             entry.remember([event])
             self._track(entry)
@@ -160,7 +164,7 @@ class TaskManager(Capacity, Reaping, Following):
             raise NotFound(f"no task {task_id!r} (check the id with `cortex tasks ls`)")
         entry = self._active.get(task_id)
         if task.state == pb.QUEUED and not task.reason and entry is not None:
-            task.reason = self._why_queued(entry)  # transient reasons are not stored
+            task.reason = entry.why or self._why_queued(entry)  # transient: not stored
         return task
 
     def _why_queued(self, entry: Entry) -> str:
@@ -173,6 +177,8 @@ class TaskManager(Capacity, Reaping, Following):
         return await self._store.list_tasks(tenant, query)
 
     async def cancel(self, tenant: str, task_id: str, reason: str) -> pb.Task:
+        if self.clustered:
+            return await self.cancel_shared(tenant, task_id, reason or "cancelled by request")
         entry = self._active.get(task_id)
         if entry is None or entry.tenant != tenant:
             task = await self.get(tenant, task_id)
@@ -303,9 +309,14 @@ class TaskManager(Capacity, Reaping, Following):
                 if await self._pin_session(entry, conn.node_id) != conn.node_id:
                     raise Conflict("the session was pinned to another node meanwhile")
                 await self._move(entry, Event.ASSIGN, node_id=conn.node_id, reason="")
+                entry.why = ""
             except CortexError as exc:  # stays queued; a later pass tries again
-                log.warning("could not assign %s to %s: %s", entry.task.id, conn.node_id, exc)
                 conn.running.discard((entry.task.id, entry.task.attempt))
+                if self.clustered and isinstance(exc, Conflict):
+                    await self._refresh_locked(entry)  # another hub claimed or moved it
+                    if entry.task.state != pb.QUEUED:
+                        return
+                log.warning("could not assign %s to %s: %s", entry.task.id, conn.node_id, exc)
                 self._enqueue(entry, wake=False)
                 # Not at once: a failing store would otherwise make this a hot loop.
                 asyncio.get_running_loop().call_later(0.5, self._wake.set)
@@ -313,6 +324,7 @@ class TaskManager(Capacity, Reaping, Following):
             entry.acked_seq = 0
             entry.stdin_sent = entry.stdin_acked = 0
             conn.send(self._assign_msg(entry))
+            entry.sent_attempt = entry.task.attempt
 
     def _assign_msg(self, entry: Entry) -> node_pb2.HubMessage:
         task = entry.task
@@ -324,6 +336,11 @@ class TaskManager(Capacity, Reaping, Following):
 
     async def _set_reason(self, entry: Entry, reason: str) -> None:
         async with entry.lock:
+            # Several hubs each see only their nodes: their reasons would overwrite each
+            # other's back and forth, so each keeps its own in memory (what `get` says).
+            if self.clustered:
+                entry.why = reason
+                return
             if entry.task.state != pb.QUEUED:
                 return
             new = copy_task(entry.task)
@@ -363,11 +380,13 @@ class TaskManager(Capacity, Reaping, Following):
                 continue
             key = (task.id, task.attempt)
             if key in held_keys:
+                entry.sent_attempt = task.attempt
                 if task.cancel_requested:
                     self._send_cancel(entry, task.reason, pb.CANCELLED)
             elif task.state == pb.ASSIGNED:
                 conn.running.add(key)
                 conn.send(self._assign_msg(entry))
+                entry.sent_attempt = task.attempt
             else:
                 async with entry.lock:
                     if entry.task.state == pb.RUNNING and entry.task.node_id == conn.node_id:
@@ -385,7 +404,21 @@ class TaskManager(Capacity, Reaping, Following):
                 reason=stale_reason(entry, report.attempt))))
             return
         async with entry.lock:
-            await self._apply_report(entry, conn, report)
+            try:
+                await self._apply_report(entry, conn, report)
+            except Conflict:
+                if not self.clustered:
+                    raise
+                # Another hub wrote the task (a cancel request, a takeover): re-read it,
+                # and apply the report again if it is still this node's to make.
+                await self._refresh_locked(entry)
+                if entry.task.node_id != conn.node_id or entry.task.state not in (
+                        pb.ASSIGNED, pb.RUNNING) or entry.task.attempt != report.attempt:
+                    conn.send(node_pb2.HubMessage(reject=node_pb2.Reject(
+                        task_id=report.task_id, attempt=report.attempt,
+                        reason=stale_reason(entry, report.attempt))))
+                    return
+                await self._apply_report(entry, conn, report)
 
     async def _apply_report(self, entry: Entry, conn: NodeConn,
                             report: node_pb2.TaskReport) -> None:
@@ -526,19 +559,20 @@ class TaskManager(Capacity, Reaping, Following):
             new.finished_at = new.finished_at or now
             ended = self._maybe_retry(new, events, entry.acked_seq)
         attempt = ended or attempt_row(new, entry.acked_seq)
-        await self._save(entry, new, events, attempt=attempt)
+        await self._save(entry, new, events, attempt=attempt, claim=event is Event.ASSIGN)
         if new.state == pb.QUEUED and event is not Event.ASSIGN:
             self._enqueue(entry)
         elif states.is_terminal(State(new.state)):
             self._finish(entry)
 
     async def _save(self, entry: Entry, new: pb.Task, events: list[pb.TaskEvent], *,
-                    attempt: pb.Attempt | None = None) -> None:
+                    attempt: pb.Attempt | None = None, claim: bool = False) -> None:
         new.version = entry.task.version + 1
+        write = self._store.claim_task if claim else self._store.save_task
 
         async def commit() -> None:
-            await self._store.save_task(entry.tenant, new, expected_version=entry.task.version,
-                                        events=events, attempt=attempt)
+            await write(entry.tenant, new, expected_version=entry.task.version,
+                        events=events, attempt=attempt)
             was, now = holds(entry.task.state), holds(new.state)
             if was != now:
                 if now:
@@ -549,6 +583,7 @@ class TaskManager(Capacity, Reaping, Following):
             entry.remember(events)
             changed, entry.changed = entry.changed, asyncio.Event()
             changed.set()
+            self._wake_watchers(new.id)
 
         # Shielded: a caller cancelled mid-write (a node stream cut by revocation or a
         # reconnect) must not leave the store one version ahead of memory, which would
@@ -573,26 +608,3 @@ class TaskManager(Capacity, Reaping, Following):
                 task_id=entry.task.id, attempt=entry.task.attempt, reason=reason,
                 state=state)))  # type: ignore[arg-type]
 
-    def active_tasks(self) -> list[pb.Task]:
-        """The unfinished tasks this hub holds (latest committed copies)."""
-        return [entry.task for entry in self._active.values()]
-
-    def statistics(self) -> dict[str, int]:
-        return {"active": len(self._active), "queued": len(self._queued)}
-
-    async def lose_node_tasks(self, tenant: str, node_id: str, reason: str) -> int:
-        """Fail over every assigned or running task of a node at once (it was revoked):
-        each becomes `lost` and is retried per its policy. How many were lost."""
-        lost = 0
-        for entry in list(self._active.values()):
-            task = entry.task
-            if task.tenant != tenant or task.node_id != node_id:
-                continue
-            async with entry.lock:
-                if entry.task.node_id == node_id and entry.task.state in (pb.ASSIGNED,
-                                                                          pb.RUNNING):
-                    await self._lose(entry, reason)
-                    lost += 1
-        self._registry.gone_since.pop(node_id, None)
-        self.wake()
-        return lost

@@ -6,7 +6,8 @@ the applied version is recorded (``PRAGMA user_version`` there, a table here); o
 serving both would either hide those differences behind a lowest common denominator or
 grow a dialect layer bigger than the migrations. So each backend keeps its own ordered
 tuple of scripts, kept *in step*: migration N means the same change on both backends
-(1 = the foundation, 2 = pinned sessions, 3 = tenancy, 4 = artifacts). A new
+(1 = the foundation, 2 = pinned sessions, 3 = tenancy, 4 = artifacts,
+5 = certificate lifecycle, 6 = scale-out: hubs, node leases, the change feed). A new
 migration is added to both tuples in the same change, and the contract suite proves
 that both stores still behave alike.
 
@@ -160,6 +161,40 @@ MIGRATIONS: tuple[str, ...] = (
         revoked_at DOUBLE PRECISION NOT NULL,
         PRIMARY KEY (tenant, node_id)
     );
+    """,
+    # 6: scale-out (issue #7): hub identities, node leases, and the change feed (a NOTIFY
+    # per task write on a channel named after the schema, so schemas never hear each other)
+    """
+    CREATE TABLE hubs (
+        id TEXT PRIMARY KEY,
+        instance TEXT NOT NULL,
+        started_at DOUBLE PRECISION NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE node_leases (
+        tenant TEXT NOT NULL REFERENCES tenants(id),
+        node_id TEXT NOT NULL,
+        hub TEXT NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (tenant, node_id)
+    );
+    CREATE INDEX node_leases_hub ON node_leases(hub);
+    CREATE INDEX node_leases_expiry ON node_leases(expires_at);
+    CREATE INDEX tasks_node_active ON tasks(node_id) WHERE state IN (2, 3);
+    -- A queued task's body rides along when small (every hub queues it: no read back).
+    CREATE FUNCTION cortex_tasks_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_notify('cortex_tasks_' || left(md5(TG_TABLE_SCHEMA), 16),
+                          NEW.tenant || ' ' || NEW.id || ' ' || NEW.state || ' '
+                          || NEW.version || ' ' || CASE
+                              WHEN NEW.state = 1 AND length(NEW.body) <= 4096
+                              THEN translate(encode(NEW.body, 'base64'), chr(10), '')
+                              ELSE '-' END
+                          || ' ' || NEW.node_id);
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER tasks_notify AFTER INSERT OR UPDATE ON tasks
+        FOR EACH ROW EXECUTE FUNCTION cortex_tasks_notify();
     """,
 )
 

@@ -127,4 +127,21 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (tenant, node_id)
     );
     """,
+    # 6: scale-out (issue #7): hub identities and node leases. A SQLite hub is alone, so
+    # it never reads them; the tables keep the two histories in step.
+    """
+    CREATE TABLE hubs (
+        id TEXT PRIMARY KEY,
+        instance TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    CREATE TABLE node_leases (
+        tenant TEXT NOT NULL REFERENCES tenants(id),
+        node_id TEXT NOT NULL,
+        hub TEXT NOT NULL,
+        expires_at REAL NOT NULL,
+        PRIMARY KEY (tenant, node_id)
+    );
+    """,
 )

@@ -8,13 +8,14 @@ Tasks use optimistic concurrency: every write names the version it read, and fai
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from cortex._proto.cortex.v1 import common_pb2 as pb
 
-__all__ = ["DEFAULT_POOL", "ApiTokenRecord", "CertificateRecord", "JoinTokenRecord",
-           "PoolRecord", "SessionRecord", "Store", "TaskQuery", "TenantRecord"]
+__all__ = ["DEFAULT_POOL", "ApiTokenRecord", "CertificateRecord", "ChangeFeed",
+           "JoinTokenRecord", "PoolRecord", "SessionRecord", "Store", "TaskChange", "TaskQuery",
+           "TenantRecord"]
 
 DEFAULT_POOL = "default"   # every tenant has it; nodes join it unless their token names another
 
@@ -81,8 +82,98 @@ class TaskQuery:
     after_id: str = ""          # page token: tasks are listed newest first by id
 
 
+@dataclass(frozen=True, slots=True)
+class TaskChange:
+    """One committed task write, as the change feed announces it (no body: read it)."""
+
+    tenant: str
+    task_id: str
+    state: int
+    version: int
+    node_id: str
+    body: bytes = b""   # the serialized Task when the store sends it along (queued ones)
+
+
+class ChangeFeed(abc.ABC):
+    """Task writes of every hub sharing the store, as they commit (best effort: a lost
+    connection loses announcements, so every (re)connect is followed by a resync)."""
+
+    @abc.abstractmethod
+    async def run(self, on_change: Callable[[TaskChange], None],
+                  on_connect: Callable[[], Awaitable[None]],
+                  on_input: Callable[[str, str, bytes], None] | None = None) -> None:
+        """Listen until cancelled: `on_connect` after every (re)connect, once listening,
+        then `on_change` per announcement and `on_input(tenant, task id, message)` per
+        relayed input (`Store.publish_input`); reconnects with backoff on its own."""
+
+
 class Store(abc.ABC):
     """Async persistence. Implementations must make each method one transaction."""
+
+    # Whether several hubs may share this store (then the cluster methods below work).
+    shared: bool = False
+
+    # -- scale-out: several hubs on one store (issue #7); a single-hub store has none ---
+    def change_feed(self) -> ChangeFeed | None:
+        """The feed of task writes by every hub, or None on a single-hub store."""
+        return None
+
+    async def claim_task(self, tenant: str, task: pb.Task, *, expected_version: int,
+                         events: Sequence[pb.TaskEvent] = (),
+                         attempt: pb.Attempt | None = None) -> None:
+        """`save_task` for the move out of QUEUED: Conflict at once (never a wait) when
+        another hub holds or moved the row. A single-hub store just saves."""
+        await self.save_task(tenant, task, expected_version=expected_version,
+                             events=events, attempt=attempt)
+
+    async def claim_hub_id(self, hub_id: str, instance: str, *, ttl_s: float) -> bool:
+        """Take `hub_id` for this process (`instance`) unless another live one holds it."""
+        raise NotImplementedError("a single-hub store has no hub registry")
+
+    async def release_hub(self, hub_id: str, instance: str) -> None:
+        """Give `hub_id` up (a clean stop): the next process may take it at once."""
+        raise NotImplementedError("a single-hub store has no hub registry")
+
+    async def renew_hub(self, hub_id: str, instance: str, *, ttl_s: float,
+                        nodes: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Renew the hub's lease and those of its connected `nodes` (tenant, node id), in
+        one transaction; the nodes whose lease it still holds."""
+        raise NotImplementedError("a single-hub store has no node leases")
+
+    async def take_node_lease(self, tenant: str, node_id: str, hub: str, *,
+                              ttl_s: float) -> None:
+        """The node connected to `hub`: its lease is `hub`'s, whoever held it."""
+        raise NotImplementedError("a single-hub store has no node leases")
+
+    async def release_node_lease(self, tenant: str, node_id: str, hub: str, *,
+                                 ttl_s: float) -> None:
+        """The node left `hub`: its lease (if still `hub`'s) expires in `ttl_s`."""
+        raise NotImplementedError("a single-hub store has no node leases")
+
+    async def take_expired_node_leases(self, hub: str, *, ttl_s: float, limit: int = 100
+                                       ) -> list[tuple[str, str, float]]:
+        """Take over expired leases (nodes no hub serves); (tenant, node id, new expiry)."""
+        raise NotImplementedError("a single-hub store has no node leases")
+
+    async def drop_node_lease(self, tenant: str, node_id: str, hub: str, expires_at: float
+                              ) -> None:
+        """Forget a taken-over lease once its node's tasks are failed over (a CAS on
+        (hub, expires_at), so a node that came back meanwhile keeps its lease)."""
+        raise NotImplementedError("a single-hub store has no node leases")
+
+    async def node_tasks_all_tenants(self, node_id: str) -> list[pb.Task]:
+        """The assigned/running tasks on a node, of every tenant (a shared pool's node
+        runs other tenants' tasks): what fails over with it."""
+        raise NotImplementedError("a single-hub store holds node tasks in hub memory")
+
+    async def publish_input(self, tenant: str, task_id: str, message: bytes) -> None:
+        """Relay a task's input (a serialized HubMessage, at most 4 KiB of stdin) to the
+        hub holding it, through the change feed's connection of every hub."""
+        raise NotImplementedError("a single-hub store has no other hub to relay to")
+
+    async def lease_holder(self, tenant: str, node_id: str) -> str | None:
+        """The hub holding the node's lease now (live or not), or None."""
+        raise NotImplementedError("a single-hub store has no node leases")
 
     @abc.abstractmethod
     async def open(self) -> None:

@@ -64,6 +64,7 @@ from cortex.errors import (
     Unavailable,
 )
 from cortex.store._pg_batch import TaskWriter
+from cortex.store._pg_cluster import ClusterQueries
 from cortex.store._pg_errors import describe, translate
 from cortex.store._pg_schema import migrate
 from cortex.store.base import (
@@ -91,7 +92,7 @@ _SELECT_ACTIVE = sql.SQL("SELECT body FROM tasks WHERE state IN ({}) ORDER BY id
     sql.SQL(", ").join(sql.Literal(int(s)) for s in _ACTIVE)
 )
 
-class PostgresStore(Store):
+class PostgresStore(ClusterQueries, Store):
     """A store on the database named by `url` (a libpq URL or ``key=value`` string).
 
     The schema is the first one of the connection's ``search_path``; pin it with
