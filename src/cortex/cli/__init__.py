@@ -48,7 +48,8 @@ def _version(value: bool) -> None:
 def _root(
     ctx: typer.Context,
     hub: Annotated[str | None, typer.Option(
-        "--hub", metavar="HOST:PORT", help="The hub's gRPC address \\[env: CORTEX_HUB].",
+        "--hub", metavar="HOST:PORT[,...]", help="The hub's gRPC address; several "
+        "(comma-separated) are balanced round robin \\[env: CORTEX_HUB].",
         show_default=False)] = None,
     token: Annotated[str | None, typer.Option(
         "--token", metavar="TOKEN", help="API token \\[env: CORTEX_TOKEN].",
