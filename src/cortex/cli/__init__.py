@@ -11,6 +11,7 @@ from cortex.cli import (
     artifacts,
     browser,
     ca,
+    cluster,
     files,
     mcp,
     nodes,
@@ -78,6 +79,7 @@ app.add_typer(artifacts.app, name="artifacts")
 files.register(app)
 app.add_typer(ca.app, name="ca")
 app.add_typer(browser.app, name="browser")
+app.add_typer(cluster.app, name="cluster")
 serve.register(app)
 mcp.register(app)
 

@@ -73,6 +73,8 @@ def register(app: typer.Typer) -> None:
                                            "hubs (one Postgres); default <data-dir>/ca."),
         client_file: Path | None = typer.Option(None, help="Where to write client.json "
                                                 "(default: next to the data dir)."),
+        hub_id: str = typer.Option("hub-1", help="This hub's name in logs and node "
+                                   "welcomes; unique per hub of a cluster."),
         lost_after: float = typer.Option(15.0, help="Seconds a silent node keeps its tasks."),
         heartbeat_interval: float = typer.Option(2.0, help="Seconds between node heartbeats."),
         default_timeout: float = typer.Option(86400.0, help="Task deadline when none given."),
@@ -101,7 +103,7 @@ def register(app: typer.Typer) -> None:
                         store=store, advertise=tuple(advertise),
                         public_address=public_address,
                         public_node_address=public_node_address, ca_dir=ca_dir,
-                        client_file=client_file,
+                        client_file=client_file, hub_id=hub_id,
                         lost_after_s=lost_after, heartbeat_interval_s=heartbeat_interval,
                         default_timeout_s=default_timeout, max_output_bytes=max_output,
                         artifact_dir=artifact_dir, artifact_quota_bytes=artifact_quota,
