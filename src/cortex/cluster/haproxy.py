@@ -89,6 +89,9 @@ def render(balancer: Balancer) -> str:
         f"    timeout client {b.idle_timeout_s}s",
         f"    timeout server {b.idle_timeout_s}s",
         "    timeout check 2s",
+        # A hub that refuses the connection (just died, not yet marked down): try another.
+        "    retries 3",
+        "    option redispatch",
         "",
     ]
     for kind, bind, port_of in (("clients", b.client_bind, _client_port),
