@@ -23,7 +23,7 @@ from cortex.node.config import NodeConfig
 from cortex.node.enroll import node_address
 from cortex.sdk import ClientConfig, ConfigError
 
-TOKEN = "ctk_x.y"
+TOKEN = "ctk_x.y"  # noqa: S105 - a made-up token for config parsing
 
 
 def test_one_address_parses_to_itself() -> None:

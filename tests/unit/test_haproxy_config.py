@@ -21,7 +21,8 @@ def test_both_ports_pass_through_in_tcp_mode() -> None:
     assert "    mode tcp" in text
     assert "    option redispatch" in text   # a refused connection goes to another hub
     assert "mode http" not in text
-    assert "bind 0.0.0.0:7443" in text and "bind 0.0.0.0:7444" in text
+    assert "bind 0.0.0.0:7443" in text
+    assert "bind 0.0.0.0:7444" in text
     assert "server hub-2 10.0.0.2:7011 check" in text   # client port
     assert "server hub-2 10.0.0.2:7012 check" in text   # node port
 
