@@ -65,3 +65,20 @@ def test_haproxy_accepts_the_config(tmp_path: Path) -> None:
     done = subprocess.run(["haproxy", "-c", "-f", str(path)], capture_output=True,
                           text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_cli_prints_the_config_and_names_bad_hubs() -> None:
+    """`cortex cluster haproxy-config` prints the file; a malformed --hub is a usage error
+    naming the expected shape."""
+    from typer.testing import CliRunner
+
+    from cortex.cli import app
+
+    runner = CliRunner()
+    ok = runner.invoke(app, ["cluster", "haproxy-config", "--hub",
+                             "hub-1=10.0.0.1:7443/7444/7445", "--hub", "hub-2=[::2]:1/2/3"])
+    assert ok.exit_code == 0, ok.output
+    assert "server hub-2 [::2]:2 check" in ok.output
+    bad = runner.invoke(app, ["cluster", "haproxy-config", "--hub", "hub-1=10.0.0.1:7443"])
+    assert bad.exit_code == 2
+    assert "NAME=HOST:PORT/NODE_PORT" in bad.output

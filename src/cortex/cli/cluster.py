@@ -8,11 +8,16 @@ import signal
 import threading
 import urllib.request
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cortex.cli._common import out_console, print_json
+from cortex.cli._common import out_console, print_json, usage
+from cortex.core.addresses import split_host_port
+from cortex.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from cortex.cluster.haproxy import Backend
 
 __all__ = ["app"]
 
@@ -111,6 +116,39 @@ def status(
         out_console.print(f"  {hub['name']}: {'ready' if hub['ready'] else 'NOT READY'} "
                           f"(clients :{hub['port']}, nodes :{hub['node_port']}, "
                           f"http :{hub['http_port']})", markup=False)
+
+
+@app.command("haproxy-config")
+def haproxy_config(
+    hub: Annotated[list[str], typer.Option(
+        "--hub", metavar="NAME=HOST:PORT/NODE_PORT[/HTTP_PORT]",
+        help="One hub: its client, node and (for /readyz checks) HTTP ports; repeatable.")],
+    clients: Annotated[str, typer.Option(
+        "--clients", metavar="HOST:PORT", help="Where the balancer takes clients and "
+        "enrollments.")] = "0.0.0.0:7443",
+    nodes: Annotated[str, typer.Option(
+        "--nodes", metavar="HOST:PORT", help="Where the balancer takes nodes.")]
+    = "0.0.0.0:7444",
+) -> None:
+    """Print an haproxy.cfg for these hubs: TCP passthrough, so TLS ends at the hubs."""
+    from cortex.cluster.haproxy import Balancer, render
+
+    backends = tuple(usage(_backend, h, flag="--hub") for h in hub)
+    balancer = usage(lambda _: Balancer(clients, nodes, backends), None, flag="--hub")
+    print(render(balancer), end="")
+
+
+def _backend(text: str) -> Backend:
+    from cortex.cluster.haproxy import Backend
+
+    name, sep, rest = text.partition("=")
+    address, _, ports = rest.partition("/")
+    parts = ports.split("/") if ports else []
+    if not sep or len(parts) not in (1, 2) or not all(p.isdigit() for p in parts):
+        raise InvalidArgument(f"{text!r} is not NAME=HOST:PORT/NODE_PORT[/HTTP_PORT] "
+                              "(e.g. hub-1=10.0.0.1:7443/7444/7445)")
+    host, port = split_host_port(address, what=f"hub {name} address")
+    return Backend(name, host, port, int(parts[0]), int(parts[1]) if len(parts) == 2 else 0)
 
 
 def _ready(http_port: int) -> bool:
