@@ -23,7 +23,7 @@ PYTEST_ARGS ?=
 COV_ARGS    := --cov=cortex --cov-report=term-missing:skip-covered
 
 .PHONY: help venv system-deps postgres proto proto-check lint typecheck imports check \
-        test test-fast up bench clean
+        test test-fast up up-cluster bench clean
 
 help:
 	@echo "make venv         create $(VENV) and install '.[dev]' (only when pyproject.toml changed)"
@@ -32,6 +32,7 @@ help:
 	@echo "make test         venv, system deps, postgres, check, whole pytest suite with coverage"
 	@echo "make test-fast    pytest only, no coverage, no check (PYTEST_ARGS='-k foo' to narrow)"
 	@echo "make up           run hub + node in the foreground (CORTEX_HOME, default ~/.cortex)"
+	@echo "make up-cluster   3 hubs on the local Postgres behind HAProxy + a node (HUBS=3)"
 	@echo "make bench        run the benchmarks"
 	@echo "make clean        remove caches and build output (keeps $(VENV))"
 
@@ -50,7 +51,8 @@ $(STAMP): pyproject.toml | $(PY)
 venv: $(STAMP)
 
 # Chromium for the browser skill and the dashboard's browser tests (Debian's, never a
-# downloaded build); promtool (from Debian's prometheus package) to check /metrics.
+# downloaded build); promtool (from Debian's prometheus package) to check /metrics;
+# HAProxy for the cluster tests and `make up-cluster`.
 system-deps:
 	@CORTEX_NEED_BROWSER=1 CORTEX_NEED_PROMTOOL=1 CORTEX_NEED_HAPROXY=1 bash scripts/ensure_system_deps.sh
 
@@ -96,6 +98,11 @@ test-fast: venv
 
 up: venv
 	CORTEX_HOME="$${CORTEX_HOME:-$$HOME/.cortex}" $(VENV)/bin/cortex up
+
+HUBS ?= 3
+up-cluster: venv postgres
+	@CORTEX_NEED_HAPROXY=1 bash scripts/ensure_system_deps.sh
+	CORTEX_HOME="$${CORTEX_HOME:-$$HOME/.cortex}" $(VENV)/bin/cortex cluster up --hubs $(HUBS)
 
 # bench/__main__.py is the runner once it exists; until then each bench_*.py runs alone.
 bench: venv

@@ -173,3 +173,12 @@ def test_join_hint_replaces_loopback_with_this_host() -> None:
     assert join_address("127.0.0.1:7443").endswith(":7443")
     assert join_address("[::1]:7443").endswith(":7443")
     assert join_address("hub.example:7443") == "hub.example:7443"
+
+
+def test_join_hint_treats_each_hub_of_a_list() -> None:
+    """With several hubs, each loopback entry is replaced and the others kept, in order."""
+    hint = join_address("127.0.0.1:7443,hub.example:7443")
+    first, second = hint.split(",")
+    assert not first.startswith("127.")
+    assert first.endswith(":7443")
+    assert second == "hub.example:7443"

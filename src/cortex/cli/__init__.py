@@ -11,6 +11,7 @@ from cortex.cli import (
     artifacts,
     browser,
     ca,
+    cluster,
     files,
     mcp,
     nodes,
@@ -48,7 +49,8 @@ def _version(value: bool) -> None:
 def _root(
     ctx: typer.Context,
     hub: Annotated[str | None, typer.Option(
-        "--hub", metavar="HOST:PORT", help="The hub's gRPC address \\[env: CORTEX_HUB].",
+        "--hub", metavar="HOST:PORT[,...]", help="The hub's gRPC address; several "
+        "(comma-separated) are balanced round robin \\[env: CORTEX_HUB].",
         show_default=False)] = None,
     token: Annotated[str | None, typer.Option(
         "--token", metavar="TOKEN", help="API token \\[env: CORTEX_TOKEN].",
@@ -77,6 +79,7 @@ app.add_typer(artifacts.app, name="artifacts")
 files.register(app)
 app.add_typer(ca.app, name="ca")
 app.add_typer(browser.app, name="browser")
+app.add_typer(cluster.app, name="cluster")
 serve.register(app)
 mcp.register(app)
 

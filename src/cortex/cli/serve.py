@@ -67,8 +67,19 @@ def register(app: typer.Typer) -> None:
         data_dir: Path | None = typer.Option(None, help="Default: $CORTEX_HOME/hub."),
         store: str = typer.Option("", help="Store URL; default SQLite in the data dir."),
         advertise: list[str] = typer.Option([], help="Extra DNS names/IPs for the hub cert."),
-        hub_id: str = typer.Option("hub-1", help="This hub's id; hubs sharing a Postgres "
-                                   "store need distinct ones."),
+        public_address: str = typer.Option(
+            "", metavar="HOST:PORT[,...]", help="Behind a balancer: the client address "
+            "client.json names (its hosts join the hub cert's names)."),
+        public_node_address: str = typer.Option(
+            "", metavar="HOST:PORT[,...]", help="Behind a balancer: the node address "
+            "enrolling nodes are told to dial (its hosts join the hub cert's names)."),
+        ca_dir: Path | None = typer.Option(None, help="CA directory, shareable by several "
+                                           "hubs (one Postgres); default <data-dir>/ca."),
+        client_file: Path | None = typer.Option(None, help="Where to write client.json "
+                                                "(default: next to the data dir)."),
+        hub_id: str = typer.Option("hub-1", help="This hub's id (logs, node welcomes, "
+                                   "leases); hubs sharing a Postgres store need distinct "
+                                   "ones."),
         lost_after: float = typer.Option(15.0, help="Seconds a silent node keeps its tasks."),
         heartbeat_interval: float = typer.Option(2.0, help="Seconds between node heartbeats."),
         default_timeout: float = typer.Option(86400.0, help="Task deadline when none given."),
@@ -94,7 +105,10 @@ def register(app: typer.Typer) -> None:
         _setup_logging(verbose, log_format, service="cortex-hub")
         cfg = HubConfig(data_dir=data_dir or _home(None) / "hub", host=host, port=port,
                         node_port=node_port, http_port=http_port, http_host=http_host,
-                        store=store, advertise=tuple(advertise), hub_id=hub_id,
+                        store=store, advertise=tuple(advertise),
+                        public_address=public_address,
+                        public_node_address=public_node_address, ca_dir=ca_dir,
+                        client_file=client_file, hub_id=hub_id,
                         lost_after_s=lost_after, heartbeat_interval_s=heartbeat_interval,
                         default_timeout_s=default_timeout, max_output_bytes=max_output,
                         artifact_dir=artifact_dir, artifact_quota_bytes=artifact_quota,
@@ -104,7 +118,11 @@ def register(app: typer.Typer) -> None:
 
     @app.command("node")
     def node_cmd(
-        hub: str = typer.Option("", help="Hub HOST:PORT (its client port) to enroll with."),
+        hub: str = typer.Option("", help="Hub HOST:PORT (its client port) to enroll with; "
+                                "a comma-separated list is tried in order."),
+        node_address: str = typer.Option(
+            "", metavar="HOST:PORT[,...]", help="Hub node port(s) to dial, replacing what "
+            "enrollment stored; several are tried in turn."),
         token: str = typer.Option("", help="Join token from `cortex token join`."),
         data_dir: Path | None = typer.Option(None, help="Default: $CORTEX_HOME/node."),
         name: str = typer.Option("", help="Node name (default: hostname)."),
@@ -124,6 +142,7 @@ def register(app: typer.Typer) -> None:
 
         _setup_logging(verbose, log_format, service="cortex-node")
         cfg = NodeConfig(data_dir=data_dir or _home(None) / "node", hub=hub, token=token,
+                         node_address=node_address,
                          labels=_labels(label), slots=slots, gpus=gpus,
                          drain_grace_s=drain_grace,
                          fs_roots=tuple(os.path.abspath(r) for r in fs_root))

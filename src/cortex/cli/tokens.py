@@ -23,6 +23,7 @@ from cortex.cli._common import (
     to_dict,
     usage,
 )
+from cortex.core.addresses import parse_addresses
 from cortex.errors import InvalidArgument
 from cortex.sdk import Admin, Client, ClientConfig, JoinToken, parse_duration, parse_labels
 
@@ -168,7 +169,10 @@ async def _create(config: ClientConfig, ttl_s: float, labels: dict[str, str], po
 
 def join_address(address: str) -> str:
     """The hub address as another machine should dial it: a loopback host becomes this host's
-    name (the address the hub listens on must be reachable from there, too)."""
+    name (the address the hub listens on must be reachable from there, too). Each entry of
+    a list (several hubs) is treated alike."""
+    if "," in address:
+        return ",".join(join_address(a) for a in parse_addresses(address))
     host, _, port = address.rpartition(":")
     bare = host.strip("[]")
     try:

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cortex.core.addresses import parse_addresses, split_host_port
 from cortex.core.certpolicy import CertPolicy
 from cortex.errors import InvalidArgument
 
@@ -32,6 +33,14 @@ class HubConfig:
     http_host: str = ""                     # where the HTTP port listens; "" = `host`
     store: str = ""                         # default: <data_dir>/hub.db (SQLite)
     advertise: tuple[str, ...] = ()         # extra names/IPs for the serving certificate
+    # Behind a balancer (docs/operations.md, "Running a cluster"): what clients and nodes
+    # dial instead of this hub's own ports. HOST:PORT or a comma-separated list; written to
+    # client.json ("address") and sent to nodes at enrollment. Their hosts are added to the
+    # serving certificate's names. "" = this hub's own address.
+    public_address: str = ""
+    public_node_address: str = ""
+    # The CA directory; several hubs behind one balancer share one (docs/operations.md).
+    ca_dir: Path | None = None              # default <data_dir>/ca
     hub_id: str = "hub-1"
     heartbeat_interval_s: float = 2.0       # nodes send a heartbeat this often
     lost_after_s: float = 15.0              # a node silent this long loses its tasks
@@ -67,6 +76,9 @@ class HubConfig:
             raise InvalidArgument("hub config: http_port must be a TCP port (0-65535), "
                                   f"or {HTTP_OFF} to turn the HTTP port off")
         self.cert_policy  # noqa: B018 - validates the certificate lifetimes now
+        for name in ("public_address", "public_node_address"):
+            if getattr(self, name):
+                parse_addresses(getattr(self, name), what=f"hub config: {name}")
         if self.max_message_bytes < 1024 * 1024:
             raise InvalidArgument("hub config: max_message_bytes must be at least 1 MiB")
         if self.artifact_quota_bytes < 0 or self.artifact_ttl_s < 0 \
@@ -82,6 +94,18 @@ class HubConfig:
     @property
     def http_listen_host(self) -> str:
         return self.http_host or self.host
+
+    @property
+    def ca_root(self) -> Path:
+        return self.ca_dir or self.data_dir / "ca"
+
+    @property
+    def certificate_names(self) -> tuple[str, ...]:
+        """Extra names of the serving certificate: --advertise and the public hosts."""
+        hosts = [split_host_port(a)[0]
+                 for text in (self.public_address, self.public_node_address) if text
+                 for a in parse_addresses(text)]
+        return tuple(dict.fromkeys([*self.advertise, *hosts]))
 
     @property
     def artifact_root(self) -> Path:

@@ -20,14 +20,24 @@ Which chain goes where during a root rotation (roots R1 old, R2 new):
   serving chain to R2 live (gRPC dynamic credentials).
 Node certificates carry ``spiffe://cortex/tenant/<t>/pool/<p>/node/<id>``; the hub's
 serving certificate always names ``cortex-hub``.
+
+Several hubs may share one directory (``--ca-dir``, docs/operations.md): every change
+(creation, rotation, retirement) happens under an exclusive ``flock`` on ``.lock`` in it,
+after re-reading what another hub may have written, and ``state.json`` is replaced last
+(atomically), so a reader sees the old CA or the new one. `reload_if_changed` notices
+another hub's change by ``state.json``'s inode and mtime.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import ipaddress
 import json
+import os
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,17 +108,20 @@ class CertificateAuthority:
         self._ints = intermediates
         self._retired = retired
         self.generation = 0  # bumped whenever the served chain or the trust bundle changes
+        self._stamp = _stamp(directory)   # state.json as last read or written here
+        self._lock_depth = 0
 
     # -- loading ------------------------------------------------------------------------
     @classmethod
     def load_or_create(cls, directory: Path, *, now: dt.datetime) -> CertificateAuthority:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        state_path = directory / "state.json"
-        if state_path.exists():
-            state = json.loads(state_path.read_text())
-            roots = [cls._load_root(directory, n) for n in state["roots"]]
-            ints = [cls._load_int(directory, n, state["roots"]) for n in state["intermediates"]]
-            ca = cls(directory, roots, ints, set(state.get("retired", [])))
+        with _flock(directory):   # two hubs starting at once: one creates, one loads
+            return cls._load_or_create(directory, now=now)
+
+    @classmethod
+    def _load_or_create(cls, directory: Path, *, now: dt.datetime) -> CertificateAuthority:
+        if (directory / "state.json").exists():
+            ca = cls(directory, *cls._read(directory))
             ca._save()
             return ca
         if (directory / "ca.key").exists() and (directory / "ca.pem").exists():
@@ -125,6 +138,50 @@ class CertificateAuthority:
         ca._new_intermediate(now)
         ca._save()
         return ca
+
+    @classmethod
+    def _read(cls, directory: Path
+              ) -> tuple[list[_Authority], list[_Authority], set[str]]:
+        state = json.loads((directory / "state.json").read_text())
+        roots = [cls._load_root(directory, n) for n in state["roots"]]
+        ints = [cls._load_int(directory, n, state["roots"]) for n in state["intermediates"]]
+        return roots, ints, set(state.get("retired", []))
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the directory's lock (re-entrant) with this object up to date with it: what
+        another hub wrote is loaded first. Every change happens inside."""
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
+        with _flock(self._dir):
+            self._lock_depth = 1
+            try:
+                self._reload_locked()
+                yield
+            finally:
+                self._lock_depth = 0
+
+    def reload_if_changed(self) -> bool:
+        """Load the directory again if another hub changed it (a rotation, a retirement);
+        True when it did: the caller's serving chain and trust bundle follow
+        (`generation` moved)."""
+        if _stamp(self._dir) == self._stamp:
+            return False
+        with self.locked():
+            pass   # locked() reloads
+        return True
+
+    def _reload_locked(self) -> None:
+        if _stamp(self._dir) == self._stamp:
+            return
+        self._roots, self._ints, self._retired = self._read(self._dir)
+        self._stamp = _stamp(self._dir)
+        self.generation += 1
 
     @staticmethod
     def _load_key(path: Path) -> ec.EllipticCurvePrivateKey:
@@ -157,10 +214,13 @@ class CertificateAuthority:
         state = {"roots": [r.name for r in self._roots],
                  "intermediates": [i.name for i in self._ints],
                  "retired": sorted(self._retired)}
-        (self._dir / "bundle.pem").write_bytes(self.cert_pem)
+        bundle = self._dir / "bundle.pem.tmp"
+        bundle.write_bytes(self.cert_pem)
+        bundle.replace(self._dir / "bundle.pem")
         tmp = self._dir / "state.json.tmp"
         tmp.write_text(json.dumps(state, indent=2))
-        tmp.replace(self._dir / "state.json")
+        tmp.replace(self._dir / "state.json")   # last: the files it names exist already
+        self._stamp = _stamp(self._dir)
 
     # -- what peers see -----------------------------------------------------------------
     @property
@@ -266,6 +326,10 @@ class CertificateAuthority:
     def rotate(self, *, now: dt.datetime, new_root: bool = False) -> None:
         """A new issuing intermediate (signed by every trusted root), and first a new root
         when asked; old ones stay trusted until `retire` finds nothing depends on them."""
+        with self.locked():
+            self._rotate(now=now, new_root=new_root)
+
+    def _rotate(self, *, now: dt.datetime, new_root: bool) -> None:
         if new_root:
             n = 1 + max((int(r.name.removeprefix("root-")) for r in self._roots
                          if r.name.startswith("root-")), default=1)
@@ -310,6 +374,10 @@ class CertificateAuthority:
         """Retire what no valid certificate depends on. `latest`: for each issuer label
         (``int/root``) the latest not_after of its unrevoked node certificates. True on
         a change (the caller then swaps the serving chain)."""
+        with self.locked():
+            return self._retire(latest, now=now)
+
+    def _retire(self, latest: dict[str, float], *, now: float) -> bool:
         def last(match: int, name: str) -> float:
             return max((t for label, t in latest.items()
                         if label.split("/")[match] == name), default=0.0)
@@ -351,6 +419,27 @@ class CertificateAuthority:
 
 
 _BACKDATE = dt.timedelta(seconds=certpolicy.BACKDATE_S)
+
+
+@contextlib.contextmanager
+def _flock(directory: Path) -> Iterator[None]:
+    """An exclusive lock on ``<directory>/.lock``, shared with every hub using it (flock
+    works across processes on one machine and on NFSv4; see docs/operations.md)."""
+    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)   # closing releases the lock
+
+
+def _stamp(directory: Path) -> tuple[int, int]:
+    """Identifies one version of state.json: it is only ever replaced, never edited."""
+    try:
+        st = (directory / "state.json").stat()
+    except FileNotFoundError:
+        return (0, 0)
+    return (st.st_ino, st.st_mtime_ns)
 
 
 def _utc(ts: float) -> dt.datetime:

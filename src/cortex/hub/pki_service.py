@@ -66,7 +66,8 @@ class Lifecycle:
         if self._served_generation != self.ca.generation or now > self._serving_until:
             self._served_generation = self.ca.generation
             self._serving = self.ca.issue_server_cert(
-                self._config.data_dir, now=_utc(now), extra_names=self._config.advertise)
+                self._config.data_dir, now=_utc(now),
+                extra_names=self._config.certificate_names)
             cert = x509.load_pem_x509_certificate(self._serving[1])
             self._serving_until = cert.not_valid_after_utc.timestamp() - _SERVER_RENEW_S
         return self._serving
@@ -213,13 +214,25 @@ class Lifecycle:
         """One pass: retire what nothing depends on; rotate an intermediate near its end."""
         async with self._lock:
             now = self._clock()
-            if self.ca.needs_rotation(now=now, lifetime_s=self._policy.lifetime_s):
-                self.ca.rotate(now=_utc(now))
-                log.warning("the issuing intermediate neared its end: rotated to %s",
-                            self.ca.active.name)
+            # Under the CA directory's lock: of several hubs sharing it, one rotates.
+            with self.ca.locked():
+                if self.ca.needs_rotation(now=now, lifetime_s=self._policy.lifetime_s):
+                    self.ca.rotate(now=_utc(now))
+                    log.warning("the issuing intermediate neared its end: rotated to %s",
+                                self.ca.active.name)
             latest = await self._store.certificate_issuers_all_tenants(now=now)
             if self.ca.retire(latest, now=now):
                 log.info("retired CA certificates nothing depends on any more")
+
+    async def follow_ca_dir(self) -> bool:
+        """Load the CA again when another hub sharing its directory changed it; the next
+        handshakes get the new serving chain and trust bundle. True when it did."""
+        async with self._lock:
+            if not self.ca.reload_if_changed():
+                return False
+        log.warning("the CA directory changed (another hub rotated or retired): now "
+                    "issuing through %s", self.ca.node_issuer)
+        return True
 
     async def status(self, tenant: str) -> pki_pb2.CaStatusResponse:
         now = self._clock()

@@ -57,6 +57,7 @@ log = logging.getLogger("cortex.hub")
 DEFAULT_TENANT = "default"
 _REAP_EVERY_S = 0.5
 _PKI_EVERY_S = 30.0   # CA maintenance: retire unused CA certificates, rotate near the end
+_CA_WATCH_EVERY_S = 2.0   # how soon a change another hub made to a shared CA dir is seen
 
 
 class Hub:
@@ -86,7 +87,7 @@ class Hub:
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         now = dt.datetime.now(dt.UTC)
-        self.ca = CertificateAuthority.load_or_create(cfg.data_dir / "ca", now=now)
+        self.ca = CertificateAuthority.load_or_create(cfg.ca_root, now=now)
         self.pki = Lifecycle(ca=self.ca, store=self.store, registry=self.registry,
                              tasks=self.tasks, config=cfg)
         await self.store.open()
@@ -274,9 +275,9 @@ class Hub:
             raise RuntimeError("the hub writes its client file only after start()")
         target = self.config.client_file or self.config.data_dir.parent / "client.json"
         body = {
-            "address": self.address,
-            "node_address": self.node_address,
-            "ca_file": str((self.config.data_dir / "ca" / "bundle.pem").resolve()),
+            "address": self.config.public_address or self.address,
+            "node_address": self.config.public_node_address or self.node_address,
+            "ca_file": str((self.config.ca_root / "bundle.pem").resolve()),
             "token_file": str((self.config.data_dir / "admin.token").resolve()),
             "ca_fingerprint": self.ca.fingerprint,
         }
@@ -299,11 +300,15 @@ class Hub:
             except Exception:  # a failed pass must not stop GC; the next one retries
                 log.exception("artifact gc pass failed")
     async def _pki_loop(self) -> None:
+        passes = 0
         while True:
-            await asyncio.sleep(_PKI_EVERY_S)
+            await asyncio.sleep(_CA_WATCH_EVERY_S)
+            passes += 1
             try:
                 if self.pki is not None:
-                    await self.pki.maintain()
+                    await self.pki.follow_ca_dir()
+                    if passes % round(_PKI_EVERY_S / _CA_WATCH_EVERY_S) == 0:
+                        await self.pki.maintain()
             except Exception:  # a failed pass must not stop maintenance; the next retries
                 log.exception("CA maintenance pass failed")
 

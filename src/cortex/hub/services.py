@@ -286,7 +286,8 @@ class EnrollServicer(enroll_pb2_grpc.EnrollServiceServicer):
                  rec.tenant, rec.pool)
         return enroll_pb2.EnrollResponse(node_id=node_id, certificate_pem=chain,
                                          ca_pem=self._ca.cert_pem, tenant=rec.tenant,
-                                         labels=rec.labels, node_port=self._node_port())
+                                         labels=rec.labels, node_port=self._node_port(),
+                                         node_address=self._config.public_node_address)
 
 
 class NodeServicer(node_pb2_grpc.NodeServiceServicer):

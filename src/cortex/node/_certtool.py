@@ -12,8 +12,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from cortex._dial import balanced_target
 from cortex._proto.cortex.v1 import pki_pb2, pki_pb2_grpc
 from cortex.core import certpolicy
+from cortex.core.addresses import parse_addresses
 from cortex.errors import CortexError, InvalidArgument, PermissionDenied, Unavailable
 
 __all__ = ["REENROLL_CONTEXT", "cert_validity", "new_key_and_csr", "reenroll"]
@@ -49,8 +51,9 @@ def reenroll(*, hub: str, name: str, key_pem: bytes, cert_pem: bytes, ca_pem: by
     new_key, csr = new_key_and_csr(name)
     proof = old.sign(REENROLL_CONTEXT + csr, ec.ECDSA(hashes.SHA256()))
     creds = grpc.ssl_channel_credentials(root_certificates=ca_pem)
-    with grpc.secure_channel(hub, creds, options=[
-            ("grpc.ssl_target_name_override", _HUB_SERVER_NAME)]) as channel:
+    target, balancing = balanced_target(parse_addresses(hub))
+    with grpc.secure_channel(target, creds, options=[
+            *balancing, ("grpc.ssl_target_name_override", _HUB_SERVER_NAME)]) as channel:
         try:
             resp = pki_pb2_grpc.NodeCertServiceStub(channel).Reenroll(
                 pki_pb2.ReenrollRequest(certificate_pem=cert_pem, csr_pem=csr, proof=proof),

@@ -23,6 +23,7 @@ import grpc
 from cortex import __version__, tracing
 from cortex._proto.cortex.v1 import common_pb2 as pb
 from cortex._proto.cortex.v1 import node_pb2, node_pb2_grpc
+from cortex.core.addresses import parse_addresses
 from cortex.core.states import State
 from cortex.errors import CortexError, InvalidArgument
 from cortex.node._host import count_gpus, host_capacity
@@ -98,6 +99,7 @@ class Agent:
         self._runs: asyncio.TaskGroup | None = None
         self.connected = asyncio.Event()
         self._channel_now: grpc.aio.Channel | None = None  # the connected stream's channel
+        self._dials = 0   # which of the hub addresses (node_address may list several) is next
         self.renewer = Renewer(data_dir=config.data_dir, name=config.name,
                                identity=lambda: self._id, replace=self._set_identity,
                                channel=lambda: self._channel_now)
@@ -226,6 +228,7 @@ class Agent:
                 self._outbox = None
                 self._channel_now = None
                 self.connected.clear()
+                self._dials += 1   # with several hub addresses, try the next one
             failures = 0 if time.monotonic() - started > 30 else failures + 1
             cap = min(self._config.reconnect_max_s, 0.2 * 2 ** min(failures, 10))
             await asyncio.sleep(random.uniform(cap / 2, cap))  # noqa: S311 - jitter, not crypto
@@ -242,7 +245,9 @@ class Agent:
             root_certificates=self._id.ca_pem, private_key=self._id.key_pem,
             certificate_chain=self._id.cert_pem)
         size = self._config.max_message_bytes
-        return grpc.aio.secure_channel(self._id.node_address, creds, options=[
+        addresses = parse_addresses(self._id.node_address, what="node address")
+        address = addresses[self._dials % len(addresses)]
+        return grpc.aio.secure_channel(address, creds, options=[
             ("grpc.ssl_target_name_override", HUB_SERVER_NAME),
             ("grpc.max_send_message_length", size),
             ("grpc.max_receive_message_length", size),

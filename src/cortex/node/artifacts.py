@@ -21,9 +21,11 @@ from pathlib import Path
 import grpc
 
 from cortex import _transfer
+from cortex._dial import balanced_target
 from cortex._proto.cortex.v1 import artifacts_pb2 as apb
 from cortex._proto.cortex.v1 import artifacts_pb2_grpc
 from cortex._proto.cortex.v1 import common_pb2 as pb
+from cortex.core.addresses import parse_addresses
 from cortex.core.artifacts import check_artifact_globs, check_name
 from cortex.errors import CortexError, InvalidArgument, PermissionDenied
 from cortex.node.identity import HUB_SERVER_NAME, Identity
@@ -73,7 +75,10 @@ class NodeArtifacts:
         creds = grpc.ssl_channel_credentials(
             root_certificates=self._id.ca_pem, private_key=self._id.key_pem,
             certificate_chain=self._id.cert_pem)
-        async with grpc.aio.secure_channel(self._id.node_address, creds, options=[
+        # Several hub addresses: round robin over those that answer (cortex._dial).
+        target, balancing = balanced_target(parse_addresses(self._id.node_address))
+        async with grpc.aio.secure_channel(target, creds, options=[
+            *balancing,
             ("grpc.ssl_target_name_override", HUB_SERVER_NAME),
             ("grpc.max_send_message_length", _MAX_MESSAGE),
             ("grpc.max_receive_message_length", _MAX_MESSAGE),

@@ -7,6 +7,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cortex.core.addresses import parse_addresses
 from cortex.errors import InvalidArgument
 
 __all__ = ["NodeConfig"]
@@ -19,7 +20,12 @@ def _home() -> Path:
 @dataclass(frozen=True, slots=True)
 class NodeConfig:
     data_dir: Path = field(default_factory=lambda: _home() / "node")
-    hub: str = ""                        # host:port of the hub (client port, for enrolling)
+    # host:port of the hub's client port, for enrolling; a comma-separated list of several
+    # hubs or balancers is tried in order.
+    hub: str = ""
+    # The hub node port(s) to dial, overriding what enrollment stored (HOST:PORT[,...]);
+    # several are tried in turn, moving on when a connection fails.
+    node_address: str = ""
     token: str = ""                      # join token; needed only until enrolled
     name: str = field(default_factory=socket.gethostname)
     labels: dict[str, str] = field(default_factory=dict)
@@ -40,6 +46,10 @@ class NodeConfig:
         for name in ("drain_grace_s", "kill_grace_s", "reconnect_max_s", "flush_interval_s"):
             if getattr(self, name) < 0:
                 raise InvalidArgument(f"node config: {name} must not be negative")
+        if self.hub:
+            parse_addresses(self.hub, what="node config: hub")
+        if self.node_address:
+            parse_addresses(self.node_address, what="node config: node_address")
         for root in self.fs_roots:
             if not os.path.isabs(root) or not os.path.isdir(root):
                 raise InvalidArgument(f"node config: fs root {root!r} must be an absolute "

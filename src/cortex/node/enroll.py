@@ -18,11 +18,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from cortex._proto.cortex.v1 import enroll_pb2, enroll_pb2_grpc
+from cortex.core.addresses import join_addresses, parse_addresses, split_host_port
 from cortex.core.tokens import parse_join_token
 from cortex.errors import CortexError, InvalidArgument, PermissionDenied, Unavailable
 from cortex.node.identity import HUB_SERVER_NAME, Identity, save_identity
 
-__all__ = ["Identity", "enroll", "fetch_pinned_ca"]
+__all__ = ["Identity", "enroll", "fetch_pinned_ca", "node_address"]
 
 
 def fetch_pinned_ca(hub: str, pin: str, *, timeout: float = 10.0) -> bytes:
@@ -53,18 +54,36 @@ def fetch_pinned_ca(hub: str, pin: str, *, timeout: float = 10.0) -> bytes:
 
 def enroll(*, hub: str, token: str, data_dir: Path, name: str, timeout: float = 15.0
            ) -> Identity:
-    """Enroll with a join token; writes the key (0600), certificate and CA to data_dir."""
+    """Enroll with a join token; writes the key (0600), certificate and CA to data_dir.
+
+    `hub` may list several addresses (``a:7443,b:7443``): the first that answers is used.
+    """
     _, _, pin = parse_join_token(token)
     if not pin:
         raise InvalidArgument(
             "the join token carries no CA pin; use one from `cortex token join`")
-    ca_pem = fetch_pinned_ca(hub, pin, timeout=timeout)
+    addresses = parse_addresses(hub, what="--hub")
+    failures: list[str] = []
+    for address in addresses:
+        try:
+            ca_pem = fetch_pinned_ca(address, pin, timeout=timeout)
+        except Unavailable as exc:
+            failures.append(str(exc))
+            continue
+        return _enroll_at(address, hub=hub, token=token, ca_pem=ca_pem, data_dir=data_dir,
+                          name=name, timeout=timeout)
+    raise Unavailable("; ".join(failures))
+
+
+def _enroll_at(address: str, *, hub: str, token: str, ca_pem: bytes, data_dir: Path,
+               name: str, timeout: float) -> Identity:
+    """Enroll at `address` (one of the list `hub`), whose CA the token's pin matched."""
     key = ec.generate_private_key(ec.SECP256R1())
     csr = (x509.CertificateSigningRequestBuilder()
            .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, name[:64])]))
            .sign(key, hashes.SHA256()))
     creds = grpc.ssl_channel_credentials(root_certificates=ca_pem)
-    with grpc.secure_channel(hub, creds, options=[
+    with grpc.secure_channel(address, creds, options=[
             ("grpc.ssl_target_name_override", HUB_SERVER_NAME)]) as channel:
         stub = enroll_pb2_grpc.EnrollServiceStub(channel)
         try:
@@ -72,12 +91,11 @@ def enroll(*, hub: str, token: str, data_dir: Path, name: str, timeout: float = 
                 token=token, csr_pem=csr.public_bytes(serialization.Encoding.PEM), name=name),
                 timeout=timeout)
         except grpc.RpcError as exc:
-            raise _translate(exc, hub) from exc
-    host, _ = _split(hub)
+            raise _translate(exc, address) from exc
     leaf = x509.load_pem_x509_certificate(resp.certificate_pem)
     ident = Identity(
         node_id=resp.node_id, tenant=resp.tenant, hub=hub,
-        node_address=f"{host}:{resp.node_port}",
+        node_address=node_address(hub, resp.node_address, resp.node_port),
         key_pem=key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                   serialization.NoEncryption()),
         cert_pem=resp.certificate_pem,
@@ -89,6 +107,16 @@ def enroll(*, hub: str, token: str, data_dir: Path, name: str, timeout: float = 
     )
     save_identity(data_dir, ident)
     return ident
+
+
+def node_address(hub: str, public: str, node_port: int) -> str:
+    """Where the node dials: the hub's public node address when it names one, else each
+    enrollment host at the hub's node port (``a:7443,b:7443`` -> ``a:7444,b:7444``)."""
+    if public:
+        return join_addresses(parse_addresses(public, what="the hub's node address"))
+    return join_addresses([
+        f"[{h}]:{node_port}" if ":" in h else f"{h}:{node_port}"
+        for h in dict.fromkeys(split_host_port(a)[0] for a in parse_addresses(hub))])
 
 
 def _split(hub: str) -> tuple[str, int]:

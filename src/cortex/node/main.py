@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import functools
 import logging
 import multiprocessing
@@ -16,7 +17,7 @@ from cortex.node.artifacts import NodeArtifacts
 from cortex.node.cgroups import CgroupManager
 from cortex.node.config import NodeConfig
 from cortex.node.fs import FsSkill
-from cortex.node.identity import Identity, load_identity
+from cortex.node.identity import Identity, load_identity, save_identity
 from cortex.node.journal import Journal
 from cortex.node.supervisor import Supervisor
 from cortex.skills.base import Skill
@@ -41,7 +42,7 @@ def ensure_identity(config: NodeConfig) -> Identity:
     """The node's identity from its data dir, enrolling with the join token the first time."""
     ident = load_identity(config.data_dir)
     if ident is not None:
-        return ident
+        return _dial_override(config, ident)
     if not config.hub or not config.token:
         raise InvalidArgument(
             f"this node is not enrolled yet ({config.data_dir} has no identity): pass "
@@ -51,6 +52,16 @@ def ensure_identity(config: NodeConfig) -> Identity:
     ident = enroll(hub=config.hub, token=config.token, data_dir=config.data_dir,
                    name=config.name)
     log.info("enrolled as node %s in tenant %s", ident.node_id, ident.tenant)
+    return _dial_override(config, ident)
+
+
+def _dial_override(config: NodeConfig, ident: Identity) -> Identity:
+    """`--node-address` replaces (and saves) where the identity says to dial."""
+    if not config.node_address or config.node_address == ident.node_address:
+        return ident
+    ident = dataclasses.replace(ident, node_address=config.node_address)
+    save_identity(config.data_dir, ident)
+    log.info("dialing the hub at %s from now on", ident.node_address)
     return ident
 
 
@@ -103,7 +114,7 @@ async def enroll_in_child(config: NodeConfig) -> Identity:
     """`ensure_identity` in a short-lived child process, so the long-running agent never
     maps the X.509 toolkit (~10 MiB resident) just to enroll once."""
     if (ident := load_identity(config.data_dir)) is not None:
-        return ident
+        return _dial_override(config, ident)
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
         ident = await asyncio.get_running_loop().run_in_executor(pool, ensure_identity, config)

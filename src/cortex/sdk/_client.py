@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Self, TypeVar, Unpack
 import grpc
 
 from cortex import tracing
+from cortex._dial import balanced_target
 from cortex._proto.cortex.v1 import common_pb2, pki_pb2, pki_pb2_grpc, tasks_pb2, tasks_pb2_grpc
 from cortex.core.states import TERMINAL
 from cortex.errors import CortexError, InvalidArgument, Unavailable
@@ -67,11 +68,14 @@ _RECONNECT_CODES = frozenset({
 
 # Pauses before sending a unary call again when the connection could not be made at all.
 _CONNECT_RETRY_S = (0.2, 0.6)
+# How gRPC says no connection could be made: pick_first (one address) and round_robin
+# (a list of hubs, cortex._dial).
+_NEVER_SENT = ("failed to connect to all addresses", "connections to all backends failing")
 
 
 def _never_sent(error: grpc.aio.AioRpcError) -> bool:
     return (error.code() == grpc.StatusCode.UNAVAILABLE
-            and "failed to connect to all addresses" in (error.details() or ""))
+            and any(m in (error.details() or "") for m in _NEVER_SENT))
 
 
 class JoinToken(NamedTuple):
@@ -602,9 +606,12 @@ def _open_channel(config: ClientConfig) -> grpc.aio.Channel:
         ("grpc.initial_reconnect_backoff_ms", 200),
         ("grpc.min_reconnect_backoff_ms", 200),
     ]
+    # Several hubs: round robin over those that answer (cortex._dial); one: as given.
+    target, balancing = balanced_target(config.addresses)
+    options += balancing
     if config.insecure:
-        return grpc.aio.insecure_channel(config.address, options=options)
+        return grpc.aio.insecure_channel(target, options=options)
     if config.tls_server_name is not None:
         options.append(("grpc.ssl_target_name_override", config.tls_server_name))
     credentials = grpc.ssl_channel_credentials(root_certificates=config.ca_pem)
-    return grpc.aio.secure_channel(config.address, credentials, options=options)
+    return grpc.aio.secure_channel(target, credentials, options=options)

@@ -2,13 +2,16 @@
 
 Resolution is flags > environment > the file the hub writes at start:
 
-    address   --hub            CORTEX_HUB     client.json "address"
+    address   --hub            CORTEX_HUB     client.json "address" (a string or a list)
     token     --token          CORTEX_TOKEN   client.json "token_file" (the file's text)
     CA        --ca (a path)    CORTEX_CA      client.json "ca_file"
 
 ``client.json`` lives in ``$CORTEX_HOME`` (default ``~/.cortex``). Its token and CA are
 used only for the hub it names: pointing CORTEX_HUB at another hub never sends that hub
 the local admin token.
+
+An address may be a comma-separated list (``hub-a:7443,hub-b:7443``): the client then
+balances calls round robin over the hubs that answer, and skips the ones that do not.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
 
+from cortex.core.addresses import join_addresses, parse_addresses
 from cortex.errors import InvalidArgument
 
 __all__ = [
@@ -62,7 +66,9 @@ class ClientConfig:
     """Where the hub is and how to talk to it. Validated on construction."""
 
     address: str
-    """``HOST:PORT`` of the hub's gRPC port (``[::1]:7070`` for IPv6)."""
+    """``HOST:PORT`` of the hub's gRPC port (``[::1]:7070`` for IPv6), or several of them
+    separated by commas (several hubs, or balancers): calls go round robin to those that
+    answer."""
     token: str = field(repr=False)
     """API token, sent as ``authorization: Bearer <token>`` on every call."""
     ca_pem: bytes | None = field(default=None, repr=False)
@@ -97,6 +103,11 @@ class ClientConfig:
             raise ConfigError(f"reconnect_timeout must be >= 0 s, got {self.reconnect_timeout}")
 
     @property
+    def addresses(self) -> tuple[str, ...]:
+        """Every hub address of `address`, in order."""
+        return parse_addresses(self.address)
+
+    @property
     def tls_server_name(self) -> str | None:
         """The name TLS verifies, or None for the dialed host."""
         if self.server_name is not None:
@@ -128,7 +139,7 @@ class ClientConfig:
                 raise ConfigError(NO_HUB)
             address, addr_source = local.address, str(local.path)
         # The local hub's secrets go to the local hub only.
-        if local is not None and local.address == address:
+        if local is not None and _same(local.address, address):
             token = token or local.read_token()
             if ca_pem is None and not insecure:
                 ca_pem = local.read_ca()
@@ -161,11 +172,11 @@ class _HubFile:
             data: Any = json.loads(raw)
         except ValueError as e:
             raise _broken(path, f"not JSON ({e})") from e
-        if not isinstance(data, dict) or not isinstance(data.get("address"), str):
+        if not isinstance(data, dict):
             raise _broken(path, 'no "address" string')
         return cls(
             path=path,
-            address=data["address"],
+            address=_file_address(path, data.get("address")),
             token_file=_path_field(path, data, "token_file"),
             ca_file=_path_field(path, data, "ca_file"),
         )
@@ -186,12 +197,33 @@ class _HubFile:
 
 
 def _check_address(address: str) -> None:
-    host, sep, port = address.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(
-            f"hub address {address!r} is not HOST:PORT (e.g. 127.0.0.1:7070 or [::1]:7070)"
-        )
+    try:
+        parse_addresses(address)
+    except InvalidArgument as e:
+        raise ConfigError(str(e)) from None
+
+
+def _same(a: str, b: str) -> bool:
+    """Whether two address lists name the same hubs (spacing aside)."""
+    try:
+        return parse_addresses(a) == parse_addresses(b)
+    except InvalidArgument:
+        return a == b
+
+
+def _file_address(path: Path, value: Any) -> str:
+    """client.json's "address": one ``HOST:PORT`` string, or a list of them."""
+    if value is None:
+        raise _broken(path, 'no "address" string')
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        value = join_addresses(value)
+    if not isinstance(value, str):
+        raise _broken(path, '"address" is neither a "HOST:PORT" string nor a list of them')
+    try:
+        parse_addresses(value)
+    except InvalidArgument as e:
+        raise _broken(path, str(e)) from None
+    return value
 
 
 def _home(home: Path | str | None, env: Mapping[str, str]) -> Path:

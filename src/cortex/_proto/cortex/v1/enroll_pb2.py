@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63ortex/v1/enroll.proto\x12\tcortex.v1\"\x17\n\x15GetTrustBundleRequest\"\x1d\n\x0bTrustBundle\x12\x0e\n\x06\x63\x61_pem\x18\x01 \x01(\x0c\"=\n\rEnrollRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\x0c\x12\x0c\n\x04name\x18\x03 \x01(\t\"\xd3\x01\n\x0e\x45nrollResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x02 \x01(\x0c\x12\x0e\n\x06\x63\x61_pem\x18\x03 \x01(\x0c\x12\x0e\n\x06tenant\x18\x04 \x01(\t\x12\x35\n\x06labels\x18\x05 \x03(\x0b\x32%.cortex.v1.EnrollResponse.LabelsEntry\x12\x11\n\tnode_port\x18\x06 \x01(\r\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\x9a\x01\n\rEnrollService\x12J\n\x0eGetTrustBundle\x12 .cortex.v1.GetTrustBundleRequest\x1a\x16.cortex.v1.TrustBundle\x12=\n\x06\x45nroll\x12\x18.cortex.v1.EnrollRequest\x1a\x19.cortex.v1.EnrollResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63ortex/v1/enroll.proto\x12\tcortex.v1\"\x17\n\x15GetTrustBundleRequest\"\x1d\n\x0bTrustBundle\x12\x0e\n\x06\x63\x61_pem\x18\x01 \x01(\x0c\"=\n\rEnrollRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\x0c\x12\x0c\n\x04name\x18\x03 \x01(\t\"\xe9\x01\n\x0e\x45nrollResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x02 \x01(\x0c\x12\x0e\n\x06\x63\x61_pem\x18\x03 \x01(\x0c\x12\x0e\n\x06tenant\x18\x04 \x01(\t\x12\x35\n\x06labels\x18\x05 \x03(\x0b\x32%.cortex.v1.EnrollResponse.LabelsEntry\x12\x11\n\tnode_port\x18\x06 \x01(\r\x12\x14\n\x0cnode_address\x18\x07 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\x9a\x01\n\rEnrollService\x12J\n\x0eGetTrustBundle\x12 .cortex.v1.GetTrustBundleRequest\x1a\x16.cortex.v1.TrustBundle\x12=\n\x06\x45nroll\x12\x18.cortex.v1.EnrollRequest\x1a\x19.cortex.v1.EnrollResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,9 +40,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENROLLREQUEST']._serialized_start=93
   _globals['_ENROLLREQUEST']._serialized_end=154
   _globals['_ENROLLRESPONSE']._serialized_start=157
-  _globals['_ENROLLRESPONSE']._serialized_end=368
-  _globals['_ENROLLRESPONSE_LABELSENTRY']._serialized_start=323
-  _globals['_ENROLLRESPONSE_LABELSENTRY']._serialized_end=368
-  _globals['_ENROLLSERVICE']._serialized_start=371
-  _globals['_ENROLLSERVICE']._serialized_end=525
+  _globals['_ENROLLRESPONSE']._serialized_end=390
+  _globals['_ENROLLRESPONSE_LABELSENTRY']._serialized_start=345
+  _globals['_ENROLLRESPONSE_LABELSENTRY']._serialized_end=390
+  _globals['_ENROLLSERVICE']._serialized_start=393
+  _globals['_ENROLLSERVICE']._serialized_end=547
 # @@protoc_insertion_point(module_scope)

@@ -107,6 +107,7 @@ class EnrollResponse(_message.Message):
     TENANT_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     NODE_PORT_FIELD_NUMBER: _builtins.int
+    NODE_ADDRESS_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     certificate_pem: _builtins.bytes
     """leaf, then chain"""
@@ -114,6 +115,10 @@ class EnrollResponse(_message.Message):
     tenant: _builtins.str
     node_port: _builtins.int
     """The hub's node port; the node dials the host it enrolled through at this port."""
+    node_address: _builtins.str
+    """Where nodes should dial instead (a balancer, or several hubs): HOST:PORT[,HOST:PORT]
+    from the hub's --public-node-address; empty means "enrolled host, node_port".
+    """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
@@ -125,10 +130,11 @@ class EnrollResponse(_message.Message):
         tenant: _builtins.str = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         node_port: _builtins.int = ...,
+        node_address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_pem", b"ca_pem", "certificate_pem", b"certificate_pem", "labels", b"labels", "node_id", b"node_id", "node_port", b"node_port", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_pem", b"ca_pem", "certificate_pem", b"certificate_pem", "labels", b"labels", "node_address", b"node_address", "node_id", b"node_id", "node_port", b"node_port", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
