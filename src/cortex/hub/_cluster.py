@@ -85,6 +85,10 @@ class Clustering:
         self._feed_jobs: set[asyncio.Task[None]] = set()
         self.instance = ""          # this process, in the hubs table
         self._input_locks: dict[str, asyncio.Lock] = {}   # relayed input, per task
+        # This hub's task writes in flight (id -> the version written), and the news of
+        # that version heard meanwhile: its own write's, unless the write fails.
+        self._writing: dict[str, int] = {}
+        self._held_back: dict[str, TaskChange] = {}
 
     # -- watchers of tasks held anywhere ---------------------------------------------
     def feed_event(self, task_id: str) -> asyncio.Event:
@@ -103,6 +107,11 @@ class Clustering:
     def on_change(self, change: TaskChange) -> None:
         """One announced task write (possibly this hub's own). Cheap when nothing to do."""
         self._wake_watchers(change.task_id)
+        if self._writing.get(change.task_id) == change.version:
+            # Most likely this hub's own write, heard before its reply: the writer
+            # applies it (on failure, it was another hub's and is applied then).
+            self._held_back[change.task_id] = change
+            return
         entry = self._active.get(change.task_id)
         if entry is not None:
             if entry.task.version >= change.version:
@@ -117,6 +126,21 @@ class Clustering:
         job = asyncio.ensure_future(self._apply_change(change))
         self._feed_jobs.add(job)
         job.add_done_callback(self._feed_jobs.discard)
+
+    def writing(self, task_id: str, version: int) -> None:
+        """This hub is about to write `version` of the task (news of it is its own)."""
+        if self.clustered:
+            self._writing[task_id] = version
+
+    def written(self, task_id: str, version: int, *, ok: bool) -> None:
+        """The write announced by `writing` landed (`ok`) or not: in that case the news
+        of that version held back meanwhile was another hub's, and is applied now."""
+        if self._writing.get(task_id) != version:
+            return
+        del self._writing[task_id]
+        held = self._held_back.pop(task_id, None)
+        if held is not None and not ok:
+            self.on_change(held)
 
     async def _apply_change(self, change: TaskChange) -> None:
         try:
