@@ -116,6 +116,11 @@ class Clustering:
         if entry is not None:
             if entry.task.version >= change.version:
                 return  # our own write, or older news
+            if (entry.task.state == pb.QUEUED and change.state in _HELD
+                    and not self._local(change.tenant, change.node_id)):
+                # Claimed by another hub for its node: drop our copy, no read back.
+                self._spawn(self._drop_claimed(entry, change.version))
+                return
         elif change.state == pb.QUEUED or (change.state in _HELD
                                            and self._local(change.tenant, change.node_id)):
             pass  # a task to adopt
@@ -123,9 +128,21 @@ class Clustering:
             pass  # a waiter here wants it
         else:
             return
-        job = asyncio.ensure_future(self._apply_change(change))
+        self._spawn(self._apply_change(change))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        job = asyncio.ensure_future(work)
         self._feed_jobs.add(job)
         job.add_done_callback(self._feed_jobs.discard)
+
+    async def _drop_claimed(self, entry: Entry, version: int) -> None:
+        """Forget a queued task another hub's node now holds (as of `version`)."""
+        async with entry.lock:
+            if (self._active.get(entry.task.id) is entry and entry.task.state == pb.QUEUED
+                    and entry.task.version < version):
+                self._forget(entry, finished=False)
+                changed, entry.changed = entry.changed, asyncio.Event()
+                changed.set()
 
     def writing(self, task_id: str, version: int) -> None:
         """This hub is about to write `version` of the task (news of it is its own)."""
