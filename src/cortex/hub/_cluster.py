@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from google.protobuf.message import DecodeError
 
@@ -42,6 +42,7 @@ from cortex.store.base import Store, TaskChange
 __all__ = ["Clustering"]
 
 log = logging.getLogger("cortex.hub.cluster")
+_T = TypeVar("_T")
 _HELD = (pb.ASSIGNED, pb.RUNNING)
 _RELAY_POLL_S = 2.0         # relayed input: re-read a queued task at least this often
 _RELAY_WAIT_S = 60.0        # ... and the holder waits at most this for the node to have it
@@ -144,20 +145,24 @@ class Clustering:
                 changed, entry.changed = entry.changed, asyncio.Event()
                 changed.set()
 
-    def writing(self, task_id: str, version: int) -> None:
-        """This hub is about to write `version` of the task (news of it is its own)."""
-        if self.clustered:
-            self._writing[task_id] = version
-
-    def written(self, task_id: str, version: int, *, ok: bool) -> None:
-        """The write announced by `writing` landed (`ok`) or not: in that case the news
-        of that version held back meanwhile was another hub's, and is applied now."""
-        if self._writing.get(task_id) != version:
-            return
-        del self._writing[task_id]
-        held = self._held_back.pop(task_id, None)
-        if held is not None and not ok:
-            self.on_change(held)
+    async def own_write(self, task_id: str, version: int, write: Awaitable[_T]) -> _T:
+        """Await this hub's write of `version` of the task: news of that version heard
+        meanwhile is its own (the caller applies the result before its next await), unless
+        the write fails: it was then another hub's, and is applied now."""
+        if not self.clustered:
+            return await write
+        self._writing[task_id] = version
+        ok = False
+        try:
+            result = await write
+            ok = True
+            return result
+        finally:
+            if self._writing.get(task_id) == version:
+                del self._writing[task_id]
+                held = self._held_back.pop(task_id, None)
+                if held is not None and not ok:
+                    self.on_change(held)
 
     async def _apply_change(self, change: TaskChange) -> None:
         try:

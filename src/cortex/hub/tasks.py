@@ -151,13 +151,8 @@ class TaskManager(Capacity, Reaping, Following, Clustering):
         )
         event = pb.TaskEvent(task_id=task.id, seq=1, attempt=1, time=now,
                              state=pb.StateChange(state=pb.QUEUED))
-        self.writing(task.id, task.version)
-        try:
-            stored, created = await self._store.insert_task(tenant, task, [event])
-        except BaseException:
-            self.written(task.id, task.version, ok=False)
-            raise
-        self.written(task.id, task.version, ok=created)
+        stored, created = await self.own_write(
+            task.id, task.version, self._store.insert_task(tenant, task, [event]))
         if created and stored.id not in self._active:  # (the change feed may be first)
             entry = Entry(tenant, stored)
             entry.remember([event])
@@ -577,13 +572,9 @@ class TaskManager(Capacity, Reaping, Following, Clustering):
         write = self._store.claim_task if claim else self._store.save_task
 
         async def commit() -> None:
-            self.writing(new.id, new.version)
-            try:
-                await write(entry.tenant, new, expected_version=entry.task.version,
-                            events=events, attempt=attempt)
-            except BaseException:
-                self.written(new.id, new.version, ok=False)
-                raise
+            await self.own_write(new.id, new.version, write(
+                entry.tenant, new, expected_version=entry.task.version, events=events,
+                attempt=attempt))
             was, now = holds(entry.task.state), holds(new.state)
             if was != now:
                 if now:
@@ -594,7 +585,6 @@ class TaskManager(Capacity, Reaping, Following, Clustering):
             entry.remember(events)
             changed, entry.changed = entry.changed, asyncio.Event()
             changed.set()
-            self.written(new.id, new.version, ok=True)
             self._wake_watchers(new.id)
 
         # Shielded: a caller cancelled mid-write (a node stream cut by revocation or a
