@@ -100,6 +100,36 @@ async def test_a_claim_never_moves_a_task_that_left_the_queue(
 
 
 @pytest.mark.asyncio
+async def test_a_row_locked_elsewhere_fails_only_its_own_claim_of_a_batch_at_once(
+        hubs: tuple[Store, Store], postgres_url: str) -> None:
+    """Claims queued in one tick go out as one statement; a task whose row another
+    transaction holds locked fails its claim at once (Conflict), not the others'."""
+    one, _ = hubs
+    tasks = [make_task(f"t-batch-{i}") for i in range(5)]
+    for task in tasks:
+        await one.insert_task(A, task, [])
+    async with await psycopg.AsyncConnection.connect(postgres_url) as other:
+        await other.execute("SELECT 1 FROM tasks WHERE id = 't-batch-2' FOR UPDATE")
+        claims = []
+        for task in tasks:
+            new, event, attempt = assigned(task, "node-1")
+            claims.append(one.claim_task(A, new, expected_version=1, events=[event],
+                                         attempt=attempt))
+        # Waiting for the lock would hang here until the other transaction ends.
+        results = await asyncio.wait_for(
+            asyncio.gather(*claims, return_exceptions=True), 10.0)
+        await other.rollback()
+    assert [isinstance(r, Conflict) for r in results] == [False, False, True, False, False]
+    for task in tasks:
+        stored = await one.get_task(A, task.id)
+        assert stored is not None
+        want = (pb.QUEUED, 1) if task.id == "t-batch-2" else (pb.ASSIGNED, 2)
+        assert (stored.state, stored.version) == want
+        events = await one.read_events(A, task.id, after_seq=0, limit=10)
+        assert [e.seq for e in events] == ([] if task.id == "t-batch-2" else [2])
+
+
+@pytest.mark.asyncio
 async def test_a_hub_id_is_held_by_one_live_process(hubs: tuple[Store, Store]) -> None:
     one, two = hubs
     assert await one.claim_hub_id("hub-a", "first", ttl_s=30)

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from google.protobuf.message import DecodeError
 
@@ -42,6 +42,7 @@ from cortex.store.base import Store, TaskChange
 __all__ = ["Clustering"]
 
 log = logging.getLogger("cortex.hub.cluster")
+_T = TypeVar("_T")
 _HELD = (pb.ASSIGNED, pb.RUNNING)
 _RELAY_POLL_S = 2.0         # relayed input: re-read a queued task at least this often
 _RELAY_WAIT_S = 60.0        # ... and the holder waits at most this for the node to have it
@@ -85,6 +86,10 @@ class Clustering:
         self._feed_jobs: set[asyncio.Task[None]] = set()
         self.instance = ""          # this process, in the hubs table
         self._input_locks: dict[str, asyncio.Lock] = {}   # relayed input, per task
+        # This hub's task writes in flight (id -> the version written), and the news of
+        # that version heard meanwhile: its own write's, unless the write fails.
+        self._writing: dict[str, int] = {}
+        self._held_back: dict[str, TaskChange] = {}
 
     # -- watchers of tasks held anywhere ---------------------------------------------
     def feed_event(self, task_id: str) -> asyncio.Event:
@@ -103,10 +108,20 @@ class Clustering:
     def on_change(self, change: TaskChange) -> None:
         """One announced task write (possibly this hub's own). Cheap when nothing to do."""
         self._wake_watchers(change.task_id)
+        if self._writing.get(change.task_id) == change.version:
+            # Most likely this hub's own write, heard before its reply: the writer
+            # applies it (on failure, it was another hub's and is applied then).
+            self._held_back[change.task_id] = change
+            return
         entry = self._active.get(change.task_id)
         if entry is not None:
             if entry.task.version >= change.version:
                 return  # our own write, or older news
+            if (entry.task.state == pb.QUEUED and change.state in _HELD
+                    and not self._local(change.tenant, change.node_id)):
+                # Claimed by another hub for its node: drop our copy, no read back.
+                self._spawn(self._drop_claimed(entry, change.version))
+                return
         elif change.state == pb.QUEUED or (change.state in _HELD
                                            and self._local(change.tenant, change.node_id)):
             pass  # a task to adopt
@@ -114,9 +129,40 @@ class Clustering:
             pass  # a waiter here wants it
         else:
             return
-        job = asyncio.ensure_future(self._apply_change(change))
+        self._spawn(self._apply_change(change))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        job = asyncio.ensure_future(work)
         self._feed_jobs.add(job)
         job.add_done_callback(self._feed_jobs.discard)
+
+    async def _drop_claimed(self, entry: Entry, version: int) -> None:
+        """Forget a queued task another hub's node now holds (as of `version`)."""
+        async with entry.lock:
+            if (self._active.get(entry.task.id) is entry and entry.task.state == pb.QUEUED
+                    and entry.task.version < version):
+                self._forget(entry, finished=False)
+                changed, entry.changed = entry.changed, asyncio.Event()
+                changed.set()
+
+    async def own_write(self, task_id: str, version: int, write: Awaitable[_T]) -> _T:
+        """Await this hub's write of `version` of the task: news of that version heard
+        meanwhile is its own (the caller applies the result before its next await), unless
+        the write fails: it was then another hub's, and is applied now."""
+        if not self.clustered:
+            return await write
+        self._writing[task_id] = version
+        ok = False
+        try:
+            result = await write
+            ok = True
+            return result
+        finally:
+            if self._writing.get(task_id) == version:
+                del self._writing[task_id]
+                held = self._held_back.pop(task_id, None)
+                if held is not None and not ok:
+                    self.on_change(held)
 
     async def _apply_change(self, change: TaskChange) -> None:
         try:

@@ -151,7 +151,8 @@ class TaskManager(Capacity, Reaping, Following, Clustering):
         )
         event = pb.TaskEvent(task_id=task.id, seq=1, attempt=1, time=now,
                              state=pb.StateChange(state=pb.QUEUED))
-        stored, created = await self._store.insert_task(tenant, task, [event])
+        stored, created = await self.own_write(
+            task.id, task.version, self._store.insert_task(tenant, task, [event]))
         if created and stored.id not in self._active:  # (the change feed may be first)
             entry = Entry(tenant, stored)
             entry.remember([event])
@@ -571,8 +572,9 @@ class TaskManager(Capacity, Reaping, Following, Clustering):
         write = self._store.claim_task if claim else self._store.save_task
 
         async def commit() -> None:
-            await write(entry.tenant, new, expected_version=entry.task.version,
-                        events=events, attempt=attempt)
+            await self.own_write(new.id, new.version, write(
+                entry.tenant, new, expected_version=entry.task.version, events=events,
+                attempt=attempt))
             was, now = holds(entry.task.state), holds(new.state)
             if was != now:
                 if now:

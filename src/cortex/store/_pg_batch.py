@@ -80,7 +80,7 @@ _WINNERS = """
     SELECT t.tenant, t.idempotency_key, t.body FROM tasks t
     JOIN unnest(%b::text[], %b::text[]) AS k(tenant, key)
       ON t.tenant = k.tenant AND t.idempotency_key = k.key"""
-SAVE_TASKS = """
+_SAVE = """
     WITH task AS (
         UPDATE tasks t SET state = i.state, node_id = i.node_id, version = i.version,
                            labels = i.labels::jsonb, body = i.body
@@ -88,7 +88,7 @@ SAVE_TASKS = """
                     %(states)b::integer[], %(node_ids)b::text[], %(versions)b::bigint[],
                     %(labels)b::text[], %(bodies)b::bytea[])
              AS i(id, tenant, expected, state, node_id, version, labels, body)
-        WHERE t.id = i.id AND t.tenant = i.tenant AND t.version = i.expected
+        WHERE t.id = i.id AND t.tenant = i.tenant AND t.version = i.expected{claim}
         RETURNING t.id
     ),
     events AS (
@@ -108,6 +108,13 @@ SAVE_TASKS = """
             SET tenant = EXCLUDED.tenant, body = EXCLUDED.body
     )
     SELECT id FROM task"""
+# A claim (the move out of QUEUED, which several hubs race for) skips a row another
+# hub's statement holds locked: that caller gets Conflict at once instead of waiting.
+CLAIM_TASKS = _SAVE.format(claim="""
+              AND t.id IN (SELECT c.id FROM tasks c
+                           WHERE c.id = ANY(%(ids)b::text[]) AND c.state = 1
+                           FOR UPDATE SKIP LOCKED)""")
+SAVE_TASKS = _SAVE.format(claim="")
 
 
 @dataclass(eq=False)
@@ -119,6 +126,7 @@ class _Write:
     events: Sequence[pb.TaskEvent]
     expected: int | None = None
     attempt: pb.Attempt | None = None
+    claim: bool = False
     done: asyncio.Future[pb.Task | None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
     key: str | None = field(init=False)
@@ -152,9 +160,11 @@ class TaskWriter:
         return (task, True) if winner is None else (winner, False)
 
     async def save(self, tenant: str, task: pb.Task, *, expected_version: int,
-                   events: Sequence[pb.TaskEvent], attempt: pb.Attempt | None) -> None:
-        """Store `task` if its stored version is `expected_version`; Conflict if not."""
-        await self._submit(_Write(tenant, task, events, expected_version, attempt))
+                   events: Sequence[pb.TaskEvent], attempt: pb.Attempt | None,
+                   claim: bool = False) -> None:
+        """Store `task` if its stored version is `expected_version`; Conflict if not.
+        A `claim` also wants the task still queued and not locked by another writer."""
+        await self._submit(_Write(tenant, task, events, expected_version, attempt, claim))
 
     async def wait_idle(self) -> None:
         """Return once nothing is queued or in flight."""
@@ -209,11 +219,14 @@ class TaskWriter:
     async def _fly(self, batch: list[_Write]) -> None:
         try:
             inserts = [w for w in batch if w.expected is None]
-            saves = [w for w in batch if w.expected is not None]
+            saves = [w for w in batch if w.expected is not None and not w.claim]
+            claims = [w for w in batch if w.claim]
             if inserts:
                 await self._run(_insert_all, inserts)
             if saves:
                 await self._run(_save_all, saves)
+            if claims:
+                await self._run(_claim_all, claims)
         except asyncio.CancelledError:
             for write in batch:
                 write.done.cancel()
@@ -277,10 +290,11 @@ async def _insert_all(conn: _Conn, writes: list[_Write]) -> None:
                                     "concurrently: retry"))
 
 
-async def _save_all(conn: _Conn, writes: list[_Write]) -> None:
+async def _save_all(conn: _Conn, writes: list[_Write], statement: str = SAVE_TASKS
+                    ) -> None:
     writes = sorted(writes, key=lambda w: w.task.id)
     with_attempt = [w for w in writes if w.attempt is not None]
-    cur = await conn.execute(SAVE_TASKS, {
+    cur = await conn.execute(statement, {
         "ids": [w.task.id for w in writes], "tenants": [w.tenant for w in writes],
         "expected": [w.expected for w in writes], "states": [w.task.state for w in writes],
         "node_ids": [w.task.node_id for w in writes],
@@ -298,6 +312,10 @@ async def _save_all(conn: _Conn, writes: list[_Write]) -> None:
         _answer(write, None if write.task.id in saved else Conflict(
             f"task {write.task.id} changed concurrently "
             f"(expected version {write.expected})"))
+
+
+async def _claim_all(conn: _Conn, writes: list[_Write]) -> None:
+    await _save_all(conn, writes, CLAIM_TASKS)
 
 
 def _event_arrays(writes: list[_Write]) -> dict[str, list[Any]]:

@@ -4,9 +4,10 @@ A mixin of `PostgresStore` (see docs/architecture.md, "Scale-out"). Every lease 
 the database's clock (``now()``), never a hub's, so hubs on machines whose clocks
 disagree still agree on who holds what.
 
-- claim_task: the move out of QUEUED locks the row with ``FOR UPDATE SKIP LOCKED``, so of
-  two hubs claiming one task the second gets Conflict at once instead of queueing behind
-  the first; otherwise it writes exactly like save_task.
+- claim_task: the move out of QUEUED goes through the task-write batches like save_task
+  (one statement for every claim of a tick), locking its rows with ``FOR UPDATE SKIP
+  LOCKED``, so of two hubs claiming one task the second gets Conflict at once instead of
+  queueing behind the first.
 - node leases: a (re)connecting node's lease goes to its new hub unconditionally (a node
   has one stream; the newest wins); each hub renews its hub row and the leases of its
   connected nodes in ONE statement, learning from what comes back which leases it lost.
@@ -31,11 +32,13 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg import AsyncConnection, sql
 from psycopg.rows import TupleRow
-from psycopg.types.json import Jsonb
 
 from cortex._proto.cortex.v1 import common_pb2 as pb
 from cortex.errors import Conflict, CortexError
 from cortex.store.base import ChangeFeed, TaskChange
+
+if TYPE_CHECKING:
+    from cortex.store._pg_batch import TaskWriter
 
 __all__ = ["ClusterQueries", "PgChangeFeed"]
 
@@ -45,31 +48,6 @@ _CHANNELS = ("SELECT 'cortex_tasks_' || left(md5(current_schema()), 16),"
              " 'cortex_input_' || left(md5(current_schema()), 16)")
 _PUBLISH_INPUT = "SELECT pg_notify('cortex_input_' || left(md5(current_schema()), 16), %s)"
 _BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0)
-
-_CLAIM_TASK = """
-    WITH claimed AS (
-        SELECT id FROM tasks
-        WHERE id = %(id)s AND tenant = %(tenant)s AND version = %(expected)s
-              AND state = %(queued)s
-        FOR UPDATE SKIP LOCKED
-    ), task AS (
-        UPDATE tasks SET state = %(state)s, node_id = %(node_id)s, version = %(version)s,
-                         labels = %(labels)s, body = %(body)s
-        FROM claimed WHERE tasks.id = claimed.id
-        RETURNING tasks.id
-    ), events AS (
-        INSERT INTO task_events(task_id, seq, tenant, body)
-        SELECT task.id, e.seq, %(tenant)s, e.body
-        FROM task, unnest(%(seqs)s::bigint[], %(event_bodies)s::bytea[]) AS e(seq, body)
-    ), attempt AS (
-        INSERT INTO task_attempts(task_id, attempt, tenant, body)
-        SELECT task.id, a.attempt, %(tenant)s, a.body
-        FROM task, unnest(%(attempts)s::integer[], %(attempt_bodies)s::bytea[])
-             AS a(attempt, body)
-        ON CONFLICT (task_id, attempt) DO UPDATE
-            SET tenant = EXCLUDED.tenant, body = EXCLUDED.body
-    )
-    SELECT count(*) FROM task"""
 
 _CLAIM_HUB = """
     INSERT INTO hubs(id, instance, started_at, expires_at)
@@ -112,7 +90,10 @@ class ClusterQueries:
     _kwargs: dict[str, Any]
 
     if TYPE_CHECKING:  # provided by PostgresStore
+        _writer: TaskWriter
+
         def _connection(self) -> contextlib.AbstractAsyncContextManager[_Conn]: ...
+        def _call(self) -> contextlib.AbstractAsyncContextManager[None]: ...
 
     def change_feed(self) -> ChangeFeed:
         return PgChangeFeed(self._url, self._kwargs)
@@ -120,23 +101,13 @@ class ClusterQueries:
     async def claim_task(self, tenant: str, task: pb.Task, *, expected_version: int,
                          events: Sequence[pb.TaskEvent] = (),
                          attempt: pb.Attempt | None = None) -> None:
-        attempts = [] if attempt is None else [attempt]
-        args = {
-            "id": task.id, "tenant": tenant, "expected": expected_version,
-            "queued": pb.QUEUED, "state": task.state, "node_id": task.node_id,
-            "version": task.version, "labels": Jsonb(dict(task.spec.labels)),
-            "body": task.SerializeToString(),
-            "attempts": [a.attempt for a in attempts],
-            "attempt_bodies": [a.SerializeToString() for a in attempts],
-            "seqs": [e.seq for e in events],
-            "event_bodies": [e.SerializeToString() for e in events],
-        }
-        async with self._connection() as conn:
-            cur = await conn.execute(_CLAIM_TASK, args)
-            row = await cur.fetchone()
-        if not row or not row[0]:
-            raise Conflict(f"task {task.id} was claimed or changed by another hub "
-                           f"(expected version {expected_version}, queued)")
+        async with self._call():
+            try:
+                await self._writer.save(tenant, task, expected_version=expected_version,
+                                        events=events, attempt=attempt, claim=True)
+            except Conflict:
+                raise Conflict(f"task {task.id} was claimed or changed by another hub "
+                               f"(expected version {expected_version}, queued)") from None
 
     async def claim_hub_id(self, hub_id: str, instance: str, *, ttl_s: float) -> bool:
         async with self._connection() as conn:
