@@ -219,12 +219,7 @@ class Clustering:
         if conn is not None and (task.attempt != old.attempt or task.node_id != old.node_id
                                  or task.state not in _HELD):
             conn.running.discard((old.id, old.attempt))
-        was, now = holds(old.state), holds(task.state)
-        if was != now:
-            if now:
-                self.ledger.hold(entry.tenant, demand_of(task.spec))
-            else:
-                self.ledger.release(entry.tenant, demand_of(task.spec))
+        self.ledger.move(entry.tenant, task.spec, old.state, task.state)
         entry.task = task
         entry.tail.clear()          # other hubs wrote events this copy never saw
         entry.tail_bytes = 0

@@ -86,3 +86,12 @@ class Ledger:
 
     def release(self, tenant: str, demand: Demand) -> None:
         self.usage[tenant] = self.of(tenant).minus(demand)
+
+    def move(self, tenant: str, spec: pb.TaskSpec, was: int, now: int) -> None:
+        """A task of `tenant` went from state `was` to `now`: hold or release its demand
+        when that starts or ends its holding capacity."""
+        if holds(was) != holds(now):
+            if holds(now):
+                self.hold(tenant, demand_of(spec))
+            else:
+                self.release(tenant, demand_of(spec))

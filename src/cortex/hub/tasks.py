@@ -575,12 +575,7 @@ class TaskManager(Capacity, Reaping, Following, Clustering):
             await self.own_write(new.id, new.version, write(
                 entry.tenant, new, expected_version=entry.task.version, events=events,
                 attempt=attempt))
-            was, now = holds(entry.task.state), holds(new.state)
-            if was != now:
-                if now:
-                    self.ledger.hold(entry.tenant, demand_of(new.spec))
-                else:
-                    self.ledger.release(entry.tenant, demand_of(new.spec))
+            self.ledger.move(entry.tenant, new.spec, entry.task.state, new.state)
             entry.task = new
             entry.remember(events)
             changed, entry.changed = entry.changed, asyncio.Event()
