@@ -25,8 +25,10 @@ async def test_a_node_logs_json_lines_with_its_node_id(tmp_path: Path) -> None:
                            extra=("--log-format", "json"))
         node.start()
         try:
-            for _ in range(1200):   # bounded (60 s): the node dials within seconds
-                if hub.registry.all():
+            # Bounded (60 s): the node dials within seconds. The hub registers the node
+            # when its hello arrives, a moment before the node hears back and logs it.
+            for _ in range(1200):
+                if hub.registry.all() and "connected to hub" in node.log():
                     break
                 await asyncio.sleep(0.05)
             (conn,) = hub.registry.all()
