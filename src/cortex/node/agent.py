@@ -67,6 +67,7 @@ class _Held:
     stdin_pump: asyncio.Task[None] | None = None
     size: tuple[int, int] | None = None                 # the latest terminal size asked for
     cancel: tuple[State, str] | None = None
+    hold_start_until: float = 0.0  # monotonic; a lone "started" waits till then to go out
 
     @property
     def key(self) -> tuple[str, int]:
@@ -542,6 +543,13 @@ class Agent:
         if held.dropped:
             return
         held.buffer.append(event)
+        hold = self._config.started_hold_s
+        if len(held.buffer) == 1 and event.WhichOneof("kind") == "started" and hold > 0:
+            # Held back a little (NodeConfig.started_hold_s): what comes next - output, or
+            # the end of a short task - goes out in the same report and store write.
+            held.hold_start_until = time.monotonic() + hold
+            asyncio.get_running_loop().call_later(hold, self._dirty.set)
+            return
         self._dirty.set()
 
     # -- batching, journaling, sending --------------------------------------------------
@@ -560,9 +568,11 @@ class Agent:
 
     def _flush(self) -> None:
         batches = []
+        now = time.monotonic()
         for held in list(self._held.values()):
-            if not held.buffer:
-                continue
+            if not held.buffer or (len(held.buffer) == 1 and now < held.hold_start_until
+                                   and not held.finished):
+                continue  # nothing, or a start still held back (another task woke us)
             events, held.buffer = held.buffer, []
             finished = any(e.WhichOneof("kind") == "finished" for e in events)
             batches.append((held.assign.task_id, held.assign.attempt, held.next_seq, events,

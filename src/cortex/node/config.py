@@ -35,6 +35,9 @@ class NodeConfig:
     kill_grace_s: float = 2.0            # SIGTERM -> SIGKILL when a task is cancelled
     reconnect_max_s: float = 10.0        # backoff cap between reconnect attempts
     flush_interval_s: float = 0.002      # output batching window under load
+    # A task's start is reported this long after it, or with its first output or its end
+    # if sooner: a short task (a browser action) then costs the hub one report, not two.
+    started_hold_s: float = 0.05
     max_message_bytes: int = 16 * 1024 * 1024
     use_cgroups: bool = True
     # Directories the `fs` skill (cortex cp / cortex fs) may touch; none = fs refused.
@@ -43,7 +46,8 @@ class NodeConfig:
     def __post_init__(self) -> None:
         if self.slots < 1:
             raise InvalidArgument("node config: slots must be at least 1")
-        for name in ("drain_grace_s", "kill_grace_s", "reconnect_max_s", "flush_interval_s"):
+        for name in ("drain_grace_s", "kill_grace_s", "reconnect_max_s", "flush_interval_s",
+                     "started_hold_s"):
             if getattr(self, name) < 0:
                 raise InvalidArgument(f"node config: {name} must not be negative")
         if self.hub:
