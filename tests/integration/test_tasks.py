@@ -21,6 +21,7 @@ import psutil
 import pytest
 
 from cortex._proto.cortex.v1 import tasks_pb2, tasks_pb2_grpc
+from cortex._proto.cortex.v1.common_pb2 import RetryPolicy, ShellSpec
 from cortex.hub.server import Hub
 from cortex.node.agent import Agent
 from cortex.sdk import TERMINAL_STATES, Client, NodeState, TaskEvent, TaskSpec, TaskState
@@ -471,6 +472,81 @@ async def test_failing_task_without_retry_on_failure_runs_once(
     result = await client.run(command="exit 7", max_attempts=3)
     assert result.state == FAILED
     assert [a.attempt for a in result.task.attempts] == [1]
+
+
+async def _run_messages(raw_channel: grpc.aio.Channel, hub: Hub, spec: TaskSpec, *,
+                        batch: bool) -> list[tasks_pb2.RunResponse]:
+    stub = tasks_pb2_grpc.TaskServiceStub(raw_channel)
+    call = stub.Run(tasks_pb2.SubmitRequest(spec=spec, batch_events=batch),
+                    metadata=(("authorization", f"Bearer {hub.admin_token}"),))
+    return [msg async for msg in call]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("command", ["echo one; echo two >&2; exit 3", "echo hi"])
+async def test_run_batched_and_unbatched_carry_the_same_events(
+        client: Client, node: Agent, raw_channel: grpc.aio.Channel, hub: Hub,
+        command: str) -> None:
+    """Run with batch_events gives every event once and in order, in fewer messages:
+    `submitted` with the first events, the finishing events with `finished`; without it,
+    one event per message. A retried failure (two attempts) comes through whole too."""
+    spec = TaskSpec(shell=ShellSpec(command=command),
+                    retry=RetryPolicy(max_attempts=2, retry_on_failure=True))
+    batched = await _run_messages(raw_channel, hub, spec, batch=True)
+    single = await _run_messages(raw_channel, hub, spec, batch=False)
+
+    assert batched[0].WhichOneof("kind") == "submitted"
+    assert batched[0].events  # the first events ride with it
+    assert batched[-1].WhichOneof("kind") == "finished"
+    assert batched[-1].events  # the events that finished it ride with it
+    assert all(m.WhichOneof("kind") is None for m in batched[1:-1])
+    assert single[0].WhichOneof("kind") == "submitted"
+    assert not single[0].events
+    assert single[-1].WhichOneof("kind") == "finished"
+    assert all(m.WhichOneof("kind") == "event" and not m.events for m in single[1:-1])
+
+    def summary(events: list[TaskEvent], task: TaskEvent) -> list[tuple[int, int, str, bytes]]:
+        assert [e.seq for e in events] == list(range(1, task.last_seq + 1))  # all, in order
+        return [(e.attempt, e.state.state, e.WhichOneof("kind"), e.output.data)
+                for e in events]
+
+    got_batched = [e for m in batched for e in m.events]
+    got_single = [m.event for m in single[1:-1]]
+    assert summary(got_batched, batched[-1].finished) == summary(got_single,
+                                                                 single[-1].finished)
+    assert len(batched) < len(single)
+    final = batched[-1].finished
+    expected = FAILED if "exit 3" in command else SUCCEEDED
+    assert final.state == expected
+    assert [a.attempt for a in final.attempts] == ([1, 2] if expected == FAILED else [1])
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("hold_s", "writes"), [(30.0, 3), (0.0, 4)])
+async def test_a_short_tasks_start_goes_out_with_its_end(
+        client: Client, hub: Hub, tmp_path: Path, hold_s: float, writes: int) -> None:
+    """The node holds a task's start back (started_hold_s) for output or the end to ride
+    with: a task done within the hold costs the hub one report and one write fewer
+    (Task.version counts writes: submit, assignment, reports)."""
+    async with running_node(hub, tmp_path / "held", started_hold_s=hold_s):
+        result = await client.run(command="sleep 0.2")
+    assert result.state == SUCCEEDED, result.task.reason
+    assert result.task.version == writes
+
+
+@pytest.mark.asyncio
+async def test_a_quiet_tasks_start_is_reported_when_its_hold_ends(
+        client: Client, hub: Hub, tmp_path: Path) -> None:
+    """A task that prints nothing still shows RUNNING once the hold is over."""
+    async with running_node(hub, tmp_path / "held", started_hold_s=0.2):
+        quiet = await client.submit(argv=["sleep", "30"])
+
+        async def running() -> bool:
+            return (await client.get(quiet.id)).state == RUNNING
+
+        await poll(running, "the quiet task to be reported RUNNING")
+        await client.cancel(quiet.id)
+        assert (await client.wait(quiet.id)).state == CANCELLED
 
 
 # --- listing ----------------------------------------------------------------------------

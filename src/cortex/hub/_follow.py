@@ -105,7 +105,18 @@ class Following:
     async def watch(
         self, tenant: str, task_id: str, *, after_seq: int, follow: bool
     ) -> AsyncGenerator[pb.TaskEvent, None]:
-        """History after `after_seq`, then live events until the task is finished.
+        """History after `after_seq`, then live events until the task is finished."""
+        batches = self.watch_batches(tenant, task_id, after_seq=after_seq, follow=follow)
+        async with contextlib.aclosing(batches):
+            async for batch in batches:
+                for ev in batch:
+                    yield ev
+
+    async def watch_batches(
+        self, tenant: str, task_id: str, *, after_seq: int, follow: bool
+    ) -> AsyncGenerator[list[pb.TaskEvent], None]:
+        """`watch`, in batches: each holds every event there was when it was taken (never
+        empty).
 
         A task active on this hub is followed through its entry (which outlives the task's
         end, so the last events and the end are seen without a store read); a finished one
@@ -118,16 +129,16 @@ class Following:
             await self.get(tenant, task_id)  # NotFound for unknown ids and other tenants
             entry = None
         if not follow or entry is None:
-            async for ev in self._follow(tenant, task_id, entry, after_seq, follow):
-                yield ev
+            async for batch in self._follow(tenant, task_id, entry, after_seq, follow):
+                yield batch
             return
         # A follower keeps a cancel_on_disconnect task alive; the last one leaving starts
         # the grace after which the reaper cancels it.
         entry.followers += 1
         self._orphans.pop(task_id, None)
         try:
-            async for ev in self._follow(tenant, task_id, entry, after_seq, follow):
-                yield ev
+            async for batch in self._follow(tenant, task_id, entry, after_seq, follow):
+                yield batch
         finally:
             entry.followers -= 1
             if (entry.followers == 0 and entry.task.spec.cancel_on_disconnect
@@ -135,7 +146,7 @@ class Following:
                 self._orphans[task_id] = self._monotonic()
 
     async def _follow(self, tenant: str, task_id: str, entry: Entry | None, after_seq: int,
-                      follow: bool) -> AsyncIterator[pb.TaskEvent]:
+                      follow: bool) -> AsyncIterator[list[pb.TaskEvent]]:
         while True:
             changed = entry.changed if entry is not None else None
             fed = self.feed_event(task_id) if self.clustered else None
@@ -143,9 +154,8 @@ class Following:
             if events is None:
                 events = await self._store.read_events(
                     tenant, task_id, after_seq=after_seq, limit=_EVENT_PAGE)
-            for ev in events:
-                yield ev
             if events:
+                yield list(events)
                 after_seq = events[-1].seq
                 if len(events) >= _EVENT_PAGE:
                     continue

@@ -20,6 +20,8 @@ from cortex._proto.cortex.v1 import (
     tasks_pb2,
     tasks_pb2_grpc,
 )
+from cortex.core import states
+from cortex.core.states import State
 from cortex.core.validation import check_labels
 from cortex.errors import Conflict, InvalidArgument, NotFound
 from cortex.hub._grpc_errors import Ctx, streaming, unary
@@ -103,13 +105,31 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
             task, created = await self._tasks.submit(who.tenant, request.spec)
             if span is not None:
                 span.set_attribute("cortex.task_id", task.id)
-        yield tasks_pb2.RunResponse(submitted=tasks_pb2.SubmitResponse(task=task,
-                                                                       created=created))
-        events = self._tasks.watch(who.tenant, task.id, after_seq=0, follow=True)
-        async with contextlib.aclosing(events):
-            async for ev in events:
-                yield tasks_pb2.RunResponse(event=ev)
-        yield tasks_pb2.RunResponse(finished=await self._full_task(who.tenant, task.id))
+        submitted = tasks_pb2.RunResponse(submitted=tasks_pb2.SubmitResponse(task=task,
+                                                                             created=created))
+        if not request.batch_events:
+            yield submitted
+            events = self._tasks.watch(who.tenant, task.id, after_seq=0, follow=True)
+            async with contextlib.aclosing(events):
+                async for ev in events:
+                    yield tasks_pb2.RunResponse(event=ev)
+            yield tasks_pb2.RunResponse(finished=await self._full_task(who.tenant, task.id))
+            return
+        # Batched: the first events ride with `submitted` (they are there already), and the
+        # events that end the task with `finished` - a short task costs three messages.
+        pending: tasks_pb2.RunResponse | None = submitted
+        batches = self._tasks.watch_batches(who.tenant, task.id, after_seq=0, follow=True)
+        async with contextlib.aclosing(batches):
+            async for batch in batches:
+                msg, pending = pending or tasks_pb2.RunResponse(), None
+                msg.events.extend(batch)
+                if _ends_task(batch[-1]):
+                    pending = msg  # the stream ends now: `finished` goes with these
+                else:
+                    yield msg
+        msg = pending or tasks_pb2.RunResponse()
+        msg.finished.CopyFrom(await self._full_task(who.tenant, task.id))
+        yield msg
 
     @unary
     async def Get(self, request: tasks_pb2.GetTaskRequest,
@@ -119,9 +139,11 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
 
     async def _full_task(self, tenant: str, task_id: str) -> pb.Task:
         """The task as Get answers it: with its attempts and its files."""
-        task = await self._tasks.get(tenant, task_id, with_attempts=True)
-        task.files.extend(await self._store.list_artifacts(tenant, task_id=task.id,
-                                                           limit=1000))
+        # Together, so both reads land in the store's same batch (one round trip).
+        task, files = await asyncio.gather(
+            self._tasks.get(tenant, task_id, with_attempts=True),
+            self._store.list_artifacts(tenant, task_id=task_id, limit=1000))
+        task.files.extend(files)
         return task
 
     @unary
@@ -298,6 +320,12 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                       context: Ctx) -> AsyncIterator[node_pb2.HubMessage]:
         async for msg in self._sessions.serve(request_iterator, context):
             yield msg
+
+
+def _ends_task(ev: pb.TaskEvent) -> bool:
+    """Whether `ev` finishes its task (a retry would follow it with QUEUED, in the same
+    batch: then it is not the batch's last event)."""
+    return ev.HasField("state") and states.is_terminal(State(ev.state.state))
 
 
 def _id(value: str) -> str:

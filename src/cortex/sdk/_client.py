@@ -392,12 +392,16 @@ class Client(ArtifactMethods, NodeFileMethods):
             final: common_pb2.Task | None = None
             try:
                 async for msg in self._run_call(spec):
+                    # Batched (what we ask for): submitted, then events, then finished, any
+                    # of them in one message; a hub that predates batching sends `event`.
                     kind = msg.WhichOneof("kind")
                     if kind == "submitted":
                         task_id = msg.submitted.task.id
                     elif kind == "event":
                         output.take(msg.event)
-                    elif kind == "finished":
+                    for event in msg.events:
+                        output.take(event)
+                    if kind == "finished":
                         final = msg.finished
             except _OldHub:
                 task_id = (await self.submit(spec)).id
@@ -428,7 +432,8 @@ class Client(ArtifactMethods, NodeFileMethods):
         if parent := tracing.current_traceparent():
             metadata = (*metadata, ("traceparent", parent))
         for delay in (*_CONNECT_RETRY_S, None):
-            call = self._stub().Run(tasks_pb2.SubmitRequest(spec=spec), metadata=metadata)
+            call = self._stub().Run(tasks_pb2.SubmitRequest(spec=spec, batch_events=True),
+                                    metadata=metadata)
             received = False
             try:
                 async for msg in call:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from cortex._proto.cortex.v1 import common_pb2 as cortex_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63ortex/v1/tasks.proto\x12\tcortex.v1\x1a\x16\x63ortex/v1/common.proto\"2\n\rSubmitRequest\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.cortex.v1.TaskSpec\"@\n\x0eSubmitResponse\x12\x1d\n\x04task\x18\x01 \x01(\x0b\x32\x0f.cortex.v1.Task\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\x91\x01\n\x0bRunResponse\x12.\n\tsubmitted\x18\x01 \x01(\x0b\x32\x19.cortex.v1.SubmitResponseH\x00\x12%\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x14.cortex.v1.TaskEventH\x00\x12#\n\x08\x66inished\x18\x03 \x01(\x0b\x32\x0f.cortex.v1.TaskH\x00\x42\x06\n\x04kind\"7\n\x11SubmitManyRequest\x12\"\n\x05specs\x18\x01 \x03(\x0b\x32\x13.cortex.v1.TaskSpec\"E\n\x12SubmitManyResponse\x12\x1e\n\x05tasks\x18\x01 \x03(\x0b\x32\x0f.cortex.v1.Task\x12\x0f\n\x07\x63reated\x18\x02 \x03(\x08\"$\n\x10WaitTasksRequest\x12\x10\n\x08task_ids\x18\x01 \x03(\t\"3\n\x11WaitTasksResponse\x12\x1e\n\x05tasks\x18\x01 \x03(\x0b\x32\x0f.cortex.v1.Task\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"\xd4\x01\n\x10ListTasksRequest\x12$\n\x06states\x18\x01 \x03(\x0e\x32\x14.cortex.v1.TaskState\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\x37\n\x06labels\x18\x05 \x03(\x0b\x32\'.cortex.v1.ListTasksRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"L\n\x11ListTasksResponse\x12\x1e\n\x05tasks\x18\x01 \x03(\x0b\x32\x0f.cortex.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"B\n\x0cWatchRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"0\n\rCancelRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"k\n\rAttachRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\x12\r\n\x05stdin\x18\x03 \x01(\x0c\x12\x0b\n\x03\x65of\x18\x04 \x01(\x08\x12\x0c\n\x04rows\x18\x05 \x01(\r\x12\x0c\n\x04\x63ols\x18\x06 \x01(\r\"\xaf\x01\n\x10ListNodesRequest\x12\x37\n\x06labels\x18\x01 \x03(\x0b\x32\'.cortex.v1.ListNodesRequest.LabelsEntry\x12\r\n\x05skill\x18\x02 \x01(\t\x12$\n\x06states\x18\x03 \x03(\x0e\x32\x14.cortex.v1.NodeState\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"3\n\x11ListNodesResponse\x12\x1e\n\x05nodes\x18\x01 \x03(\x0b\x32\x0f.cortex.v1.Node\"\xa3\x01\n\x16\x43reateJoinTokenRequest\x12\r\n\x05ttl_s\x18\x01 \x01(\x01\x12=\n\x06labels\x18\x02 \x03(\x0b\x32-.cortex.v1.CreateJoinTokenRequest.LabelsEntry\x12\x0c\n\x04pool\x18\x03 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"<\n\x17\x43reateJoinTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x12\n\nexpires_at\x18\x02 \x01(\x01\x32\xe1\x05\n\x0bTaskService\x12=\n\x06Submit\x12\x18.cortex.v1.SubmitRequest\x1a\x19.cortex.v1.SubmitResponse\x12I\n\nSubmitMany\x12\x1c.cortex.v1.SubmitManyRequest\x1a\x1d.cortex.v1.SubmitManyResponse\x12\x31\n\x03Get\x12\x19.cortex.v1.GetTaskRequest\x1a\x0f.cortex.v1.Task\x12\x41\n\x04List\x12\x1b.cortex.v1.ListTasksRequest\x1a\x1c.cortex.v1.ListTasksResponse\x12\x38\n\x05Watch\x12\x17.cortex.v1.WatchRequest\x1a\x14.cortex.v1.TaskEvent0\x01\x12\x33\n\x06\x43\x61ncel\x12\x18.cortex.v1.CancelRequest\x1a\x0f.cortex.v1.Task\x12H\n\tWaitTasks\x12\x1b.cortex.v1.WaitTasksRequest\x1a\x1c.cortex.v1.WaitTasksResponse0\x01\x12\x39\n\x03Run\x12\x18.cortex.v1.SubmitRequest\x1a\x16.cortex.v1.RunResponse0\x01\x12<\n\x06\x41ttach\x12\x18.cortex.v1.AttachRequest\x1a\x14.cortex.v1.TaskEvent(\x01\x30\x01\x12\x46\n\tListNodes\x12\x1b.cortex.v1.ListNodesRequest\x1a\x1c.cortex.v1.ListNodesResponse\x12X\n\x0f\x43reateJoinToken\x12!.cortex.v1.CreateJoinTokenRequest\x1a\".cortex.v1.CreateJoinTokenResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63ortex/v1/tasks.proto\x12\tcortex.v1\x1a\x16\x63ortex/v1/common.proto\"H\n\rSubmitRequest\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.cortex.v1.TaskSpec\x12\x14\n\x0c\x62\x61tch_events\x18\x02 \x01(\x08\"@\n\x0eSubmitResponse\x12\x1d\n\x04task\x18\x01 \x01(\x0b\x32\x0f.cortex.v1.Task\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\xb7\x01\n\x0bRunResponse\x12.\n\tsubmitted\x18\x01 \x01(\x0b\x32\x19.cortex.v1.SubmitResponseH\x00\x12%\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x14.cortex.v1.TaskEventH\x00\x12#\n\x08\x66inished\x18\x03 \x01(\x0b\x32\x0f.cortex.v1.TaskH\x00\x12$\n\x06\x65vents\x18\x04 \x03(\x0b\x32\x14.cortex.v1.TaskEventB\x06\n\x04kind\"7\n\x11SubmitManyRequest\x12\"\n\x05specs\x18\x01 \x03(\x0b\x32\x13.cortex.v1.TaskSpec\"E\n\x12SubmitManyResponse\x12\x1e\n\x05tasks\x18\x01 \x03(\x0b\x32\x0f.cortex.v1.Task\x12\x0f\n\x07\x63reated\x18\x02 \x03(\x08\"$\n\x10WaitTasksRequest\x12\x10\n\x08task_ids\x18\x01 \x03(\t\"3\n\x11WaitTasksResponse\x12\x1e\n\x05tasks\x18\x01 \x03(\x0b\x32\x0f.cortex.v1.Task\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"\xd4\x01\n\x10ListTasksRequest\x12$\n\x06states\x18\x01 \x03(\x0e\x32\x14.cortex.v1.TaskState\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\x37\n\x06labels\x18\x05 \x03(\x0b\x32\'.cortex.v1.ListTasksRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"L\n\x11ListTasksResponse\x12\x1e\n\x05tasks\x18\x01 \x03(\x0b\x32\x0f.cortex.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"B\n\x0cWatchRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"0\n\rCancelRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"k\n\rAttachRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\x12\r\n\x05stdin\x18\x03 \x01(\x0c\x12\x0b\n\x03\x65of\x18\x04 \x01(\x08\x12\x0c\n\x04rows\x18\x05 \x01(\r\x12\x0c\n\x04\x63ols\x18\x06 \x01(\r\"\xaf\x01\n\x10ListNodesRequest\x12\x37\n\x06labels\x18\x01 \x03(\x0b\x32\'.cortex.v1.ListNodesRequest.LabelsEntry\x12\r\n\x05skill\x18\x02 \x01(\t\x12$\n\x06states\x18\x03 \x03(\x0e\x32\x14.cortex.v1.NodeState\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"3\n\x11ListNodesResponse\x12\x1e\n\x05nodes\x18\x01 \x03(\x0b\x32\x0f.cortex.v1.Node\"\xa3\x01\n\x16\x43reateJoinTokenRequest\x12\r\n\x05ttl_s\x18\x01 \x01(\x01\x12=\n\x06labels\x18\x02 \x03(\x0b\x32-.cortex.v1.CreateJoinTokenRequest.LabelsEntry\x12\x0c\n\x04pool\x18\x03 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"<\n\x17\x43reateJoinTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x12\n\nexpires_at\x18\x02 \x01(\x01\x32\xe1\x05\n\x0bTaskService\x12=\n\x06Submit\x12\x18.cortex.v1.SubmitRequest\x1a\x19.cortex.v1.SubmitResponse\x12I\n\nSubmitMany\x12\x1c.cortex.v1.SubmitManyRequest\x1a\x1d.cortex.v1.SubmitManyResponse\x12\x31\n\x03Get\x12\x19.cortex.v1.GetTaskRequest\x1a\x0f.cortex.v1.Task\x12\x41\n\x04List\x12\x1b.cortex.v1.ListTasksRequest\x1a\x1c.cortex.v1.ListTasksResponse\x12\x38\n\x05Watch\x12\x17.cortex.v1.WatchRequest\x1a\x14.cortex.v1.TaskEvent0\x01\x12\x33\n\x06\x43\x61ncel\x12\x18.cortex.v1.CancelRequest\x1a\x0f.cortex.v1.Task\x12H\n\tWaitTasks\x12\x1b.cortex.v1.WaitTasksRequest\x1a\x1c.cortex.v1.WaitTasksResponse0\x01\x12\x39\n\x03Run\x12\x18.cortex.v1.SubmitRequest\x1a\x16.cortex.v1.RunResponse0\x01\x12<\n\x06\x41ttach\x12\x18.cortex.v1.AttachRequest\x1a\x14.cortex.v1.TaskEvent(\x01\x30\x01\x12\x46\n\tListNodes\x12\x1b.cortex.v1.ListNodesRequest\x1a\x1c.cortex.v1.ListNodesResponse\x12X\n\x0f\x43reateJoinToken\x12!.cortex.v1.CreateJoinTokenRequest\x1a\".cortex.v1.CreateJoinTokenResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,45 +39,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATEJOINTOKENREQUEST_LABELSENTRY']._loaded_options = None
   _globals['_CREATEJOINTOKENREQUEST_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_SUBMITREQUEST']._serialized_start=60
-  _globals['_SUBMITREQUEST']._serialized_end=110
-  _globals['_SUBMITRESPONSE']._serialized_start=112
-  _globals['_SUBMITRESPONSE']._serialized_end=176
-  _globals['_RUNRESPONSE']._serialized_start=179
-  _globals['_RUNRESPONSE']._serialized_end=324
-  _globals['_SUBMITMANYREQUEST']._serialized_start=326
-  _globals['_SUBMITMANYREQUEST']._serialized_end=381
-  _globals['_SUBMITMANYRESPONSE']._serialized_start=383
-  _globals['_SUBMITMANYRESPONSE']._serialized_end=452
-  _globals['_WAITTASKSREQUEST']._serialized_start=454
-  _globals['_WAITTASKSREQUEST']._serialized_end=490
-  _globals['_WAITTASKSRESPONSE']._serialized_start=492
-  _globals['_WAITTASKSRESPONSE']._serialized_end=543
-  _globals['_GETTASKREQUEST']._serialized_start=545
-  _globals['_GETTASKREQUEST']._serialized_end=578
-  _globals['_LISTTASKSREQUEST']._serialized_start=581
-  _globals['_LISTTASKSREQUEST']._serialized_end=793
-  _globals['_LISTTASKSREQUEST_LABELSENTRY']._serialized_start=748
-  _globals['_LISTTASKSREQUEST_LABELSENTRY']._serialized_end=793
-  _globals['_LISTTASKSRESPONSE']._serialized_start=795
-  _globals['_LISTTASKSRESPONSE']._serialized_end=871
-  _globals['_WATCHREQUEST']._serialized_start=873
-  _globals['_WATCHREQUEST']._serialized_end=939
-  _globals['_CANCELREQUEST']._serialized_start=941
-  _globals['_CANCELREQUEST']._serialized_end=989
-  _globals['_ATTACHREQUEST']._serialized_start=991
-  _globals['_ATTACHREQUEST']._serialized_end=1098
-  _globals['_LISTNODESREQUEST']._serialized_start=1101
-  _globals['_LISTNODESREQUEST']._serialized_end=1276
-  _globals['_LISTNODESREQUEST_LABELSENTRY']._serialized_start=748
-  _globals['_LISTNODESREQUEST_LABELSENTRY']._serialized_end=793
-  _globals['_LISTNODESRESPONSE']._serialized_start=1278
-  _globals['_LISTNODESRESPONSE']._serialized_end=1329
-  _globals['_CREATEJOINTOKENREQUEST']._serialized_start=1332
-  _globals['_CREATEJOINTOKENREQUEST']._serialized_end=1495
-  _globals['_CREATEJOINTOKENREQUEST_LABELSENTRY']._serialized_start=748
-  _globals['_CREATEJOINTOKENREQUEST_LABELSENTRY']._serialized_end=793
-  _globals['_CREATEJOINTOKENRESPONSE']._serialized_start=1497
-  _globals['_CREATEJOINTOKENRESPONSE']._serialized_end=1557
-  _globals['_TASKSERVICE']._serialized_start=1560
-  _globals['_TASKSERVICE']._serialized_end=2297
+  _globals['_SUBMITREQUEST']._serialized_end=132
+  _globals['_SUBMITRESPONSE']._serialized_start=134
+  _globals['_SUBMITRESPONSE']._serialized_end=198
+  _globals['_RUNRESPONSE']._serialized_start=201
+  _globals['_RUNRESPONSE']._serialized_end=384
+  _globals['_SUBMITMANYREQUEST']._serialized_start=386
+  _globals['_SUBMITMANYREQUEST']._serialized_end=441
+  _globals['_SUBMITMANYRESPONSE']._serialized_start=443
+  _globals['_SUBMITMANYRESPONSE']._serialized_end=512
+  _globals['_WAITTASKSREQUEST']._serialized_start=514
+  _globals['_WAITTASKSREQUEST']._serialized_end=550
+  _globals['_WAITTASKSRESPONSE']._serialized_start=552
+  _globals['_WAITTASKSRESPONSE']._serialized_end=603
+  _globals['_GETTASKREQUEST']._serialized_start=605
+  _globals['_GETTASKREQUEST']._serialized_end=638
+  _globals['_LISTTASKSREQUEST']._serialized_start=641
+  _globals['_LISTTASKSREQUEST']._serialized_end=853
+  _globals['_LISTTASKSREQUEST_LABELSENTRY']._serialized_start=808
+  _globals['_LISTTASKSREQUEST_LABELSENTRY']._serialized_end=853
+  _globals['_LISTTASKSRESPONSE']._serialized_start=855
+  _globals['_LISTTASKSRESPONSE']._serialized_end=931
+  _globals['_WATCHREQUEST']._serialized_start=933
+  _globals['_WATCHREQUEST']._serialized_end=999
+  _globals['_CANCELREQUEST']._serialized_start=1001
+  _globals['_CANCELREQUEST']._serialized_end=1049
+  _globals['_ATTACHREQUEST']._serialized_start=1051
+  _globals['_ATTACHREQUEST']._serialized_end=1158
+  _globals['_LISTNODESREQUEST']._serialized_start=1161
+  _globals['_LISTNODESREQUEST']._serialized_end=1336
+  _globals['_LISTNODESREQUEST_LABELSENTRY']._serialized_start=808
+  _globals['_LISTNODESREQUEST_LABELSENTRY']._serialized_end=853
+  _globals['_LISTNODESRESPONSE']._serialized_start=1338
+  _globals['_LISTNODESRESPONSE']._serialized_end=1389
+  _globals['_CREATEJOINTOKENREQUEST']._serialized_start=1392
+  _globals['_CREATEJOINTOKENREQUEST']._serialized_end=1555
+  _globals['_CREATEJOINTOKENREQUEST_LABELSENTRY']._serialized_start=808
+  _globals['_CREATEJOINTOKENREQUEST_LABELSENTRY']._serialized_end=853
+  _globals['_CREATEJOINTOKENRESPONSE']._serialized_start=1557
+  _globals['_CREATEJOINTOKENRESPONSE']._serialized_end=1617
+  _globals['_TASKSERVICE']._serialized_start=1620
+  _globals['_TASKSERVICE']._serialized_end=2357
 # @@protoc_insertion_point(module_scope)

@@ -24,16 +24,22 @@ class SubmitRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SPEC_FIELD_NUMBER: _builtins.int
+    BATCH_EVENTS_FIELD_NUMBER: _builtins.int
+    batch_events: _builtins.bool
+    """Run only: send events in batches (RunResponse.events) rather than one per message.
+    A hub that predates it ignores it and sends RunResponse.event; callers handle both.
+    """
     @_builtins.property
     def spec(self) -> _common_pb2.TaskSpec: ...
     def __init__(
         self,
         *,
         spec: _common_pb2.TaskSpec | None = ...,
+        batch_events: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_events", b"batch_events", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -70,15 +76,25 @@ class RunResponse(_message.Message):
     SUBMITTED_FIELD_NUMBER: _builtins.int
     EVENT_FIELD_NUMBER: _builtins.int
     FINISHED_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def submitted(self) -> Global___SubmitResponse:
         """always the first message"""
 
     @_builtins.property
-    def event(self) -> _common_pb2.TaskEvent: ...
+    def event(self) -> _common_pb2.TaskEvent:
+        """without batch_events: one event per message"""
+
     @_builtins.property
     def finished(self) -> _common_pb2.Task:
         """the last message, once the task is finished"""
+
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.TaskEvent]:
+        """With batch_events: every event ready when the message was sent, in order. They come
+        after this message's `submitted` and before its `finished`: the first message carries
+        the task's first events, the last one the events that finished it.
+        """
 
     def __init__(
         self,
@@ -86,10 +102,11 @@ class RunResponse(_message.Message):
         submitted: Global___SubmitResponse | None = ...,
         event: _common_pb2.TaskEvent | None = ...,
         finished: _common_pb2.Task | None = ...,
+        events: _abc.Iterable[_common_pb2.TaskEvent] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "finished", b"finished", "kind", b"kind", "submitted", b"submitted"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "finished", b"finished", "kind", b"kind", "submitted", b"submitted"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "events", b"events", "finished", b"finished", "kind", b"kind", "submitted", b"submitted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["submitted", "event", "finished"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
