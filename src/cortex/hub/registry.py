@@ -14,6 +14,9 @@ __all__ = ["NodeConn", "Registry"]
 # Assignments are bounded by slots and acks by reports, so the queue stays small; the bound
 # is a backstop against a node that stops reading (it is disconnected when hit).
 SEND_QUEUE_BOUND = 10_000
+# Acknowledgements wait this long for a message to ride with (the next assignment, mostly):
+# the node journal keeps the events a little longer, and a task costs one frame less.
+ACK_DELAY_S = 0.02
 
 
 @dataclass(eq=False)
@@ -36,11 +39,33 @@ class NodeConn:
     # it has open (so one dispatch pass cannot overfill it).
     new_sessions: int = 0
     leased: bool = False        # this hub holds the node's lease (shared store only)
+    acks: dict[tuple[str, int], int] = field(default_factory=dict)  # deferred: newest seq
+    ack_timer: asyncio.TimerHandle | None = None
+
+    def ack(self, task_id: str, attempt: int, upto: int) -> None:
+        """Acknowledge a task attempt's events up to `upto`: sent with the next message to
+        the node, or after ACK_DELAY_S."""
+        key = (task_id, attempt)
+        self.acks[key] = max(upto, self.acks.get(key, 0))
+        if self.ack_timer is None:
+            self.ack_timer = asyncio.get_running_loop().call_later(ACK_DELAY_S,
+                                                                   self.flush_acks)
+
+    def flush_acks(self) -> None:
+        if self.ack_timer is not None:
+            self.ack_timer.cancel()
+            self.ack_timer = None
+        acks, self.acks = self.acks, {}
+        for (task_id, attempt), upto in acks.items():
+            self.send(node_pb2.HubMessage(ack=node_pb2.ReportAck(
+                task_id=task_id, attempt=attempt, acked_seq=upto)))
 
     def send(self, msg: node_pb2.HubMessage) -> bool:
         """Queue a message; False (and the connection is closed) if the node fell behind."""
         if self.closed:
             return False
+        if self.acks and msg.WhichOneof("kind") != "ack":
+            self.flush_acks()  # first: the node learns in order what was stored
         try:
             self.outbox.put_nowait(msg)
         except asyncio.QueueFull:
@@ -49,6 +74,9 @@ class NodeConn:
         return True
 
     def close(self) -> None:
+        if self.ack_timer is not None:
+            self.ack_timer.cancel()
+            self.ack_timer = None
         if not self.closed:
             self.closed = True
             while True:  # make room for the sentinel: the writer stops at it

@@ -539,9 +539,7 @@ class TaskManager(Capacity, Reaping, Following, Clustering):
     @staticmethod
     def _ack(conn: NodeConn, report: node_pb2.TaskReport) -> None:
         """Everything up to the report's last event is stored (now or before)."""
-        upto = report.first_seq + len(report.events) - 1
-        conn.send(node_pb2.HubMessage(ack=node_pb2.ReportAck(
-            task_id=report.task_id, attempt=report.attempt, acked_seq=upto)))
+        conn.ack(report.task_id, report.attempt, report.first_seq + len(report.events) - 1)
 
     # -- shared plumbing ------------------------------------------------------------------
     async def _move(self, entry: Entry, event: Event, *, reason: str = "",
