@@ -66,6 +66,8 @@ def describe(file: pb.File, path: str = "") -> dict[str, Any]:
 async def discard_outbox(folder: Path) -> tuple[list[dict[str, Any]], str]:
     """No artifact store (a skill built without one): the files stay on the node only, and
     the outbox must not grow with every action."""
+    if not (folder / OUTBOX).exists():
+        return [], ""
     await asyncio.to_thread((folder / OUTBOX).unlink, missing_ok=True)
     return [], ""
 
@@ -99,6 +101,8 @@ class SessionFiles:
     async def publish(self, folder: Path, task_id: str) -> tuple[list[dict[str, Any]], str]:
         """Upload what the session's outbox lists; (artifact rows, problems or "")."""
         taken = folder / f"{OUTBOX}.taken"
+        if not (folder / OUTBOX).exists() and not taken.exists():
+            return [], ""  # most actions produce no file: two stat calls, no thread hops
         text = await asyncio.to_thread(_take, folder / OUTBOX, taken)
         if not text:
             return [], ""
