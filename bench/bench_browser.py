@@ -3,8 +3,9 @@
 Figures, each with its baseline from the same run:
 - per-action latency through Cortex (SDK -> hub -> node -> worker -> Chromium) for click,
   snapshot, screenshot and eval vs the same action through Playwright directly, attached
-  over CDP to the same Chromium and the same page: p50/p99 and the p50 ratio (must <= 2x,
-  aim <= 1.3x);
+  over CDP to the same Chromium and the same page: p50/p99, the p50 ratio (must <= 2x,
+  aim <= 1.3x) and the overhead in ms (cortex p50 - playwright p50), next to the round
+  trip of a `noop` task (the floor every task pays: submit, store, dispatch, report);
 - memory per session: RSS of the session's Chromium process tree and of its worker
   (RSS double counts shared pages, so this is an upper bound);
 - video: frames per second achieved and CPU (percent of one core, Chromium + worker) while
@@ -121,8 +122,11 @@ async def measure(client: Client, tmp: Path, site: str, n: int, video_s: float
         for name, (through_cortex, playwright) in cases.items():
             c = summary_ms(await timed(n, through_cortex))
             p = summary_ms(await timed(n, playwright))
-            result["actions"][name] = {"cortex": c, "playwright": p,
-                                       "ratio_p50": round(c["p50_ms"] / p["p50_ms"], 2)}
+            ratio = round(c["p50_ms"] / p["p50_ms"], 2)
+            result["actions"][name] = {
+                "cortex": c, "playwright": p, "ratio_p50": ratio, "within_2x": ratio <= 2.0,
+                "overhead_ms": round(c["p50_ms"] - p["p50_ms"], 2)}
+        result["noop_task"] = summary_ms(await timed(n, lambda: client.run(skill="noop")))
         await direct.close()  # detaches only
 
     rss = sum(p.memory_info().rss for p in tree(chromium_pid)) / 2**20
