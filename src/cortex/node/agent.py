@@ -9,14 +9,12 @@ rest from the journal; after a restart the same happens for whatever the journal
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import os
 import random
 import time
 import uuid
-from dataclasses import dataclass, field
 
 import grpc
 
@@ -27,6 +25,7 @@ from cortex.core.addresses import parse_addresses
 from cortex.core.states import State
 from cortex.errors import CortexError, InvalidArgument
 from cortex.node._host import count_gpus, host_capacity
+from cortex.node._reporting import Held, Reporting
 from cortex.node.artifacts import NodeArtifacts
 from cortex.node.cgroups import CgroupManager
 from cortex.node.config import NodeConfig
@@ -34,13 +33,12 @@ from cortex.node.identity import HUB_SERVER_NAME, Identity
 from cortex.node.journal import Journal
 from cortex.node.renewal import Renewer, is_revocation
 from cortex.node.supervisor import Supervisor
-from cortex.skills.base import Outcome, TaskRun
+from cortex.skills.base import Outcome
 from cortex.skills.worker import WorkerPool
 
 __all__ = ["Agent"]
 
 log = logging.getLogger("cortex.node")
-_REPORT_BYTES = 1024 * 1024       # split reports above this
 _OUTBOX_BOUND = 256               # reports in flight to the gRPC writer before we wait
 _ACK_WAIT_S = 5.0
 _FRAME_BYTES = 4 * 1024 * 1024
@@ -49,32 +47,7 @@ _STDIN_RETRY_S = 0.005
 _Call = grpc.aio.StreamStreamCall[node_pb2.NodeMessage, node_pb2.HubMessage]
 
 
-@dataclass(eq=False)
-class _Held:
-    assign: node_pb2.Assign
-    next_seq: int = 1                                  # seq of the next event to journal
-    acked: int = 0                                     # newest seq the hub stored
-    sent: int = 0                                      # newest seq handed to this connection
-    buffer: list[node_pb2.NodeEvent] = field(default_factory=list)  # not journaled yet
-    unsent: list[node_pb2.NodeEvent] = field(default_factory=list)  # journaled, not sent
-    run: TaskRun | None = None
-    started: bool = False
-    finished: bool = False
-    dropped: bool = False
-    stdin: collections.deque[bytes] = field(default_factory=collections.deque)
-    stdin_eof: bool = False
-    stdin_written: int = 0
-    stdin_pump: asyncio.Task[None] | None = None
-    size: tuple[int, int] | None = None                 # the latest terminal size asked for
-    cancel: tuple[State, str] | None = None
-    hold_start_until: float = 0.0  # monotonic; a lone "started" waits till then to go out
-
-    @property
-    def key(self) -> tuple[str, int]:
-        return (self.assign.task_id, self.assign.attempt)
-
-
-class Agent:
+class Agent(Reporting):
     def __init__(self, config: NodeConfig, identity: Identity, supervisor: Supervisor,
                  skills: list[str], journal: Journal, *,
                  cgroups: CgroupManager | None = None,
@@ -89,7 +62,7 @@ class Agent:
         self._workers = workers
         self._limit_enforcement = limit_enforcement
         self._gpus = config.gpus if config.gpus is not None else count_gpus()
-        self._held: dict[tuple[str, int], _Held] = {}
+        self._held: dict[tuple[str, int], Held] = {}
         self._outbox: asyncio.Queue[node_pb2.NodeMessage] | None = None
         self._dirty = asyncio.Event()
         self._acked = asyncio.Event()
@@ -198,7 +171,7 @@ class Agent:
     def _recover(self) -> None:
         """Re-hold what the journal holds; tasks that were running died with the old agent."""
         for row in self._journal.held():
-            held = _Held(row.assign, next_seq=row.next_seq, acked=row.acked_seq,
+            held = Held(row.assign, next_seq=row.next_seq, acked=row.acked_seq,
                          sent=row.acked_seq, started=True, finished=row.finished)
             self._held[held.key] = held
             if not row.finished:
@@ -394,19 +367,19 @@ class Agent:
         if key in self._held:
             return  # a resend of an assignment we already hold
         self._journal.record_assign(assign, now=time.time())
-        held = _Held(assign)
+        held = Held(assign)
         self._held[key] = held
         if self._runs is None:
             raise RuntimeError("assignments arrive only while the agent runs")
         self._runs.create_task(self._execute(held), name=f"task {assign.task_id}")
 
-    def _cancel(self, held: _Held, state: State, reason: str) -> None:
+    def _cancel(self, held: Held, state: State, reason: str) -> None:
         if held.run is not None:
             held.run.cancel(state, reason)
         elif not held.finished:
             held.cancel = (state, reason)
 
-    def _stdin(self, held: _Held, data: bytes, eof: bool) -> None:
+    def _stdin(self, held: Held, data: bytes, eof: bool) -> None:
         """Queue input for the process; a pump hands it over as the process takes it."""
         for i in range(0, len(data), _STDIN_CHUNK):
             held.stdin.append(data[i:i + _STDIN_CHUNK])
@@ -414,7 +387,7 @@ class Agent:
         if held.run is not None and held.stdin_pump is None and self._runs is not None:
             held.stdin_pump = self._runs.create_task(self._pump_stdin(held))
 
-    async def _pump_stdin(self, held: _Held) -> None:
+    async def _pump_stdin(self, held: Held) -> None:
         run = held.run
         if run is None:
             return
@@ -447,7 +420,7 @@ class Agent:
             with contextlib.suppress(asyncio.QueueFull):
                 self._outbox.put_nowait(msg)
 
-    def _on_ack(self, held: _Held, upto: int) -> None:
+    def _on_ack(self, held: Held, upto: int) -> None:
         if upto <= held.acked:
             return
         held.acked = upto
@@ -456,7 +429,7 @@ class Agent:
             self._held.pop(held.key, None)
         self._acked.set()
 
-    def _drop(self, held: _Held, reason: str) -> None:
+    def _drop(self, held: Held, reason: str) -> None:
         held.dropped = True
         held.buffer.clear()
         held.unsent.clear()
@@ -466,7 +439,7 @@ class Agent:
             held.run.cancel(State.CANCELLED, f"the hub no longer wants this attempt: {reason}")
 
     # -- running a task ---------------------------------------------------------------------
-    async def _execute(self, held: _Held) -> None:
+    async def _execute(self, held: Held) -> None:
         a = held.assign
         who = _span_attributes(a, self._id.node_id)
         with tracing.span("cortex.node.execute", parent=a.traceparent or a.spec.traceparent,
@@ -485,7 +458,7 @@ class Agent:
         if self._supervisor.in_use().get("browser_sessions", 0) != self._reported_sessions:
             self._send_heartbeat()  # a session opened or closed: the hub places by it
 
-    async def _outcome(self, held: _Held) -> Outcome:
+    async def _outcome(self, held: Held) -> Outcome:
         """Run the assignment (inputs, process, outputs) to its outcome."""
         a = held.assign
         timeout = a.remaining_s if a.remaining_s > 0 else None
@@ -516,7 +489,7 @@ class Agent:
                     outcome = await self._upload_outputs(held, outcome)
         return outcome
 
-    async def _upload_outputs(self, held: _Held, outcome: Outcome) -> Outcome:
+    async def _upload_outputs(self, held: Held, outcome: Outcome) -> Outcome:
         """Upload the spec's output globs before the task reports its end (so a finished
         task lists its files); a failed upload fails a task that had succeeded."""
         note = await NodeArtifacts(self._id).store_outputs(held.assign.task_id,
@@ -527,91 +500,17 @@ class Agent:
             return Outcome(State.FAILED, outcome.exit_code, note)
         return outcome
 
-    def _mark_started(self, held: _Held) -> None:
+    def _mark_started(self, held: Held) -> None:
         if not held.started:
             held.started = True
             pid = held.run.pid if held.run is not None and held.run.pid else 0
             self._emit(held, node_pb2.NodeEvent(time=time.time(),
                                                 started=node_pb2.Started(pid=pid)))
 
-    def _output(self, held: _Held, stream: int, data: bytes) -> None:
+    def _output(self, held: Held, stream: int, data: bytes) -> None:
         self._mark_started(held)
         self._emit(held, node_pb2.NodeEvent(time=time.time(), output=pb.Output(
             stream=stream, data=data)))  # type: ignore[arg-type]
-
-    def _emit(self, held: _Held, event: node_pb2.NodeEvent) -> None:
-        if held.dropped:
-            return
-        held.buffer.append(event)
-        hold = self._config.started_hold_s
-        if len(held.buffer) == 1 and event.WhichOneof("kind") == "started" and hold > 0:
-            # Held back a little (NodeConfig.started_hold_s): what comes next - output, or
-            # the end of a short task - goes out in the same report and store write.
-            held.hold_start_until = time.monotonic() + hold
-            asyncio.get_running_loop().call_later(hold, self._dirty.set)
-            return
-        self._dirty.set()
-
-    # -- batching, journaling, sending --------------------------------------------------
-    async def _flush_loop(self) -> None:
-        last = 0.0
-        while True:
-            await self._dirty.wait()
-            # Idle: flush at once (latency). Busy: at most one flush per interval, so output
-            # of many tasks and many chunks shares one journal commit and one report.
-            wait = last + self._config.flush_interval_s - time.monotonic()
-            await asyncio.sleep(max(0.0, wait))
-            self._dirty.clear()
-            last = time.monotonic()
-            self._flush()
-            await self._send_pending()
-
-    def _flush(self) -> None:
-        batches = []
-        now = time.monotonic()
-        for held in list(self._held.values()):
-            if not held.buffer or (len(held.buffer) == 1 and now < held.hold_start_until
-                                   and not held.finished):
-                continue  # nothing, or a start still held back (another task woke us)
-            events, held.buffer = held.buffer, []
-            finished = any(e.WhichOneof("kind") == "finished" for e in events)
-            batches.append((held.assign.task_id, held.assign.attempt, held.next_seq, events,
-                            finished))
-            held.next_seq += len(events)
-            if self._outbox is not None:
-                held.unsent.extend(events)
-        if batches:
-            self._journal.append(batches)
-
-    async def _send_pending(self) -> None:
-        outbox = self._outbox
-        if outbox is None:
-            return
-        for held in list(self._held.values()):
-            if held.sent >= held.next_seq - 1:
-                continue
-            if not held.unsent or held.sent + len(held.unsent) < held.next_seq - 1:
-                # After a reconnect (or restart) the journal has what this link never saw.
-                held.unsent = self._journal.unacked(held.assign.task_id, held.assign.attempt,
-                                                    held.sent)
-            while held.unsent and self._outbox is outbox:
-                chunk = _take(held.unsent, _REPORT_BYTES)
-                await outbox.put(node_pb2.NodeMessage(report=node_pb2.TaskReport(
-                    task_id=held.assign.task_id, attempt=held.assign.attempt,
-                    first_seq=held.sent + 1, events=chunk)))
-                held.sent += len(chunk)
-
-
-def _take(events: list[node_pb2.NodeEvent], limit: int) -> list[node_pb2.NodeEvent]:
-    """Remove and return a prefix of `events` of about `limit` bytes (at least one)."""
-    size, n = 0, 0
-    while n < len(events) and (size < limit or n == 0):
-        size += events[n].ByteSize()
-        n += 1
-    chunk = events[:n]
-    del events[:n]
-    return chunk
-
 
 def _span_attributes(a: node_pb2.Assign, node_id: str) -> dict[str, str | int]:
     return {"cortex.task_id": a.task_id, "cortex.attempt": a.attempt, "cortex.tenant": a.tenant,
