@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Callable, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NamedTuple, Self, TypeVar, Unpack
@@ -21,8 +21,9 @@ from cortex.sdk._artifacts import ArtifactMethods
 from cortex.sdk._attach import Attachment
 from cortex.sdk._backoff import Backoff
 from cortex.sdk._config import ClientConfig, ConfigOverrides
-from cortex.sdk._errors import translate
+from cortex.sdk._errors import CONNECT_RETRY_S, never_sent, translate
 from cortex.sdk._files import NodeFileMethods
+from cortex.sdk._run import OldHub, OutputCallback, RunOutput, run_messages
 from cortex.sdk._specs import (
     Pairs,
     TaskOptions,
@@ -41,14 +42,12 @@ __all__ = ["TERMINAL_STATES", "Client", "JoinToken", "OutputCallback", "Result"]
 
 Task = common_pb2.Task
 TaskEvent = common_pb2.TaskEvent
-OutputCallback = Callable[[bytes], None]
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
 
 TERMINAL_STATES: frozenset[int] = frozenset(int(s) for s in TERMINAL)
 """TaskState values a task attempt ends in (LOST may still be followed by a retry)."""
 
-_TO_STDOUT = frozenset({common_pb2.STDOUT, common_pb2.PTY})
 _PAGE_MAX = 1000
 # A stream that lived this long was connected, so its failure starts a fresh reconnect
 # budget; grpc gives up on an unreachable address well before (20 s connect timeout).
@@ -64,18 +63,6 @@ _RECONNECT_CODES = frozenset({
     grpc.StatusCode.RESOURCE_EXHAUSTED,
     grpc.StatusCode.CANCELLED,
 })
-
-
-# Pauses before sending a unary call again when the connection could not be made at all.
-_CONNECT_RETRY_S = (0.2, 0.6)
-# How gRPC says no connection could be made: pick_first (one address) and round_robin
-# (a list of hubs, cortex._dial).
-_NEVER_SENT = ("failed to connect to all addresses", "connections to all backends failing")
-
-
-def _never_sent(error: grpc.aio.AioRpcError) -> bool:
-    return (error.code() == grpc.StatusCode.UNAVAILABLE
-            and any(m in (error.details() or "") for m in _NEVER_SENT))
 
 
 class JoinToken(NamedTuple):
@@ -386,12 +373,14 @@ class Client(ArtifactMethods, NodeFileMethods):
 
     async def _run(self, spec: common_pb2.TaskSpec, stdout: OutputCallback | None,
                    stderr: OutputCallback | None) -> Result:
-        output = _Output(stdout, stderr)
+        output = RunOutput(stdout, stderr)
         task_id = ""
         try:
             final: common_pb2.Task | None = None
             try:
-                async for msg in self._run_call(spec):
+                messages = run_messages(self._stub(), spec, metadata=self._metadata,
+                                        address=self._config.address)
+                async for msg in messages:
                     # Batched (what we ask for): submitted, then events, then finished, any
                     # of them in one message; a hub that predates batching sends `event`.
                     kind = msg.WhichOneof("kind")
@@ -403,7 +392,7 @@ class Client(ArtifactMethods, NodeFileMethods):
                         output.take(event)
                     if kind == "finished":
                         final = msg.finished
-            except _OldHub:
+            except OldHub:
                 task_id = (await self.submit(spec)).id
             except CortexError as exc:
                 if not task_id or not isinstance(exc, Unavailable):
@@ -423,31 +412,6 @@ class Client(ArtifactMethods, NodeFileMethods):
                 await self._cancel_quietly(task_id, "the caller stopped waiting for run()")
             raise
         return Result(task=final, stdout=bytes(output.out), stderr=bytes(output.err))
-
-    async def _run_call(self, spec: common_pb2.TaskSpec
-                        ) -> AsyncGenerator[tasks_pb2.RunResponse, None]:
-        """TaskService.Run's messages; a call that never reached the hub is sent again.
-        Raises `_OldHub` when the hub predates Run (nothing was submitted)."""
-        metadata = self._metadata
-        if parent := tracing.current_traceparent():
-            metadata = (*metadata, ("traceparent", parent))
-        for delay in (*_CONNECT_RETRY_S, None):
-            call = self._stub().Run(tasks_pb2.SubmitRequest(spec=spec, batch_events=True),
-                                    metadata=metadata)
-            received = False
-            try:
-                async for msg in call:
-                    received = True
-                    yield msg
-                return
-            except grpc.aio.AioRpcError as e:
-                if not received and e.code() == grpc.StatusCode.UNIMPLEMENTED:
-                    raise _OldHub from e
-                if received or delay is None or not _never_sent(e):
-                    raise translate(e, address=self._config.address) from e
-            finally:
-                call.cancel()
-            await asyncio.sleep(delay)
 
     def attach(self, task_id: str, *, after_seq: int = 0) -> Attachment:
         """``async with client.attach(task_id) as att:`` stdin / resize in, events out."""
@@ -542,7 +506,7 @@ class Client(ArtifactMethods, NodeFileMethods):
         metadata = self._metadata
         if traced and (parent := tracing.current_traceparent()):
             metadata = (*metadata, ("traceparent", parent))
-        for delay in (*_CONNECT_RETRY_S, None):
+        for delay in (*CONNECT_RETRY_S, None):
             try:
                 return await method(
                     request, timeout=self._config.call_timeout, metadata=metadata
@@ -550,7 +514,7 @@ class Client(ArtifactMethods, NodeFileMethods):
             except grpc.aio.AioRpcError as e:
                 # A call that never reached the hub (the TLS handshake failed, e.g. under
                 # load) is safe to send again, whatever it does; anything else is not.
-                if delay is None or not _never_sent(e):
+                if delay is None or not never_sent(e):
                     raise translate(e, address=self._config.address) from e
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")  # the last attempt returns or raises
@@ -565,36 +529,6 @@ class Client(ArtifactMethods, NodeFileMethods):
         # Best effort and bounded: the caller is leaving; a second cancel aborts this.
         with contextlib.suppress(CortexError, TimeoutError):
             await asyncio.wait_for(self.cancel(task_id, reason=reason), _CANCEL_GRACE_S)
-
-
-class _OldHub(Exception):
-    """The hub does not serve TaskService.Run (it predates it)."""
-
-
-class _Output:
-    """A run's output as its events bring it: the last attempt's kept, callbacks fed."""
-
-    def __init__(self, stdout: OutputCallback | None, stderr: OutputCallback | None) -> None:
-        self.out, self.err = bytearray(), bytearray()
-        self.attempt = self.last_seq = 0
-        self._stdout, self._stderr = stdout, stderr
-
-    def take(self, event: common_pb2.TaskEvent) -> None:
-        if event.seq <= self.last_seq:
-            return  # seen before a reconnect
-        self.last_seq = event.seq
-        if event.attempt > self.attempt:
-            self.attempt = event.attempt
-            self.out.clear()
-            self.err.clear()
-        if not event.HasField("output"):
-            return
-        data = event.output.data
-        to_stdout = event.output.stream in _TO_STDOUT
-        (self.out if to_stdout else self.err).extend(data)
-        callback = self._stdout if to_stdout else self._stderr
-        if callback is not None:
-            callback(data)
 
 
 def _open_channel(config: ClientConfig) -> grpc.aio.Channel:

@@ -17,7 +17,7 @@ from cortex.errors import (
     Unavailable,
 )
 
-__all__ = ["from_status", "translate"]
+__all__ = ["CONNECT_RETRY_S", "from_status", "never_sent", "translate"]
 
 _S = grpc.StatusCode
 _BY_CODE: dict[grpc.StatusCode, type[CortexError]] = {
@@ -61,3 +61,16 @@ def from_status(code: grpc.StatusCode, details: str | None, *, address: str = ""
     elif cls is RemoteError:
         details = f"{details} ({code.name})"
     return cls(details)
+
+
+# Pauses before sending a call again when the connection could not be made at all.
+CONNECT_RETRY_S = (0.2, 0.6)
+# How gRPC says no connection could be made: pick_first (one address) and round_robin
+# (a list of hubs, cortex._dial).
+_NEVER_SENT = ("failed to connect to all addresses", "connections to all backends failing")
+
+
+def never_sent(error: grpc.aio.AioRpcError) -> bool:
+    """Whether the call never reached a hub (so sending it again cannot duplicate it)."""
+    return (error.code() == grpc.StatusCode.UNAVAILABLE
+            and any(m in (error.details() or "") for m in _NEVER_SENT))
