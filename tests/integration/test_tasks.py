@@ -535,6 +535,24 @@ async def test_a_short_tasks_start_goes_out_with_its_end(
 
 
 @pytest.mark.asyncio
+async def test_output_after_the_start_is_not_held_back(
+        client: Client, hub: Hub, tmp_path: Path) -> None:
+    """Only a lone start waits out the hold: later output goes out as it comes (a hold past
+    the test's timeout makes a held-back "two" fail it)."""
+    async with running_node(hub, tmp_path / "held", started_hold_s=600.0):
+        task = await client.submit(command="echo one; sleep 0.3; echo two; sleep 30")
+        seen = bytearray()
+        events = client.watch(task.id)
+        async with contextlib.aclosing(events):
+            async for ev in events:
+                seen += ev.output.data
+                if b"two" in seen:
+                    break
+        await client.cancel(task.id)
+    assert seen.split() == [b"one", b"two"]
+
+
+@pytest.mark.asyncio
 async def test_a_quiet_tasks_start_is_reported_when_its_hold_ends(
         client: Client, hub: Hub, tmp_path: Path) -> None:
     """A task that prints nothing still shows RUNNING once the hold is over."""

@@ -90,8 +90,8 @@ class Reporting:
         batches = []
         now = time.monotonic()
         for held in list(self._held.values()):
-            if not held.buffer or (len(held.buffer) == 1 and now < held.hold_start_until
-                                   and not held.finished):
+            if not held.buffer or (now < held.hold_start_until and len(held.buffer) == 1
+                                   and held.buffer[0].HasField("started")):
                 continue  # nothing, or a start still held back (another task woke us)
             events, held.buffer = held.buffer, []
             finished = any(e.WhichOneof("kind") == "finished" for e in events)
