@@ -23,7 +23,7 @@ from cortex._proto.cortex.v1 import (
 from cortex.core import states
 from cortex.core.states import State
 from cortex.core.validation import check_labels
-from cortex.errors import Conflict, InvalidArgument, NotFound
+from cortex.errors import Conflict, CortexError, InvalidArgument, NotFound
 from cortex.hub._grpc_errors import Ctx, streaming, unary
 from cortex.hub._tracing import submit_span
 from cortex.hub.access import authorize
@@ -119,14 +119,19 @@ class TaskServicer(tasks_pb2_grpc.TaskServiceServicer):
         # events that end the task with `finished` - a short task costs three messages.
         pending: tasks_pb2.RunResponse | None = submitted
         batches = self._tasks.watch_batches(who.tenant, task.id, after_seq=0, follow=True)
-        async with contextlib.aclosing(batches):
-            async for batch in batches:
-                msg, pending = pending or tasks_pb2.RunResponse(), None
-                msg.events.extend(batch)
-                if _ends_task(batch[-1]):
-                    pending = msg  # the stream ends now: `finished` goes with these
-                else:
-                    yield msg
+        try:
+            async with contextlib.aclosing(batches):
+                async for batch in batches:
+                    msg, pending = pending or tasks_pb2.RunResponse(), None
+                    msg.events.extend(batch)
+                    if _ends_task(batch[-1]):
+                        pending = msg  # the stream ends now: `finished` goes with these
+                    else:
+                        yield msg
+        except CortexError:
+            if pending is not None:  # the task was accepted: say so before failing the call
+                yield pending
+            raise
         msg = pending or tasks_pb2.RunResponse()
         msg.finished.CopyFrom(await self._full_task(who.tenant, task.id))
         yield msg
