@@ -1,12 +1,14 @@
-"""Tenancy in the task manager: quotas, pools (shared or not) and which nodes may serve a
-tenant. A mixin of `TaskManager`, split out to keep each module readable; the decisions
-are pure (`cortex.core.quota`, `cortex.core.placement`), this is their bookkeeping.
+"""Tenancy and placement in the task manager: quotas, pools (shared or not), which nodes
+may serve a tenant, and which node a task goes to (a browser session's tasks to the node
+its session is pinned to). A mixin of `TaskManager`, split out to keep each module
+readable; the decisions are pure (`cortex.core.quota`, `cortex.core.placement`), this is
+their bookkeeping.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from cortex._proto.cortex.v1 import common_pb2 as pb
@@ -20,6 +22,8 @@ from cortex.store.base import DEFAULT_POOL, Store
 
 __all__ = ["Capacity"]
 
+_SESSION_OPENERS = frozenset({"open", "restore"})  # browser actions that start a session
+
 
 class Capacity:
     _active: dict[str, Entry]
@@ -28,6 +32,8 @@ class Capacity:
     _store: Store
     _wake: asyncio.Event
     _shared: dict[tuple[str, str], frozenset[str]]
+    _sessions: dict[tuple[str, str], str]  # (tenant, session id) -> the node it is pinned to
+    _clock: Callable[[], float]
     ledger: Ledger
 
     if TYPE_CHECKING:
@@ -111,3 +117,50 @@ class Capacity:
         if entry.task.reason != why:
             await self._set_reason(entry, why)
         return True
+
+    def _requirements(self, entry: Entry) -> placement.TaskRequirements:
+        spec = entry.task.spec
+        return placement.TaskRequirements(
+            skill=spec.skill, labels=dict(spec.labels), node_id=spec.node_id,
+            session_node=self._session_node(entry), pool=spec.pool,
+            cpus=spec.resources.cpus, memory_mib=spec.resources.memory_mib,
+            gpus=spec.resources.gpus, new_session=self._opens_session(entry),
+        )
+
+    def _opens_session(self, entry: Entry) -> bool:
+        """A browser open/restore of a session not pinned to a node yet: it opens one."""
+        spec = entry.task.spec
+        if spec.skill != "browser" or not spec.session_id or self._session_node(entry):
+            return False
+        action = spec.args.fields.get("action")
+        return action is not None and action.string_value in _SESSION_OPENERS
+
+    async def _place(self, entry: Entry, conns: list[NodeConn]) -> NodeConn | None:
+        sid = entry.task.spec.session_id
+        if sid and (entry.tenant, sid) not in self._sessions:
+            pinned = await self._store.session_node(entry.tenant, sid)
+            if pinned:
+                self._sessions[(entry.tenant, sid)] = pinned
+        req = self._requirements(entry)
+        decision = placement.place(req, self._views(conns, req))
+        if decision.node_id is None:
+            if "busy" not in decision.reason and entry.task.reason != decision.reason:
+                await self._set_reason(entry, decision.reason)
+            return None
+        return self._registry.get(decision.node_id)
+
+    def _session_node(self, entry: Entry) -> str:
+        """The node a task's session is pinned to ("" if it has none, or none yet)."""
+        sid = entry.task.spec.session_id
+        return self._sessions.get((entry.tenant, sid), "") if sid else ""
+
+    async def _pin_session(self, entry: Entry, node_id: str) -> str:
+        """Pin the task's session to `node_id` on its first placement; the pinned node."""
+        sid = entry.task.spec.session_id
+        if not sid:
+            return node_id
+        key = (entry.tenant, sid)
+        if key not in self._sessions:
+            self._sessions[key] = await self._store.pin_session(
+                entry.tenant, sid, node_id, now=self._clock())
+        return self._sessions[key]
