@@ -28,12 +28,6 @@ A connection is not tested when it leaves the pool (that would cost a round trip
 call); a call on a connection the server dropped fails with Unavailable, never retried
 here (a write may have committed), and the pool then replaces all its dead connections.
 
-Why batch at all, when Postgres already shares WAL flushes between concurrent commits:
-the cost was in Python, not in the server. One statement per write spent several
-milliseconds of hub CPU per dispatched task (psycopg's per-statement work, a pool
-checkout, a wake-up per reply); one statement per tick costs that once for the batch.
-psycopg prepares a statement by itself once it has run a few times on a connection.
-
 Driver errors become Cortex errors in one place (`cortex.store._pg_errors`), the original chained:
 integrity violations (unique, foreign key) are Conflict, values Postgres cannot hold are
 InvalidArgument, everything else (connection refused or lost, pool exhausted, serialization
