@@ -5,7 +5,9 @@ Figures, each with its baseline from the same run:
   snapshot, screenshot and eval vs the same action through Playwright directly, attached
   over CDP to the same Chromium and the same page: p50/p99, the p50 ratio (must <= 2x,
   aim <= 1.3x) and the overhead in ms (cortex p50 - playwright p50), next to the round
-  trip of a `noop` task (the floor every task pays: submit, store, dispatch, report);
+  trip of a `noop` task (the floor every task pays: submit, store, dispatch, report), and
+  the CPU per action of each process on the path (client, hub, node, worker with
+  Playwright's driver);
 - memory per session: RSS of the session's Chromium process tree and of its worker
   (RSS double counts shared pages, so this is an upper bound);
 - video: frames per second achieved and CPU (percent of one core, Chromium + worker) while
@@ -63,6 +65,11 @@ def tree(pid: int) -> list[psutil.Process]:
     return [proc, *proc.children(recursive=True)]
 
 
+def _cpu(proc: psutil.Process) -> float:
+    t = proc.cpu_times()
+    return float(t.user + t.system)
+
+
 def tree_cpu(pids: list[int]) -> float:
     total = 0.0
     for pid in pids:
@@ -88,14 +95,16 @@ async def bench(n: int, video_s: float) -> dict[str, Any]:
                 node.token = (await client.create_join_token()).token
                 node.start()
                 await wait_online(client)
-                return await measure(client, tmp, site, n, video_s)
+                return await measure(client, tmp, site, n, video_s,
+                                     pids={"hub": hub.proc.pid if hub.proc else 0,
+                                           "node": node.proc.pid if node.proc else 0})
         finally:
             node.kill()
             hub.kill()
 
 
-async def measure(client: Client, tmp: Path, site: str, n: int, video_s: float
-                  ) -> dict[str, Any]:
+async def measure(client: Client, tmp: Path, site: str, n: int, video_s: float, *,
+                  pids: dict[str, int]) -> dict[str, Any]:
     browser = await BrowserSession.open(client, "bench", url=f"{site}/login")
     await browser.type(None, "ann", selector="input[name=user]")
     await browser.type(None, "secret", selector="input[name=password]", submit=True)
@@ -106,6 +115,9 @@ async def measure(client: Client, tmp: Path, site: str, n: int, video_s: float
     worker = next(p for p in psutil.Process().children(recursive=True)
                   if "cortex.workers" in " ".join(p.cmdline()) and "browser" in p.cmdline())
     result: dict[str, Any] = {"actions": {}}
+    # Where an action's CPU goes: each process of the path, ms of CPU per action.
+    procs = {"client": psutil.Process(), "worker": worker,
+             **{name: psutil.Process(pid) for name, pid in pids.items()}}
     async with async_playwright() as pw:
         direct = await pw.chromium.connect_over_cdp(f"http://127.0.0.1:{port}")
         page = next(p for p in direct.contexts[0].pages if p.url.endswith("/app"))
@@ -120,12 +132,17 @@ async def measure(client: Client, tmp: Path, site: str, n: int, video_s: float
                      lambda: page.evaluate("document.title")),
         }
         for name, (through_cortex, playwright) in cases.items():
+            before = {k: tree_cpu([p.pid]) if k == "worker" else _cpu(p)
+                      for k, p in procs.items()}
             c = summary_ms(await timed(n, through_cortex))
+            cpu = {k: round(((tree_cpu([p.pid]) if k == "worker" else _cpu(p)) - before[k])
+                            / (n + 1) * 1000, 2) for k, p in procs.items()}
             p = summary_ms(await timed(n, playwright))
             ratio = round(c["p50_ms"] / p["p50_ms"], 2)
             result["actions"][name] = {
                 "cortex": c, "playwright": p, "ratio_p50": ratio, "within_2x": ratio <= 2.0,
-                "overhead_ms": round(c["p50_ms"] - p["p50_ms"], 2)}
+                "overhead_ms": round(c["p50_ms"] - p["p50_ms"], 2),
+                "cortex_cpu_ms_per_action": cpu}
         result["noop_task"] = summary_ms(await timed(n, lambda: client.run(skill="noop")))
         await direct.close()  # detaches only
 
