@@ -4,7 +4,7 @@ Figures, each with its baseline from the same run:
 - `true` round trip through the SDK (submit -> result) vs spawning `true` locally with
   asyncio subprocess + pipes: p50/p99 and their ratio (must <= 3x, aim <= 2x);
 - durable no-op tasks/s with 1 node (submit N, gather): must >= 1,000/s;
-- log lines/s from one task to a Watch-er: must >= 15,000/s;
+- log lines/s from one task, live, to a Watch-er following it: must >= 15,000/s;
 - idle RSS of the hub and the node (MiB): node <= 64 MiB;
 - `cortex up` to first finished task (seconds);
 - per store configuration (`CONFIGURATIONS`: SQLite and Postgres, one hub each), the
@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _common import cpu_seconds, emit, rss_mib, summary_ms
 
-from cortex.sdk import Client, ClientConfig, build_spec
+from cortex.sdk import Client, ClientConfig, TaskState, build_spec
 from cortex.testing import HubProcess, NodeProcess, cli_env, postgres_schema_url
 
 THROUGHPUT_RUNS = 3
@@ -118,18 +118,25 @@ async def throughput_unary(client: Client, n: int, concurrency: int) -> dict[str
     return {"tasks": n, "seconds": round(elapsed, 3), "tasks_per_s": round(n / elapsed, 1)}
 
 
-async def log_lines(client: Client, lines: int) -> dict[str, float]:
-    # From submission to the last line at the watcher: the task runs while we watch, and
-    # writes (and flushes) every line on its own, the worst case for chunking.
-    program = ("import sys\nw = sys.stdout.write\nf = sys.stdout.flush\n"
+async def log_lines(client: Client, lines: int, gate: Path) -> dict[str, float]:
+    # Live streaming: the task writes (and flushes) every line on its own, the worst case
+    # for chunking, but only once the watcher follows it (it waits for the `gate` file,
+    # made when the watch saw the task running) - else the figure swings 10x with whether
+    # the lines were stored before the watch began. Timed from the gate to the last line.
+    program = ("import os, sys, time\nw = sys.stdout.write\nf = sys.stdout.flush\n"
+               f"while not os.path.exists({str(gate)!r}):\n    time.sleep(0.001)\n"
                f"for i in range({lines}):\n    w(str(i) + '\\n'); f()\n")
-    t0 = time.perf_counter()
     task = await client.submit(argv=[sys.executable, "-c", program])
     seen = 0
+    t0 = 0.0
     async for ev in client.watch(task.id):
+        if not t0 and ev.WhichOneof("kind") == "state" and ev.state.state == TaskState.RUNNING:
+            t0 = time.perf_counter()
+            await asyncio.to_thread(gate.touch)
         if ev.WhichOneof("kind") == "output":
             seen += ev.output.data.count(b"\n")
     elapsed = time.perf_counter() - t0
+    assert t0, "the watch never saw the task running"
     assert seen == lines, (seen, lines)
     return {"lines": lines, "seconds": round(elapsed, 3), "lines_per_s": round(lines / elapsed)}
 
@@ -193,7 +200,7 @@ async def measure(tmp: Path, n_rt: int, n_tp: int, n_lines: int, *, store: str =
             out["throughput"] = {**runs[len(runs) // 2], "runs_tasks_per_s": [
                 r["tasks_per_s"] for r in runs]}
             out["throughput_unary"] = await throughput_unary(client, n_tp // 5, concurrency=128)
-            out["logs"] = await log_lines(client, n_lines)
+            out["logs"] = await log_lines(client, n_lines, tmp / "log-lines.gate")
             return out
     finally:
         if node is not None:
