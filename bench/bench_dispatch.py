@@ -120,19 +120,23 @@ async def throughput_unary(client: Client, n: int, concurrency: int) -> dict[str
 
 async def log_lines(client: Client, lines: int, gate: Path) -> dict[str, float]:
     # Live streaming: the task writes (and flushes) every line on its own, the worst case
-    # for chunking, but only once the watcher follows it (it waits for the `gate` file,
-    # made when the watch saw the task running) - else the figure swings 10x with whether
-    # the lines were stored before the watch began. Timed from the gate to the last line.
-    program = ("import os, sys, time\nw = sys.stdout.write\nf = sys.stdout.flush\n"
-               f"while not os.path.exists({str(gate)!r}):\n    time.sleep(0.001)\n"
+    # for chunking, but only once the watcher follows it - else the figure swings 10x with
+    # whether the lines were stored before the watch began. The task blocks reading the
+    # FIFO `gate` until the watch has seen it running and opened and closed the other end.
+    # Timed from that release to the last line.
+    os.mkfifo(gate)
+    program = ("import sys\nw = sys.stdout.write\nf = sys.stdout.flush\n"
+               f"open({str(gate)!r}).read()\n"
                f"for i in range({lines}):\n    w(str(i) + '\\n'); f()\n")
     task = await client.submit(argv=[sys.executable, "-c", program])
     seen = 0
     t0 = 0.0
     async for ev in client.watch(task.id):
         if not t0 and ev.WhichOneof("kind") == "state" and ev.state.state == TaskState.RUNNING:
+            # Opening the write end waits for the task to hold the read end; closing it
+            # gives the task EOF.
+            await asyncio.to_thread(lambda: open(gate, "wb").close())
             t0 = time.perf_counter()
-            await asyncio.to_thread(gate.touch)
         if ev.WhichOneof("kind") == "output":
             seen += ev.output.data.count(b"\n")
     elapsed = time.perf_counter() - t0
