@@ -171,6 +171,47 @@ async def test_cancel_a_running_task_from_its_page(hub: Hub, node: Agent, page: 
 
 
 @pytest.mark.asyncio
+async def test_details_end_on_the_final_state_when_an_older_read_answers_last(
+        hub: Hub, node: Agent, page: Page, client: Client, tmp_path: Path) -> None:
+    """State changes in quick succession (a replayed stream, a fast cancel) each re-read
+    the details; a read answered while the task still ran may land after the task ended.
+    The page must still end on the final state: the newest read wins, and no re-read is
+    dropped because an older answer replaced the element it was queued on."""
+    gate = tmp_path / "go"
+    script = ("import os, time\nprint('first line', flush=True)\n"
+              f"while not os.path.exists({str(gate)!r}):\n    time.sleep(0.05)\n")
+    task = await client.submit(argv=[PY, "-c", script])
+    await log_in(page, hub.admin_token, start=f"/ui/tasks/{task.id}")
+    await expect(page.locator("#log")).to_contain_text("first line", timeout=WAIT_MS)
+
+    held: list[tuple[object, object]] = []
+    holding = True
+
+    async def hold(route: object) -> None:
+        response = await route.fetch()        # type: ignore[attr-defined]
+        if holding:
+            held.append((route, response))    # answered now (running), delivered later
+        else:
+            await route.fulfill(response=response)  # type: ignore[attr-defined]
+
+    await page.route(re.compile(r"/ui/tasks/t-[0-9a-z]+\?fragment=1$"), hold)
+    await page.reload()           # the stream replays every state: a burst of re-reads
+    await expect(page.locator("#log")).to_contain_text("first line", timeout=WAIT_MS)
+    gate.touch()
+    assert (await client.wait(task.id)).state == 4   # succeeded
+    await expect(page.locator("#task-state")).to_contain_text("succeeded", timeout=WAIT_MS)
+    holding = False
+    assert held, "the page re-read no details while the task ran"
+    for route, response in held:  # answers read while the task ran, delivered after its end
+        try:
+            await route.fulfill(response=response)  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001 - a read the page already abandoned
+            pass
+    await expect(page.locator("#attempts")).to_contain_text("succeeded", timeout=WAIT_MS)
+    await expect(page.locator("#cancel")).to_have_count(0)
+
+
+@pytest.mark.asyncio
 async def test_retry_and_the_tenant_page(hub: Hub, node: Agent, page: Page,
                                          client: Client) -> None:
     """Retry opens the new task's page (its shareable link); the admin sees the tenant."""
