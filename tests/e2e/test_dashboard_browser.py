@@ -17,7 +17,15 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright, expect
+from playwright.async_api import (
+    APIResponse,
+    Browser,
+    ConsoleMessage,
+    Page,
+    Route,
+    async_playwright,
+    expect,
+)
 
 from cortex.hub.server import Hub
 from cortex.node.agent import Agent
@@ -184,15 +192,15 @@ async def test_details_end_on_the_final_state_when_an_older_read_answers_last(
     await log_in(page, hub.admin_token, start=f"/ui/tasks/{task.id}")
     await expect(page.locator("#log")).to_contain_text("first line", timeout=WAIT_MS)
 
-    held: list[tuple[object, object]] = []
+    held: list[tuple[Route, APIResponse]] = []
     holding = True
 
-    async def hold(route: object) -> None:
-        response = await route.fetch()        # type: ignore[attr-defined]
+    async def hold(route: Route) -> None:
+        response = await route.fetch()
         if holding:
             held.append((route, response))    # answered now (running), delivered later
         else:
-            await route.fulfill(response=response)  # type: ignore[attr-defined]
+            await route.fulfill(response=response)
 
     await page.route(re.compile(r"/ui/tasks/t-[0-9a-z]+\?fragment=1$"), hold)
     await page.reload()           # the stream replays every state: a burst of re-reads
@@ -203,10 +211,7 @@ async def test_details_end_on_the_final_state_when_an_older_read_answers_last(
     holding = False
     assert held, "the page re-read no details while the task ran"
     for route, response in held:  # answers read while the task ran, delivered after its end
-        try:
-            await route.fulfill(response=response)  # type: ignore[attr-defined]
-        except Exception:  # noqa: BLE001 - a read the page already abandoned
-            pass
+        await route.fulfill(response=response)
     await expect(page.locator("#attempts")).to_contain_text("succeeded", timeout=WAIT_MS)
     await expect(page.locator("#cancel")).to_have_count(0)
 
