@@ -8,6 +8,10 @@ Figures, each with its baseline from the same run:
   trip of a `noop` task (the floor every task pays: submit, store, dispatch, report), and
   the CPU per action of each process on the path (client, hub, node, worker with
   Playwright's driver);
+- the transport floor: the same hops bare (bench/_floor.py: an mTLS gRPC call, an mTLS
+  stream message, a pipe frame, each between two Python processes, echoed with no work),
+  and per action `floor_ratio_p50`, the ratio a hub and node doing nothing at all would
+  reach on them - what no optimisation of Cortex's own work can beat;
 - memory per session: RSS of the session's Chromium process tree and of its worker
   (RSS double counts shared pages, so this is an upper bound);
 - video: frames per second achieved and CPU (percent of one core, Chromium + worker) while
@@ -35,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests" / "browser"))
 
 from _common import emit, summary_ms
+from _floor import measure_floor
 from browser_site import serve_site
 from playwright.async_api import async_playwright
 
@@ -145,6 +150,12 @@ async def measure(client: Client, tmp: Path, site: str, n: int, video_s: float, 
                 "cortex_cpu_ms_per_action": cpu}
         result["noop_task"] = summary_ms(await timed(n, lambda: client.run(skill="noop")))
         await direct.close()  # detaches only
+    result["transport_floor"] = await transport_floor(max(n, 200), tmp / "floor")
+    floor_ms = result["transport_floor"]["floor_p50_ms"]
+    for figures in result["actions"].values():
+        pw_ms = figures["playwright"]["p50_ms"]
+        # The best ratio any hub and node could reach on these hops, doing no work at all.
+        figures["floor_ratio_p50"] = round((pw_ms + floor_ms) / pw_ms, 2)
 
     rss = sum(p.memory_info().rss for p in tree(chromium_pid)) / 2**20
     result["memory_mib"] = {"chromium_tree_rss": round(rss, 1),
@@ -171,6 +182,16 @@ async def measure(client: Client, tmp: Path, site: str, n: int, video_s: float, 
             idle_cpu, 1), "cpu_ratio": round(rec_cpu / max(idle_cpu, 1e-9), 2)}
     await browser.close()
     return result
+
+
+async def transport_floor(n: int, directory: Path) -> dict[str, Any]:
+    """The bare hops of an action's path (bench/_floor.py) and their sum: the overhead
+    that remains with no store write, validation, audit or scheduling anywhere."""
+    hops = {name: summary_ms(values)
+            for name, values in (await measure_floor(n, directory)).items()}
+    return {**hops, "floor_p50_ms": round(sum(h["p50_ms"] for h in hops.values()), 3),
+            "path": "client -> hub (gRPC call) -> node (stream message) -> worker (pipe "
+                    "frame), each hop between two Python processes, mTLS on both gRPC hops"}
 
 
 def main() -> None:
