@@ -5,10 +5,25 @@ from __future__ import annotations
 import json
 import statistics
 import sys
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import psutil
+
+
+async def timed(n: int, action: Callable[[], Awaitable[Any]], *,
+                warmup: int = 1) -> list[float]:
+    """Seconds each of `n` sequential awaits of `action` took, after `warmup` untimed."""
+    for _ in range(warmup):
+        await action()
+    out = []
+    for _ in range(n):
+        start = time.perf_counter()
+        await action()
+        out.append(time.perf_counter() - start)
+    return out
 
 
 def percentile(values: list[float], q: float) -> float:

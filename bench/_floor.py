@@ -17,11 +17,11 @@ import asyncio
 import datetime as dt
 import struct
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import grpc
+from _common import timed
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -106,17 +106,6 @@ async def _pipe_echo() -> None:
         writer.write(_FRAME.pack(size) + body)
 
 
-async def _round_trips(n: int, once: Any) -> list[float]:
-    for _ in range(20):
-        await once()  # warm-up: connections, TLS, the server's first calls
-    out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        await once()
-        out.append(time.perf_counter() - t0)
-    return out
-
-
 async def measure_floor(n: int, directory: Path) -> dict[str, list[float]]:
     """Round trips (seconds) of each bare hop: gRPC unary, gRPC stream message, pipe."""
     make_tls(directory)
@@ -148,8 +137,8 @@ async def measure_floor(n: int, directory: Path) -> dict[str, list[float]]:
                 await stream.write(_PAYLOAD)
                 await call.__anext__()
 
-            out = {"grpc_unary": await _round_trips(n, unary_once),
-                   "grpc_stream_message": await _round_trips(n, stream_once)}
+            out = {"grpc_unary": await timed(n, unary_once, warmup=20),
+                   "grpc_stream_message": await timed(n, stream_once, warmup=20)}
             await stream.done_writing()
         stdin, stdout = pipe.stdin, pipe.stdout
 
@@ -158,7 +147,7 @@ async def measure_floor(n: int, directory: Path) -> dict[str, list[float]]:
             (size,) = _FRAME.unpack(await stdout.readexactly(_FRAME.size))
             await stdout.readexactly(size)
 
-        out["pipe_frame"] = await _round_trips(n, pipe_once)
+        out["pipe_frame"] = await timed(n, pipe_once, warmup=20)
         return out
     finally:
         for proc in (server, pipe):

@@ -38,7 +38,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests" / "browser"))
 
-from _common import emit, summary_ms
+from _common import emit, summary_ms, timed
 from _floor import measure_floor
 from browser_site import serve_site
 from playwright.async_api import async_playwright
@@ -53,16 +53,6 @@ async def wait_online(client: Client, within_s: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError("no node with the browser skill came online")
         await asyncio.sleep(0.05)  # no node-online notification exists to await
-
-
-async def timed(n: int, action: Callable[[], Awaitable[Any]]) -> list[float]:
-    await action()  # warm-up
-    out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        await action()
-        out.append(time.perf_counter() - t0)
-    return out
 
 
 def tree(pid: int) -> list[psutil.Process]:

@@ -24,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import emit, summary_ms
+from _common import emit, summary_ms, timed
 
 from cortex._proto.cortex.v1 import pki_pb2, pki_pb2_grpc
 from cortex.node import _certtool
@@ -32,15 +32,6 @@ from cortex.node.renewal import in_child
 from cortex.testing import running_hub, running_node
 
 HUB_SERVER_NAME = "cortex-hub"
-
-
-async def timed(n: int, call: object) -> list[float]:
-    out = []
-    for _ in range(n):
-        start = time.perf_counter()
-        await call()  # type: ignore[operator]
-        out.append(time.perf_counter() - start)
-    return out
 
 
 async def main(quick: bool) -> None:
