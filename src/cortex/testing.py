@@ -20,10 +20,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cortex.hub.config import HubConfig
 from cortex.hub.server import Hub
@@ -35,11 +35,32 @@ __all__ = [
     "HubProcess",
     "NodeProcess",
     "cli_env",
+    "eventually",
     "join_token",
     "postgres_schema_url",
     "running_hub",
     "running_node",
 ]
+
+T = TypeVar("T")
+
+
+async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, *,
+                     within: float = 30.0, every: float = 0.05) -> T:
+    """The first truthy result of `probe`, polled every `every` s; an AssertionError naming
+    `what` (and the last result) after `within` s. For what happens apart from the call
+    that caused it (a page's fetch, a node's report), on a machine that may be loaded."""
+    last: T | None = None
+    try:
+        async with asyncio.timeout(within):
+            while True:
+                last = await probe()
+                if last:
+                    return last
+                await asyncio.sleep(every)
+    except TimeoutError:
+        raise AssertionError(f"{what}: not within {within} s (last: {last!r})") from None
+
 
 _READY = re.compile(r"cortex hub ready: clients ([^\s,]+), nodes ([^\s,]+)(?:, http (\S+))?")
 

@@ -24,6 +24,7 @@ from cortex.sdk import (
     artifacts_of,
     list_browser_sessions,
 )
+from cortex.testing import eventually
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(240)]
 
@@ -70,12 +71,19 @@ async def test_agent_script_survives_worker_kill(client: Client, node: Agent, si
         assert await browser.eval("document.querySelector('input[name=name]').value") == "Ann"
         for button in ("Log errors", "Fetch missing", "Fetch refused"):
             await browser.click(selector=f"text={button}")
-        await browser.wait(predicate="true")
-        errors = await browser.logs(kinds=["console"], level="error")
-        assert any(e["text"] == "boom from button" for e in errors)
-        failed = await browser.network(failed_only=True)
-        assert any(e["kind"] == "requestfailed" for e in failed)
-        assert any(e.get("status") == 404 for e in failed)
+        # The clicks start fetches the page runs on its own, apart from the actions: the
+        # log and the network record are polled until what they caused has arrived.
+        async def console_error() -> bool:
+            errors = await browser.logs(kinds=["console"], level="error")
+            return any(e["text"] == "boom from button" for e in errors)
+
+        async def both_failed() -> bool:
+            failed = await browser.network(failed_only=True)
+            return any(e["kind"] == "requestfailed" for e in failed) \
+                and any(e.get("status") == 404 for e in failed)
+
+        await eventually(console_error, "the button's console error")
+        await eventually(both_failed, "the 404 and the refused fetch in the network log")
         assert any(e.get("kind") == "console" for e in seen), "no live events reached on_event"
 
         video = await browser.record_stop()

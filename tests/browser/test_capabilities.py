@@ -11,6 +11,7 @@ import os
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import av
 import pytest
@@ -21,6 +22,7 @@ from cortex.core.states import State
 from cortex.errors import InvalidArgument, NotFound, Unavailable
 from cortex.skills.browser import BrowserSkill, find_chromium
 from cortex.skills.worker import WorkerPool
+from cortex.testing import eventually
 
 # By name, not `from conftest import`: several test folders have a conftest module.
 CHROMIUM = find_chromium()
@@ -210,16 +212,24 @@ async def test_console_network_logs_and_bodies(skill: BrowserSkill, site: str) -
     since = (await ok(skill, S, "status"))["events_seq"]
     for button in ("Log errors", "Fetch missing", "Fetch refused", "Throw"):
         await ok(skill, S, "click", selector=f"text={button}")
-    await ok(skill, S, "wait", predicate="true")
-    logs = (await ok(skill, S, "logs", since=since, follow_s=0.5))["events"]
-    kinds = {(e["kind"], e.get("level")) for e in logs}
-    assert ("console", "error") in kinds
-    assert ("pageerror", "error") in kinds
+
+    # The page fetches and throws on its own, apart from the actions: poll the records.
+    async def logged() -> list[dict[str, Any]] | None:
+        logs: list[dict[str, Any]] = (await ok(skill, S, "logs", since=since))["events"]
+        kinds = {(e["kind"], e.get("level")) for e in logs}
+        done = {("console", "error"), ("pageerror", "error")} <= kinds
+        return logs if done else None
+
+    logs = await eventually(logged, "the console error and the page error")
     assert any("uncaught kaboom" in e.get("text", "") for e in logs)
-    failed = (await ok(skill, S, "network", since=since, failed_only=True))["events"]
-    assert any(e["kind"] == "requestfailed" and "ERR_CONNECTION_REFUSED" in e["error"]
-               for e in failed)
-    assert any(e["kind"] == "response" and e["status"] == 404 for e in failed)
+
+    async def failed_both() -> bool:
+        failed = (await ok(skill, S, "network", since=since, failed_only=True))["events"]
+        return any(e["kind"] == "requestfailed" and "ERR_CONNECTION_REFUSED" in e["error"]
+                   for e in failed) \
+            and any(e["kind"] == "response" and e["status"] == 404 for e in failed)
+
+    await eventually(failed_both, "the refused fetch and the 404 in the network log")
     errors = (await ok(skill, S, "logs", since=since, kinds=["console"], level="error"))
     assert errors["events"]
     assert all(e["level"] == "error" for e in errors["events"])
@@ -265,10 +275,13 @@ async def test_download_lands_in_the_session_dir(skill: BrowserSkill, site: str)
     await login(skill, site)
     since = (await ok(skill, S, "status"))["events_seq"]
     await ok(skill, S, "click", selector="text=Get report")
-    await ok(skill, S, "wait", predicate="true")
-    events = (await ok(skill, S, "logs", since=since, kinds=["download"], follow_s=1.0)
-              )["events"]
-    assert events, "no download event"
+
+    async def downloaded() -> list[dict[str, Any]]:  # the download ends after the click
+        events: list[dict[str, Any]] = (await ok(skill, S, "logs", since=since,
+                                                 kinds=["download"], follow_s=0.2))["events"]
+        return events
+
+    events = await eventually(downloaded, "the download event")
     saved = Path(events[-1]["path"]).read_text()  # noqa: ASYNC240 - a small local file
     assert saved == "id,total\n1,42\n"
     fetched = await ok(skill, S, "fetch", path=events[-1]["path"])

@@ -24,6 +24,7 @@ from cortex.mcp import TOOL_NAMES
 from cortex.mcp._browser_tools import BROWSER_TOOLS
 from cortex.node.agent import Agent
 from cortex.skills.browser import find_chromium
+from cortex.testing import eventually
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "browser"))
 from browser_site import serve_site
@@ -154,12 +155,21 @@ async def test_an_agent_drives_a_browser_by_refs(hub: Hub, node: Agent, site: st
         waited = await call(mcp, "browser_wait", session="mcp", text="Arrived late")
         assert waited["answer"]["waited_for"] == "text"
 
-        errors = (await call(mcp, "browser_console", session="mcp", level="error"))["answer"]
-        assert any("boom from button" in e.get("text", "") for e in errors["events"])
-        failed = (await call(mcp, "browser_network", session="mcp", failed_only=True))["answer"]
-        urls = [e.get("url", "") for e in failed["events"]]
-        assert any(u.endswith("/missing") for u in urls), urls
-        assert any(e["kind"] == "requestfailed" for e in failed["events"]), failed
+        # The fetches end apart from the actions: poll the records until they are in.
+        async def console_error() -> dict[str, Any] | None:
+            errors: dict[str, Any] = (await call(mcp, "browser_console", session="mcp",
+                                                 level="error"))["answer"]
+            return errors if any("boom from button" in e.get("text", "")
+                                 for e in errors["events"]) else None
+
+        async def both_failed() -> bool:
+            failed = (await call(mcp, "browser_network", session="mcp",
+                                 failed_only=True))["answer"]["events"]
+            return any(e.get("url", "").endswith("/missing") for e in failed) \
+                and any(e["kind"] == "requestfailed" for e in failed)
+
+        errors = await eventually(console_error, "the button's console error")
+        await eventually(both_failed, "the 404 and the refused fetch in the network log")
         first = await call(mcp, "browser_console", session="mcp", limit=1)
         assert first["answer"]["more"] is True
         assert f"since={first['answer']['events'][0]['seq']}" in first["hint"]

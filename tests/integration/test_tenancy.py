@@ -7,41 +7,23 @@ tenant's running work ends — by finishing, by cancel, or by its node being los
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
 from cortex.errors import NotFound, PermissionDenied, QuotaExceeded
 from cortex.hub.server import Hub
 from cortex.sdk import Client, ClientConfig, TaskState
-from cortex.testing import NodeProcess, join_token, running_node
+from cortex.testing import NodeProcess, eventually, join_token, running_node
 
 pytestmark = pytest.mark.asyncio
 
 PY = sys.executable
 FOREVER = "import time\nprint('up', flush=True)\ntime.sleep(600)\n"
-T = TypeVar("T")
-
-
-async def eventually(probe: Callable[[], Awaitable[T | None]], what: str,
-                     within: float = 30.0) -> T:
-    """The first truthy result of `probe` (polled), or fail naming `what`."""
-    last: T | None = None
-    try:
-        async with asyncio.timeout(within):
-            while True:
-                last = await probe()
-                if last:
-                    return last
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        pytest.fail(f"{what}: not within {within} s (last: {last!r})")
 
 
 @contextlib.asynccontextmanager
