@@ -42,6 +42,9 @@ CORTEX_BIN = Path(sys.executable).with_name("cortex")
 PY = sys.executable
 FOREVER = "import time\nprint('up', flush=True)\ntime.sleep(600)\n"
 WAIT_MS = 20_000
+# Every wait on the page gets the same patience (Playwright's default is 5 s): a loaded
+# CI machine can take longer than that to answer a re-read or swap a fragment.
+expect.set_options(timeout=WAIT_MS)
 
 
 @pytest.fixture

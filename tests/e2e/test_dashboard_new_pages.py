@@ -39,6 +39,9 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
          "--disable-component-update", "--disable-sync", "--no-first-run"]
 SHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "dashboard"
 WAIT_MS = 30_000
+# Every wait on the page gets the same patience (Playwright's default is 5 s): a loaded
+# CI machine can take longer than that to answer a re-read or swap a fragment.
+expect.set_options(timeout=WAIT_MS)
 _LOADED = "img => img.complete && img.naturalWidth > 0"
 
 

@@ -13,7 +13,6 @@ import os
 import platform
 import sys
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -26,7 +25,7 @@ from cortex.hub.server import Hub
 from cortex.node.agent import Agent
 from cortex.sdk import TERMINAL_STATES, Client, NodeState, TaskEvent, TaskSpec, TaskState
 from cortex.sdk import OutputStream as Stream
-from cortex.testing import running_node
+from cortex.testing import eventually, running_node
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -60,16 +59,6 @@ def numbered(n: int) -> bytes:
     """What NUMBERED prints for `n` lines."""
     pad = b"x" * 90
     return b"".join(b"%08d %s\n" % (i, pad) for i in range(n))
-
-
-async def poll(check: Callable[[], Awaitable[bool]], what: str, *, tries: int = 200,
-               pause: float = 0.02) -> None:
-    """Await `check` until it holds; fail naming `what` after `tries` short pauses."""
-    for _ in range(tries):
-        if await check():
-            return
-        await asyncio.sleep(pause)
-    pytest.fail(f"gave up waiting ({tries} x {pause} s) for {what}")
 
 
 async def all_events(client: Client, task_id: str) -> list[TaskEvent]:
@@ -362,7 +351,7 @@ async def test_cancel_kills_the_whole_tree_including_setsid_grandchildren(
             if ev.HasField("state"):
                 states.append(ev.state.state)
             elif b"started" in ev.output.data:
-                await poll(escaped, "the setsid grandchild to run in its own session")
+                await eventually(escaped, "the setsid grandchild to run in its own session")
                 cancelled = await client.cancel(task.id, reason="test says stop")
                 assert cancelled.cancel_requested or cancelled.state == CANCELLED
     final = await client.get(task.id)
@@ -429,12 +418,12 @@ async def test_same_idempotency_key_returns_the_same_task(
 async def test_task_with_unknown_label_waits_with_a_reason_then_times_out(
         client: Client, node: Agent) -> None:
     """An unplaceable task is QUEUED with the label in its reason, then TIMED_OUT keeping it."""
-    task = await client.submit(argv=["true"], labels={"gpu": "h100"}, timeout=2)
+    task = await client.submit(argv=["true"], labels={"gpu": "h100"}, timeout=5)
 
     async def has_reason() -> bool:
         return bool((await client.get(task.id)).reason)
 
-    await poll(has_reason, "the hub to say why the task waits")
+    await eventually(has_reason, "the hub to say why the task waits")
     waiting = await client.get(task.id)
     assert waiting.state == QUEUED
     assert "gpu=h100" in waiting.reason, waiting.reason
@@ -562,7 +551,7 @@ async def test_a_quiet_tasks_start_is_reported_when_its_hold_ends(
         async def running() -> bool:
             return (await client.get(quiet.id)).state == RUNNING
 
-        await poll(running, "the quiet task to be reported RUNNING")
+        await eventually(running, "the quiet task to be reported RUNNING")
         await client.cancel(quiet.id)
         assert (await client.wait(quiet.id)).state == CANCELLED
 
