@@ -139,6 +139,7 @@ async def test_a_session_shows_its_screenshot_and_a_live_view_while_recording(
         src = await live.get_attribute("src") or ""
         frame = await page.request.get(src)
         assert frame.headers["content-type"] == "image/jpeg"
+        assert frame.headers["cache-control"] == "private, max-age=30"  # a refresh reuses it
         first = await frame.body()
         assert first[:3] == b"\xff\xd8\xff"
         await page.screenshot(path=str(SHOTS / "10-session-live.png"), full_page=True)
@@ -149,6 +150,8 @@ async def test_a_session_shows_its_screenshot_and_a_live_view_while_recording(
                 changed = True
                 break
         assert changed, "the live frame never changed while the page animated"
+        # The image's URL names the newest fragment: it moves on when a newer one lands.
+        await expect(live).not_to_have_attribute("src", src, timeout=WAIT_MS)
         other = await browser_of_tenant(hub, "other")
         try:
             assert (await other.get(src)).status_code == 404   # acme's recording, unseen

@@ -47,7 +47,10 @@ class SessionRow:
     actions: int = 0                      # actions seen in the scanned window
     screenshot: pb.File | None = None
     recording: bool = False
-    live: bool = False                    # recording, and a frame is on the hub to show
+    # Recording, and a frame is on the hub to show: where its newest fragment ends in the
+    # upload (0: none). The live view's URL carries it, so the image is fetched again only
+    # when a newer fragment exists, not at each refresh of the table.
+    live_at: int = 0
     shots: list[pb.Task] = field(default_factory=list)  # its screenshot actions, newest first
 
     @property
@@ -79,7 +82,7 @@ async def session_rows(store: Store, tasks: TaskManager, registry: Registry,
     for session_id, key in (await _recording(tasks, artifacts, tenant)).items():
         if session_id in rows and artifacts is not None:
             rows[session_id].recording = True
-            rows[session_id].live = await asyncio.to_thread(_has_fragment, artifacts, key)
+            rows[session_id].live_at = await asyncio.to_thread(_newest_end, artifacts, key)
     return list(rows.values())
 
 
@@ -145,13 +148,15 @@ async def live_frame(store: Store, tasks: TaskManager, artifacts: ArtifactManage
     return frame
 
 
-def _has_fragment(artifacts: ArtifactManager, key: str) -> bool:
+def _newest_end(artifacts: ArtifactManager, key: str) -> int:
+    """Where the newest complete fragment of the upload `key` ends (0: none yet)."""
     part = artifacts.open_growing(key)
     if part is None:
-        return False
+        return 0
     with part:
         part.seek(0, 2)
-        return fragment_bounds(part, part.tell()) is not None
+        bounds = fragment_bounds(part, part.tell())
+        return bounds[2] if bounds is not None else 0
 
 
 def _read_fragment(artifacts: ArtifactManager, key: str) -> bytes | None:

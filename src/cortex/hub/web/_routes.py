@@ -322,6 +322,11 @@ class Dashboard:
         frame = await _browser_sessions.live_frame(
             self._store, self._tasks, self._artifacts(), viewer.principal.tenant, session_id)
         headers = dict(_HEADERS)
+        if request.query_params.get("at"):
+            # The table's URL names a fragment (`at`: where it ends); the frame answered is
+            # that one or newer. Kept briefly, a refresh of the table that finds no newer
+            # fragment shows the image it has instead of loading (and decoding) it again.
+            headers["Cache-Control"] = "private, max-age=30"
         return Response(frame, media_type="image/jpeg", headers=headers)
 
     async def _tenant(self, request: Request, viewer: Viewer) -> Response:
