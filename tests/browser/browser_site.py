@@ -128,21 +128,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send(b"<title>Login failed</title><p>wrong password</p>", status=401)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def serve_site() -> Iterator[str]:
     """The site's base URL, e.g. http://127.0.0.1:41234, while the block runs."""
-    handler = type("Handler", (_Handler,), {"refused_port": _free_port()})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    # The "refused" port stays bound (never listening) while the site runs: a connection
+    # to it is refused, and no other process can take the port and answer instead.
+    with socket.socket() as refused:
+        refused.bind(("127.0.0.1", 0))
+        handler = type("Handler", (_Handler,), {"refused_port": refused.getsockname()[1]})
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}"
+        finally:
+            server.shutdown()
+            server.server_close()
