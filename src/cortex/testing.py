@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -38,6 +40,7 @@ __all__ = [
     "eventually",
     "join_token",
     "postgres_schema_url",
+    "reserved_port",
     "running_hub",
     "running_node",
 ]
@@ -60,6 +63,25 @@ async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, *,
                 await asyncio.sleep(every)
     except TimeoutError:
         raise AssertionError(f"{what}: not within {within} s (last: {last!r})") from None
+
+
+def reserved_port() -> int:
+    """A free loopback port for a server another process binds later (a balancer whose
+    address the hubs must know first). Picked below the kernel's ephemeral range, so the
+    ports the hubs and nodes get by binding port 0 meanwhile can never be this one."""
+    low = 32768
+    with contextlib.suppress(OSError, ValueError):
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    start = max(1024, low - 12000)
+    for _ in range(200):
+        port = random.randrange(start, low)  # noqa: S311 - spreads tests, not a secret
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port between {start} and {low}")
 
 
 _READY = re.compile(r"cortex hub ready: clients ([^\s,]+), nodes ([^\s,]+)(?:, http (\S+))?")

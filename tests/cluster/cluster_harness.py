@@ -35,7 +35,7 @@ from cortex._proto.cortex.v1 import common_pb2 as pb
 from cortex.node.enroll import enroll
 from cortex.node.identity import save_identity
 from cortex.sdk import Client, ClientConfig, NodeState, Unavailable
-from cortex.testing import HubProcess, NodeProcess, postgres_schema_url
+from cortex.testing import HubProcess, NodeProcess, postgres_schema_url, reserved_port
 
 POSTGRES_URL = os.environ.get("CORTEX_TEST_POSTGRES",
                               "postgresql://postgres@127.0.0.1:5432/test")
@@ -45,19 +45,13 @@ WAIT_S = 60.0
 T = TypeVar("T")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class Balancer:
     """HAProxy in TCP mode: one frontend for the client ports, one for the node ports."""
 
     root: Path
-    client_port: int = field(default_factory=free_port)
-    node_port: int = field(default_factory=free_port)
+    client_port: int = field(default_factory=reserved_port)
+    node_port: int = field(default_factory=reserved_port)
     proc: subprocess.Popen[bytes] | None = None
 
     @property

@@ -28,7 +28,13 @@ import pytest
 
 from cortex.cluster.haproxy import Backend, Balancer, render
 from cortex.sdk import ClientConfig, SyncClient
-from cortex.testing import HubProcess, NodeProcess, cli_env, postgres_schema_url
+from cortex.testing import (
+    HubProcess,
+    NodeProcess,
+    cli_env,
+    postgres_schema_url,
+    reserved_port,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.slow,
               pytest.mark.timeout(240)]
@@ -37,12 +43,6 @@ POSTGRES_URL = os.environ.get("CORTEX_TEST_POSTGRES",
                               "postgresql://postgres@127.0.0.1:5432/test")
 WAIT_S = 60.0
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def eventually(probe: Callable[[], T | None], what: str, within: float = WAIT_S) -> T:
@@ -77,7 +77,7 @@ def store() -> Iterator[str]:
 def test_haproxy_in_front_of_two_hubs(tmp_path: Path, store: str) -> None:
     """Enroll and run a task through HAProxy; stop the node's hub: the node reconnects
     through HAProxy to the other hub, and the next task runs there."""
-    lb_port, lb_node_port = free_port(), free_port()
+    lb_port, lb_node_port = reserved_port(), reserved_port()
     lb, lb_node = f"127.0.0.1:{lb_port}", f"127.0.0.1:{lb_node_port}"
     shared = ("--store", store, "--ca-dir", str(tmp_path / "ca"), "--public-address", lb,
               "--public-node-address", lb_node)
