@@ -19,14 +19,13 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx2
 import pytest
 from mcp import Client as McpClient
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
-from mcp.types import CallToolResult, TextContent
+from mcp_calls import call, call_error, cancel_task
 
 from cortex.errors import InvalidArgument, Unavailable
 from cortex.hub.auth import issue_api_token
@@ -77,14 +76,6 @@ async def mcp_http(hub: Hub, token: str | None = None, *, mode: str = "auto"
             yield client
 
 
-async def call(client: McpClient, tool: str, **arguments: Any) -> dict[str, Any]:
-    """The structured result of a tool call that must succeed."""
-    res = await client.call_tool(tool, arguments)
-    assert not res.is_error, text_of(res)
-    assert res.structured_content is not None
-    return res.structured_content
-
-
 async def output_until(client: McpClient, task_id: str, want: str) -> str:
     """The task's stdout read with task_output (each call waiting for news) until it holds
     `want`. task_output answers as soon as any output arrives, and `print` may reach it in
@@ -98,17 +89,6 @@ async def output_until(client: McpClient, task_id: str, want: str) -> str:
         seen += out["stdout"]
         after_seq, skip_bytes = out["next_seq"], out["next_skip_bytes"]
     return seen
-
-
-async def call_error(client: McpClient, tool: str, **arguments: Any) -> str:
-    """The message of a tool call that must fail."""
-    res = await client.call_tool(tool, arguments)
-    assert res.is_error, res.structured_content
-    return text_of(res)
-
-
-def text_of(res: CallToolResult) -> str:
-    return "".join(c.text for c in res.content if isinstance(c, TextContent))
 
 
 async def agent_token(hub: Hub, *, tenant: str, role: str = "agent") -> str:
@@ -480,7 +460,7 @@ async def test_mcp_over_http_drives_a_long_job_through_start_status_and_cancel(
         assert await output_until(mcp, task_id, "up\n") == "up\n"
         status = await call(mcp, "task_status", task_id=task_id)
         assert (status["state"], status["finished"]) == ("running", False)
-        cancelled = await call(mcp, "cancel_task", task_id=task_id, reason="test over")
+        cancelled = await cancel_task(mcp, task_id, reason="test over")
         assert (cancelled["state"], cancelled["finished"]) == ("cancelled", True)
         status = await call(mcp, "task_status", task_id=task_id)
     assert status["state"] == "cancelled"

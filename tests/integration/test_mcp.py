@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from mcp import Client as McpClient
 from mcp import StdioServerParameters
-from mcp.types import CallToolResult, TextContent
+from mcp_calls import call, call_error, cancel_task
 
 from cortex.hub.server import Hub
 from cortex.mcp import OUTPUT_LIMIT, TOOL_NAMES
@@ -70,25 +70,6 @@ async def mcp_server(hub: Hub, tmp_path: Path, token: str | None = None
     params = StdioServerParameters(command=PY, args=SERVER_ARGS, env=env)
     async with McpClient(params) as client:
         yield client
-
-
-async def call(client: McpClient, tool: str, **arguments: Any) -> dict[str, Any]:
-    """The structured result of a tool call that must succeed."""
-    res = await client.call_tool(tool, arguments)
-    assert not res.is_error, text_of(res)
-    assert res.structured_content is not None
-    return res.structured_content
-
-
-async def call_error(client: McpClient, tool: str, **arguments: Any) -> str:
-    """The message of a tool call that must fail."""
-    res = await client.call_tool(tool, arguments)
-    assert res.is_error, res.structured_content
-    return text_of(res)
-
-
-def text_of(res: CallToolResult) -> str:
-    return "".join(c.text for c in res.content if isinstance(c, TextContent))
 
 
 async def read_to_end(client: McpClient, task_id: str, after_seq: int = 0, skip_bytes: int = 0
@@ -243,7 +224,7 @@ async def test_cancel_task_stops_a_long_job(hub: Hub, node: Agent, tmp_path: Pat
         script = "import time\nprint('ready', flush=True)\ntime.sleep(600)\n"
         task_id = (await call(mcp, "start_task", argv=[PY, "-c", script]))["task_id"]
         await read_until(mcp, task_id, "ready\n")
-        res = await call(mcp, "cancel_task", task_id=task_id, reason="test is done with it")
+        res = await cancel_task(mcp, task_id, reason="test is done with it")
         assert (res["state"], res["finished"]) == ("cancelled", True), res
         again = await call(mcp, "cancel_task", task_id=task_id)
         assert again["state"] == "cancelled"

@@ -17,7 +17,8 @@ import pytest
 from mcp import Client as McpClient
 from mcp import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
-from mcp.types import CallToolResult, ImageContent, TextContent
+from mcp.types import ImageContent
+from mcp_calls import call, call_error, cancel_task
 
 from cortex.hub.server import Hub
 from cortex.mcp import TOOL_NAMES
@@ -71,25 +72,6 @@ async def mcp_http(hub: Hub) -> AsyncIterator[McpClient]:
                                            http_client=http)
         async with McpClient(transport) as client:
             yield client
-
-
-async def call(client: McpClient, tool: str, **arguments: Any) -> dict[str, Any]:
-    """The structured result of a tool call that must succeed."""
-    res = await client.call_tool(tool, arguments)
-    assert not res.is_error, text_of(res)
-    assert res.structured_content is not None
-    return res.structured_content
-
-
-async def call_error(client: McpClient, tool: str, **arguments: Any) -> str:
-    """The message of a tool call that must fail."""
-    res = await client.call_tool(tool, arguments)
-    assert res.is_error, res.structured_content
-    return text_of(res)
-
-
-def text_of(res: CallToolResult) -> str:
-    return "".join(c.text for c in res.content if isinstance(c, TextContent))
 
 
 def ref_of(snapshot: str, needle: str) -> str:
@@ -220,7 +202,7 @@ async def test_done_when_over_http(hub: Hub, node: Agent, site: str) -> None:
             out, after_seq = out + page["stdout"], page["next_seq"]
         status = await call(mcp, "task_status", task_id=task_id)
         assert status["state"] == "running"
-        cancelled = await call(mcp, "cancel_task", task_id=task_id)
+        cancelled = await cancel_task(mcp, task_id)
         assert cancelled["state"] == "cancelled"
 
         opened = await call(mcp, "browser_open", node_id=row["id"], url=f"{site}/login")

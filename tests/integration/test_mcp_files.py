@@ -9,12 +9,12 @@ import contextlib
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from mcp import Client as McpClient
 from mcp import StdioServerParameters
-from mcp.types import ImageContent, TextContent
+from mcp.types import ImageContent
+from mcp_calls import call, call_error
 
 from cortex.hub.server import Hub
 from cortex.mcp import TOOL_NAMES
@@ -44,19 +44,6 @@ async def mcp_server(hub: Hub, tmp_path: Path) -> AsyncIterator[McpClient]:
     async with McpClient(StdioServerParameters(command=PY, args=["-m", "cortex", "mcp"],
                                                env=env)) as client:
         yield client
-
-
-async def call(client: McpClient, tool: str, **arguments: Any) -> dict[str, Any]:
-    res = await client.call_tool(tool, arguments)
-    assert not res.is_error, [getattr(c, "text", c) for c in res.content]
-    assert res.structured_content is not None
-    return res.structured_content
-
-
-async def call_error(client: McpClient, tool: str, **arguments: Any) -> str:
-    res = await client.call_tool(tool, arguments)
-    assert res.is_error, res.structured_content
-    return "".join(c.text for c in res.content if isinstance(c, TextContent))
 
 
 async def test_files_on_a_node_are_listed_read_and_written_inside_its_roots(
