@@ -24,7 +24,7 @@ pytestmark = pytest.mark.asyncio
 
 PY = sys.executable
 FOREVER = "import time\nprint('up', flush=True)\ntime.sleep(600)\n"
-GRACE_S = 1.0
+GRACE_S = 2.0  # a watcher must reach the hub within it, even on a loaded machine
 
 
 @contextlib.asynccontextmanager
@@ -73,13 +73,13 @@ async def test_a_followed_task_outlives_the_grace_and_a_returning_client_keeps_i
         plain = await client.submit(argv=[PY, "-c", FOREVER])
         watching = asyncio.create_task(_drain(client, flagged.id))
         await follow_until_up(client, plain.id)
-        await asyncio.sleep(GRACE_S * 3)   # three graces with a follower: still running
+        await asyncio.sleep(GRACE_S * 2)   # two graces with a follower: still running
         assert (await client.get(flagged.id)).state == TaskState.RUNNING
         watching.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watching
         back = asyncio.create_task(_drain(client, flagged.id))   # back within the grace
-        await asyncio.sleep(GRACE_S * 3)
+        await asyncio.sleep(GRACE_S * 2)
         assert (await client.get(flagged.id)).state == TaskState.RUNNING
         assert (await client.get(plain.id)).state == TaskState.RUNNING
         back.cancel()
