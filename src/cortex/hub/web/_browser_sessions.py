@@ -12,6 +12,7 @@ listed without one.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from dataclasses import dataclass, field
 
 from cortex._proto.cortex.v1 import common_pb2 as pb
@@ -47,10 +48,10 @@ class SessionRow:
     actions: int = 0                      # actions seen in the scanned window
     screenshot: pb.File | None = None
     recording: bool = False
-    # Recording, and a frame is on the hub to show: where its newest fragment ends in the
-    # upload (0: none). The live view's URL carries it, so the image is fetched again only
-    # when a newer fragment exists, not at each refresh of the table.
-    live_at: int = 0
+    # Recording, and a frame is on the hub to show: which upload and where its newest
+    # fragment ends in it ("": none yet). The live view's URL carries it, so the image is
+    # fetched again only when a newer fragment exists, not at each refresh of the table.
+    live_at: str = ""
     shots: list[pb.Task] = field(default_factory=list)  # its screenshot actions, newest first
 
     @property
@@ -82,7 +83,10 @@ async def session_rows(store: Store, tasks: TaskManager, registry: Registry,
     for session_id, key in (await _recording(tasks, artifacts, tenant)).items():
         if session_id in rows and artifacts is not None:
             rows[session_id].recording = True
-            rows[session_id].live_at = await asyncio.to_thread(_newest_end, artifacts, key)
+            end = await asyncio.to_thread(_newest_end, artifacts, key)
+            if end:
+                upload = hashlib.sha256(key.encode()).hexdigest()[:12]
+                rows[session_id].live_at = f"{upload}-{end}"
     return list(rows.values())
 
 
