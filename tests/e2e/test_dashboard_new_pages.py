@@ -124,6 +124,8 @@ async def test_a_session_shows_its_screenshot_and_a_live_view_while_recording(
     served = await page.request.get(await img.get_attribute("src") or "")
     assert served.ok
     assert await served.body() == png
+    assert served.headers["cache-control"] == "private, max-age=3600"   # immutable
+    assert served.headers["vary"] == "Cookie"      # cached for this login only
     SHOTS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=str(SHOTS / "09-sessions.png"), full_page=True)
 
@@ -140,6 +142,7 @@ async def test_a_session_shows_its_screenshot_and_a_live_view_while_recording(
         frame = await page.request.get(src)
         assert frame.headers["content-type"] == "image/jpeg"
         assert frame.headers["cache-control"] == "private, max-age=30"  # a refresh reuses it
+        assert frame.headers["vary"] == "Cookie"
         first = await frame.body()
         assert first[:3] == b"\xff\xd8\xff"
         await page.screenshot(path=str(SHOTS / "10-session-live.png"), full_page=True)
@@ -164,6 +167,20 @@ async def test_a_session_shows_its_screenshot_and_a_live_view_while_recording(
     await expect(row.locator("img.screenshot")).to_be_visible(timeout=WAIT_MS)
     await browser.close()
     await expect(row).to_contain_text("closed", timeout=WAIT_MS)
+
+    # The screenshot is in this browser's cache now; another login in the same browser
+    # must not be shown it from there: it is fetched again, and refused.
+    shot_src = await row.locator("img.screenshot").get_attribute("src") or ""
+    await page.click("#logout")
+    await hub.store.ensure_tenant("other", now=time.time())
+    token = await issue_api_token(hub.store, tenant="other", role="admin", name="t",
+                                  now=time.time())
+    await log_in(page, token, "/ui/sessions")
+    probe = await page.context.new_page()   # same cache and cookies; its 404 is expected
+    again = await probe.goto(shot_src)
+    assert again is not None
+    assert again.status == 404, "another tenant's login was shown a cached screenshot"
+    await probe.close()
 
 
 @pytest.mark.asyncio

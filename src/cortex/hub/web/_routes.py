@@ -62,6 +62,9 @@ _HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
+# What the browser may cache, it caches for this login only: another login in the same
+# browser (a new session cookie) fetches again, and is checked again.
+_CACHED_PER_LOGIN = {"Vary": "Cookie"}
 _MAX_FORM = 64 * 1024
 _INLINE = frozenset({"image/png", "image/jpeg"})
 MAX_STREAMS = 512
@@ -302,6 +305,7 @@ class Dashboard:
                                           f'filename="{name}"',
                    "Content-Length": str(file.size), "X-Content-Type-Options": "nosniff"}
         if inline:   # an artifact never changes: the 2 s refresh need not fetch it again
+            headers.update(_CACHED_PER_LOGIN)
             headers["Cache-Control"] = "private, max-age=3600"
         return StreamingResponse(body(), media_type=file.media_type or
                                  "application/octet-stream", headers=headers)
@@ -326,6 +330,7 @@ class Dashboard:
             # The table's URL names a fragment (`at`: where it ends); the frame answered is
             # that one or newer. Kept briefly, a refresh of the table that finds no newer
             # fragment shows the image it has instead of loading (and decoding) it again.
+            headers.update(_CACHED_PER_LOGIN)
             headers["Cache-Control"] = "private, max-age=30"
         return Response(frame, media_type="image/jpeg", headers=headers)
 
