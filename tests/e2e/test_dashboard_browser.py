@@ -256,3 +256,14 @@ async def test_download_an_artifact(hub: Hub, node: Agent, page: Page, client: C
     await download.save_as(saved)
     assert saved.read_bytes() == b"report: 42\n"
     assert download.suggested_filename == "report.txt"
+
+    # Any name may be an artifact's: it reaches the browser whole (RFC 6266 filename*).
+    odd = "отчёт 截图.txt"   # (Chromium itself would turn a quote into _)
+    (work / odd).write_text("odd\n")
+    done = await client.run(command="true", cwd=str(work), artifacts=[odd])
+    assert done.ok, done.stderr
+    await page.goto(f"/ui/tasks/{done.task.id}")
+    async with page.expect_download() as info:
+        await page.locator("#artifacts a.artifact").click()
+    download = await info.value
+    assert download.suggested_filename == odd

@@ -447,6 +447,15 @@ async def test_an_oversized_form_is_refused_with_400(hub: Hub, web: Browser,
     res = await web.http.post(f"{PREFIX}/login", data=big)
     assert res.status_code == 400
     assert "form too large" in res.text
+
+    async def chunked() -> AsyncIterator[bytes]:   # no Content-Length: a size not known
+        for _ in range(40):
+            yield b"pad=" + b"z" * 4096 + b"&"
+
+    res = await web.http.post(f"{PREFIX}/login", content=chunked(),
+                              headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert res.status_code == 400
+    assert "unknown size" in res.text
     await web.login(hub.admin_token)
     res = await web.http.post(f"{PREFIX}/tasks/{task.id}/cancel",
                               data={"csrf": web.csrf, "pad": "z" * 70_000})

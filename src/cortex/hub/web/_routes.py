@@ -297,12 +297,11 @@ class Dashboard:
             async for chunk in manager.read(tenant, file.artifact_id, offset=0, limit=0):
                 yield chunk.data
 
-        name = file.name.rsplit("/", 1)[-1].replace('"', "")
         # Inline only for images (the sessions page shows screenshots); anything else, an
         # HTML file above all, is a download: it must never run as one of our pages.
         inline = bool(request.query_params.get("inline")) and file.media_type in _INLINE
-        headers = {"Content-Disposition": f'{"inline" if inline else "attachment"}; '
-                                          f'filename="{name}"',
+        headers = {"Content-Disposition": _disposition("inline" if inline else "attachment",
+                                                       file.name.rsplit("/", 1)[-1]),
                    "Content-Length": str(file.size), "X-Content-Type-Options": "nosniff"}
         if inline:   # an artifact never changes: the 2 s refresh need not fetch it again
             headers.update(_CACHED_PER_LOGIN)
@@ -408,11 +407,23 @@ def _may_write(viewer: Viewer) -> None:
                                "operator, agent or admin token to cancel or retry")
 
 
+def _disposition(kind: str, name: str) -> str:
+    """A Content-Disposition for a file called `name` (RFC 6266): an ASCII `filename` for
+    old clients and the exact name, percent-encoded UTF-8, in `filename*`. Any character
+    may be in an artifact's name; none may break the header."""
+    plain = "".join(c if " " <= c <= "~" and c not in '"\\' else "_" for c in name)
+    return (f'{kind}; filename="{plain or "download"}"; '
+            f"filename*=UTF-8''{quote(name, safe='')}")
+
+
 async def _form(request: Request) -> dict[str, Any]:
-    length = request.headers.get("content-length") or "0"
-    if not length.isdigit() or int(length) > _MAX_FORM:
-        raise InvalidArgument(f"form too large (at most {_MAX_FORM} bytes): the dashboard's "
-                              "forms are small; this request did not come from them")
+    # A body without Content-Length (chunked) would be read whole before any limit
+    # applied: the dashboard's forms always send one.
+    length = request.headers.get("content-length")
+    if length is None or not length.isdigit() or int(length) > _MAX_FORM:
+        raise InvalidArgument(f"form too large or of unknown size (at most {_MAX_FORM} "
+                              "bytes, with a Content-Length): the dashboard's forms are "
+                              "small; this request did not come from them")
     form = await request.form(max_files=0, max_fields=32)
     return dict(form)
 
