@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import httpx2
@@ -419,6 +419,71 @@ async def test_live_streams_are_bounded_and_counted_until_they_end(
     assert hub.dashboard.streams.now == 0
     again = await web.http.get(path)
     assert again.status_code == 200
+
+
+async def follow_until_ended(web: Browser, task_id: str, end_it: Callable[[], Awaitable[None]]
+                             ) -> list[dict[str, str]]:
+    """The messages of a task's live log, read to its end, calling `end_it` once the
+    first output has arrived (the task runs on)."""
+    seen, called = "", False
+    async with web.http.stream("GET", f"{PREFIX}/tasks/{task_id}/events") as res:
+        async for chunk in res.aiter_text():
+            seen += chunk
+            if not called and "event: output" in seen:
+                called = True
+                await end_it()
+    assert called
+    return sse_messages(seen)
+
+
+@pytest.mark.asyncio
+async def test_a_live_stream_ends_when_its_viewer_logs_out_or_loses_the_token(
+        hub: Hub, node: Agent, web: Browser, client: Client,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream checked its viewer once at the start would run for as long as the task:
+    it is checked again (at each keepalive here), and ends with `end: logged out` after a
+    logout, or after the token it was opened with is revoked."""
+    monkeypatch.setattr("cortex.hub.web._sse.KEEPALIVE_S", 0.2)
+    task = await client.submit(argv=[PY, "-c", FOREVER])
+    await web.login(hub.admin_token)
+
+    async def log_out() -> None:
+        assert (await web.post(f"{PREFIX}/logout", csrf=web.csrf)).status_code == 303
+
+    messages = await follow_until_ended(web, task.id, log_out)
+    assert messages[-1] == {"event": "end", "data": "logged out"}
+
+    viewer = await client.admin.create_api_token("watcher", role="viewer")
+    await web.login(viewer.secret)
+
+    async def revoke() -> None:
+        await client.admin.revoke_api_token(viewer.token.id)
+
+    messages = await follow_until_ended(web, task.id, revoke)
+    assert messages[-1] == {"event": "end", "data": "logged out"}
+    assert (await client.get(task.id)).state == 3   # the task runs on: only the view ended
+    assert hub.dashboard.streams.now == 0
+
+
+@pytest.mark.asyncio
+async def test_one_login_cannot_take_every_live_stream(
+        hub: Hub, node: Agent, web: Browser, client: Client,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past its own bound, one token's new stream gets 503 while the hub has room left."""
+    monkeypatch.setattr("cortex.hub.web._routes.MAX_STREAMS_PER_TOKEN", 1)
+    task = await client.submit(argv=[PY, "-c", FOREVER])
+    await web.login(hub.admin_token)
+    path = f"{PREFIX}/tasks/{task.id}/events"
+    seen = ""
+    async with web.http.stream("GET", path) as first:
+        async for chunk in first.aiter_text():
+            if not seen:
+                refused = await web.http.get(path)
+                assert refused.status_code == 503
+                assert "this login already follows 1 live logs" in refused.text
+                await client.cancel(task.id)   # the task ends, so this stream ends
+            seen += chunk
+    assert hub.dashboard.streams.now == 0
 
 
 @pytest.mark.asyncio

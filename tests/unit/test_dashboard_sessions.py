@@ -37,6 +37,22 @@ def test_the_bound_ends_the_least_recently_used_session() -> None:
     assert len(live) == 2
 
 
+def test_one_token_at_its_bound_ends_only_its_own_oldest_session() -> None:
+    """Logging in again and again with one token cannot push other logins out: past its
+    bound, each new login of that token ends that token's least recently used session."""
+    live = Sessions(idle_s=100, lifetime_s=100, max_sessions=10, max_per_token=3)
+    others = [live.create(f"other-{i}", now=0) for i in range(5)]
+    mine = [live.create("noisy", now=1) for _ in range(3)]
+    assert live.touch(mine[0].id, now=2) is not None     # mine[1] is now its oldest
+    for t in range(3, 23):
+        live.create("noisy", now=t)
+    assert len(live) == 8                                 # 5 others + 3 of the noisy token
+    assert all(live.touch(o.id, now=30) is not None for o in others)
+    assert live.touch(mine[1].id, now=30) is None
+    assert live.end_for_token("noisy") == 3
+    assert len(live) == 5
+
+
 def test_ending_by_token_ends_every_session_of_that_token_only() -> None:
     """A refused token takes all its sessions with it and leaves the others."""
     live = Sessions()

@@ -69,6 +69,8 @@ _MAX_FORM = 64 * 1024
 _INLINE = frozenset({"image/png", "image/jpeg"})
 MAX_STREAMS = 512
 """Live log streams open at once on one hub; past it a stream is refused with 503."""
+MAX_STREAMS_PER_TOKEN = 64
+"""Live log streams of one API token's logins at once: one token cannot take them all."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +158,18 @@ class Dashboard:
             self.sessions.end_for_token(session.token)  # revoked or expired meanwhile
             return None
         return Viewer(session, principal)
+
+    async def _still(self, session_id: str, token: str) -> bool:
+        """Whether a session is still live and its token still valid (without using it)."""
+        if self.sessions.alive(session_id, now=self._clock()) is None:
+            return False
+        try:
+            await self._auth.authenticate((("authorization", f"Bearer {token}"),),
+                                          now=self._clock(), mono=self._mono())
+        except PermissionDenied:
+            self.sessions.end_for_token(token)
+            return False
+        return True
 
     def _page(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         """A GET page: the login form first when there is no session."""
@@ -365,11 +379,21 @@ class Dashboard:
             await self._tasks.get(viewer.principal.tenant, _task_id(task_id))
         except NotFound as exc:
             return _plain(404, str(exc))
+        who = viewer.principal.token_id
+        if self.streams.of(who) >= MAX_STREAMS_PER_TOKEN:
+            return _plain(503, f"this login already follows {MAX_STREAMS_PER_TOKEN} live "
+                               "logs: close some task pages, or retry shortly", retry_after=5)
         if self.streams.now >= MAX_STREAMS:
             return _plain(503, f"this hub already serves {MAX_STREAMS} live logs: close some "
                                "task pages, or retry shortly", retry_after=5)
+        session = viewer.session
+
+        async def allowed() -> bool:   # still logged in, with a token still valid
+            return await self._still(session.id, session.token)
+
         return task_events(self._tasks, viewer.principal.tenant, task_id,
-                           after_seq=int(raw), closing=self.closing, streams=self.streams)
+                           after_seq=int(raw), closing=self.closing, streams=self.streams,
+                           who=who, allowed=allowed)
 
     # -- actions -----------------------------------------------------------------------
     async def _cancel(self, request: Request, viewer: Viewer) -> Response:

@@ -7,8 +7,11 @@ reconnects sends `Last-Event-ID` and the stream resumes after it. Messages:
     event: output   data: an HTML <span> of escaped text (class stdout/stderr/pty/system)
     event: state    data: an HTML badge of the new state (with its reason)
     event: end      data: the final state, once the task is finished and all is sent
+                    (or "logged out" when the viewer's session or token ended meanwhile)
 
-A comment line goes out every `KEEPALIVE_S` so proxies keep an idle stream open.
+A comment line goes out every `KEEPALIVE_S` so proxies keep an idle stream open. The
+viewer is checked again at each keepalive and at most every `RECHECK_S` while events
+flow: a stream does not outlive a logout, a session's end or its token's revocation.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import codecs
 import html
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.responses import StreamingResponse
 
@@ -24,41 +28,56 @@ from cortex._proto.cortex.v1 import common_pb2 as pb
 from cortex.core.states import State
 from cortex.hub.tasks import TaskManager
 
-__all__ = ["KEEPALIVE_S", "OpenStreams", "format_event", "task_events"]
+__all__ = ["KEEPALIVE_S", "RECHECK_S", "OpenStreams", "format_event", "task_events"]
 
 KEEPALIVE_S = 15.0
+RECHECK_S = 5.0
+ENDED = "logged out"   # the end message when the viewer may no longer see the stream
 _RETRY_MS = 1000
 _CLASSES = {pb.STDOUT: "stdout", pb.STDERR: "stderr", pb.PTY: "pty", pb.SYSTEM: "system"}
 
 
 class OpenStreams:
-    """How many streams are being sent right now (counted from their first byte to their
-    end, however they end: finished, client gone, hub closing)."""
+    """How many streams are being sent right now, in all and by whom (an API token's id),
+    counted from their first byte to their end, however they end: finished, client gone,
+    hub closing, viewer logged out."""
 
     def __init__(self) -> None:
         self.now = 0
+        self._by: dict[str, int] = {}
 
-    async def count(self, stream: AsyncIterator[str]) -> AsyncIterator[str]:
+    def of(self, who: str) -> int:
+        return self._by.get(who, 0)
+
+    async def count(self, stream: AsyncIterator[str], who: str) -> AsyncIterator[str]:
         self.now += 1
+        self._by[who] = self._by.get(who, 0) + 1
         try:
             async for chunk in stream:
                 yield chunk
         finally:
             self.now -= 1
+            self._by[who] -= 1
+            if not self._by[who]:
+                del self._by[who]
 
 
 def task_events(tasks: TaskManager, tenant: str, task_id: str, *, after_seq: int,
-                closing: asyncio.Event, streams: OpenStreams) -> StreamingResponse:
-    """The stream of one task's events after `after_seq`, counted in `streams`."""
+                closing: asyncio.Event, streams: OpenStreams, who: str,
+                allowed: Callable[[], Awaitable[bool]]) -> StreamingResponse:
+    """The stream of one task's events after `after_seq`, counted in `streams` for `who`,
+    for as long as `allowed()` (the viewer is still logged in) holds."""
     return StreamingResponse(
-        streams.count(_stream(tasks, tenant, task_id, after_seq, closing)),
+        streams.count(_stream(tasks, tenant, task_id, after_seq, closing, allowed), who),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
 async def _stream(tasks: TaskManager, tenant: str, task_id: str, after_seq: int,
-                  closing: asyncio.Event) -> AsyncIterator[str]:
+                  closing: asyncio.Event, allowed: Callable[[], Awaitable[bool]]
+                  ) -> AsyncIterator[str]:
     yield f"retry: {_RETRY_MS}\n\n"
+    checked = time.monotonic()
     decoders: dict[int, codecs.IncrementalDecoder] = {}
     # Bounded: a slow browser slows the pump (backpressure), nothing is dropped.
     queue: asyncio.Queue[pb.TaskEvent | None] = asyncio.Queue(maxsize=256)
@@ -83,11 +102,20 @@ async def _stream(tasks: TaskManager, tenant: str, task_id: str, after_seq: int,
                 if feeder in done and queue.empty():
                     feeder.result()   # the watch failed: raise its error
                     return
+                if not await allowed():
+                    yield _message("end", ENDED, None)
+                    return
+                checked = time.monotonic()
                 yield ": keepalive\n\n"
                 continue
             ev = get.result()
             if ev is None:
                 break
+            if time.monotonic() - checked >= RECHECK_S:
+                if not await allowed():
+                    yield _message("end", ENDED, None)
+                    return
+                checked = time.monotonic()
             yield format_event(ev, decoders)
         final = await tasks.get(tenant, task_id)
         yield _message("end", State(final.state).label, None)
