@@ -160,8 +160,9 @@ class Dashboard:
         return Viewer(session, principal)
 
     async def _still(self, session_id: str, token: str) -> bool:
-        """Whether a session is still live and its token still valid (without using it)."""
-        if self.sessions.alive(session_id, now=self._clock()) is None:
+        """Whether a session is still live and its token still valid. An open live log is
+        use of its session (the idle bound does not end it; the lifetime does)."""
+        if self.sessions.touch(session_id, now=self._clock()) is None:
             return False
         try:
             await self._auth.authenticate((("authorization", f"Bearer {token}"),),

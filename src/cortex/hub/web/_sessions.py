@@ -88,15 +88,6 @@ class Sessions:
         self._by_token[session.token].move_to_end(session_id)
         return session
 
-    def alive(self, session_id: str, *, now: float) -> Session | None:
-        """The live session with this id, not marked as used; None if unknown or expired."""
-        session = self._live.get(session_id)
-        if session is not None and now >= session.expires_at(idle_s=self.idle_s,
-                                                             lifetime_s=self.lifetime_s):
-            self._drop(session_id)
-            return None
-        return session
-
     def end(self, session_id: str) -> None:
         self._drop(session_id)
 
