@@ -146,8 +146,12 @@ class Dashboard:
 
     # -- who is asking -----------------------------------------------------------------
     async def _viewer(self, request: Request) -> Viewer | None:
-        session = self.sessions.touch(request.cookies.get(SESSION_COOKIE, ""),
-                                      now=self._clock())
+        return await self._viewer_of(request.cookies.get(SESSION_COOKIE, ""))
+
+    async def _viewer_of(self, session_id: str) -> Viewer | None:
+        """The session's user, the session marked as used; None once it or its token has
+        ended (an open live log asks again while it streams)."""
+        session = self.sessions.touch(session_id, now=self._clock())
         if session is None:
             return None
         try:
@@ -158,19 +162,6 @@ class Dashboard:
             self.sessions.end_for_token(session.token)  # revoked or expired meanwhile
             return None
         return Viewer(session, principal)
-
-    async def _still(self, session_id: str, token: str) -> bool:
-        """Whether a session is still live and its token still valid. An open live log is
-        use of its session (the idle bound does not end it; the lifetime does)."""
-        if self.sessions.touch(session_id, now=self._clock()) is None:
-            return False
-        try:
-            await self._auth.authenticate((("authorization", f"Bearer {token}"),),
-                                          now=self._clock(), mono=self._mono())
-        except PermissionDenied:
-            self.sessions.end_for_token(token)
-            return False
-        return True
 
     def _page(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         """A GET page: the login form first when there is no session."""
@@ -387,10 +378,10 @@ class Dashboard:
         if self.streams.now >= MAX_STREAMS:
             return _plain(503, f"this hub already serves {MAX_STREAMS} live logs: close some "
                                "task pages, or retry shortly", retry_after=5)
-        session = viewer.session
+        session_id = viewer.session.id
 
         async def allowed() -> bool:   # still logged in, with a token still valid
-            return await self._still(session.id, session.token)
+            return await self._viewer_of(session_id) is not None
 
         return task_events(self._tasks, viewer.principal.tenant, task_id,
                            after_seq=int(raw), closing=self.closing, streams=self.streams,
